@@ -1,0 +1,33 @@
+"""signaldrift: the Signal-Drift math (../shared/design/signal-drift.md) as pure torch functions.
+
+Tensors in, small frozen dataclasses out; no Lightning, no logging, no printing.
+"""
+from signaldrift.errors import NonFiniteError
+from signaldrift.gap_probe import DEFAULT_TAUS, GapProbe, step_gap_probe
+from signaldrift.grad_split import GradSplit, equivalent_gradient_factors, grad_split
+from signaldrift.lowrank import LowRankSVD, frob_inner, frob_norm, lowrank_svd, update_factors
+from signaldrift.regime import (
+    ALPHA_FLOOR_FRACTION,
+    DRIFT_RATIO_HIGH,
+    GAP_TOO_AGGRESSIVE,
+    GAP_TOO_SMALL,
+    SQRT_LAW_C,
+    STEP_SIZE_HIGH,
+    VERDICTS,
+    RegimeVerdict,
+    recommended_alpha,
+    regime_verdict,
+)
+from signaldrift.spectrum import UpdateSpectrum, update_spectrum
+from signaldrift.step_split import StepSplit, step_split
+from signaldrift.suppression import SpectralSuppression, full_grad_sq_norm, spectral_suppression
+from signaldrift.views import LoRAProtocol, LoRAView, lora_layers
+
+__all__ = [
+    "ALPHA_FLOOR_FRACTION", "DEFAULT_TAUS", "DRIFT_RATIO_HIGH", "GAP_TOO_AGGRESSIVE", "GAP_TOO_SMALL",
+    "SQRT_LAW_C", "STEP_SIZE_HIGH", "VERDICTS", "GapProbe", "GradSplit", "LoRAProtocol", "LoRAView",
+    "LowRankSVD", "NonFiniteError", "RegimeVerdict", "SpectralSuppression", "StepSplit", "UpdateSpectrum",
+    "equivalent_gradient_factors", "frob_inner", "frob_norm", "full_grad_sq_norm", "grad_split",
+    "lora_layers", "lowrank_svd", "recommended_alpha", "regime_verdict", "spectral_suppression",
+    "step_gap_probe", "step_split", "update_factors", "update_spectrum",
+]

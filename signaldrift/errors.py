@@ -1,0 +1,63 @@
+"""Errors and input checks shared by every Signal-Drift function."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class NonFiniteError(ValueError):
+    """An input held NaN or infinity; callers skip the step instead of logging garbage."""
+
+
+def check_matrix(name: str, t: Tensor) -> None:
+    """Raise ``ValueError`` unless ``t`` is a 2-D tensor."""
+    if not isinstance(t, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D matrix, got shape {tuple(t.shape)}")
+
+
+def check_finite(**tensors: Tensor) -> None:
+    """Raise ``NonFiniteError`` naming the first tensor that holds NaN or inf."""
+    for name, t in tensors.items():
+        if t is not None and not bool(torch.isfinite(t).all()):
+            raise NonFiniteError(f"{name} holds non-finite values (NaN or inf)")
+
+
+def check_factors(A: Tensor, B: Tensor, prefix: str = "") -> tuple[int, int, int]:
+    """Check a LoRA factor pair ``B @ A`` and return ``(m, r, n)``.
+
+    Args:
+        A: (r, n) down-projection.
+        B: (m, r) up-projection.
+    """
+    check_matrix(f"{prefix}A", A)
+    check_matrix(f"{prefix}B", B)
+    if B.shape[1] != A.shape[0]:
+        raise ValueError(
+            f"factor shapes do not chain: {prefix}B is {tuple(B.shape)} and {prefix}A is "
+            f"{tuple(A.shape)}; B must be (m, r) and A (r, n) with the same r"
+        )
+    return B.shape[0], A.shape[0], A.shape[1]
+
+
+def check_same_shape(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
+    """Raise ``ValueError`` naming both shapes unless they are equal."""
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(
+            f"{name_a} has shape {tuple(a.shape)} but {name_b} has shape {tuple(b.shape)}; "
+            "they must match"
+        )
+
+
+def check_scale(scale: float) -> float:
+    """Return ``scale`` as a float, or raise if it is not finite."""
+    s = float(scale)
+    if s != s or s in (float("inf"), float("-inf")):
+        raise NonFiniteError(f"scale must be finite, got {scale}")
+    return s
+
+
+def compute_dtype(*tensors: Tensor | None) -> torch.dtype:
+    """float64 if any input is float64, else float32 (never lower, whatever the training dtype)."""
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32

@@ -1,0 +1,149 @@
+"""Section 6: the square-root law, its constant c, and the alpha-regime verdict."""
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# The constant c of LoRA-α's law alpha* = c * sqrt(r) (under scale = alpha / r).
+# PROVISIONAL: c = 22 is the pre-study's synthetic teacher-student fit at lr 1e-4..3e-4
+# (c = 22 and 21, ../shared/design/prestudy.md). benchmarks/rank_sweep.py is to calibrate it
+# with a bootstrap interval; until that result is committed, treat this value as a prior.
+SQRT_LAW_C: float = 22.0
+
+# Verdict thresholds (signal-drift.md section 6). PROVISIONAL until the calibration benchmark.
+GAP_TOO_SMALL: float = 4.0  # median step_gap at or above this: the step could be much larger
+GAP_TOO_AGGRESSIVE: float = 0.5  # median step_gap below this: the step overshoots
+DRIFT_RATIO_HIGH: float = 0.1  # median drift_ratio at or above this counts as "high"
+ALPHA_FLOOR_FRACTION: float = 0.25  # alpha below this fraction of c * sqrt(r) is too small
+# Evidence only (does not change the verdict): in the pre-study every collapsed run had a mean
+# per-step update-to-weight ratio >= 0.0275 and every healthy one 0.002-0.019.
+STEP_SIZE_HIGH: float = 0.025
+
+VERDICTS = ("alpha-too-small", "too-aggressive", "in-regime")
+
+
+def recommended_alpha(rank: int, c: float = SQRT_LAW_C) -> float:
+    """LoRA-α's alpha for a rank: ``c * sqrt(rank)`` (used with scale = alpha / rank).
+
+    Raises:
+        ValueError: rank is not a positive int or c is not a positive finite number.
+    """
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
+        raise ValueError(f"rank must be a positive int, got {rank!r}")
+    if not (isinstance(c, (int, float)) and math.isfinite(c) and c > 0):
+        raise ValueError(f"c must be a positive finite number, got {c!r}")
+    return float(c) * math.sqrt(rank)
+
+
+@dataclass(frozen=True)
+class RegimeVerdict:
+    """Where alpha sits, why, and what to try.
+
+    Attributes:
+        verdict: one of ``VERDICTS``.
+        evidence: the numbers behind the verdict, in words.
+        suggestion: a concrete next step.
+        suggested_alpha: an alpha to try under the user's own rule (None when alpha should stay).
+        alpha, rank, scale: the (median) configuration judged.
+        recommended_alpha: ``c * sqrt(r)`` expressed under the user's rule.
+        step_gap, drift_ratio, step_size: the medians used (None when not measured).
+    """
+
+    verdict: str
+    evidence: str
+    suggestion: str
+    suggested_alpha: float | None
+    alpha: float
+    rank: float
+    scale: float
+    recommended_alpha: float
+    step_gap: float | None
+    drift_ratio: float | None
+    step_size: float | None
+
+
+def _median(values: Sequence[float] | None) -> float | None:
+    vals = [float(v) for v in (values or ()) if v is not None and math.isfinite(float(v))]
+    return statistics.median(vals) if vals else None
+
+
+def _round2(x: float) -> float:
+    """Two significant figures: a suggestion, not a fake-precise number."""
+    if x <= 0:
+        return x
+    digits = 1 - int(math.floor(math.log10(x)))
+    return round(x, digits)
+
+
+def regime_verdict(
+    alpha: float,
+    rank: float,
+    scale: float,
+    step_gaps: Sequence[float] | None = None,
+    drift_ratios: Sequence[float] | None = None,
+    step_sizes: Sequence[float] | None = None,
+    c: float = SQRT_LAW_C,
+) -> RegimeVerdict:
+    """Judge the alpha regime from the configuration and the recent measurements.
+
+    Alpha is compared through the scale, so any rule works: the standard-equivalent alpha
+    is ``scale * rank``, and suggestions are returned under the user's own rule (scale is
+    linear in alpha under every rule).
+
+    Args:
+        alpha: the alpha the user set (median over layers), under their rule.
+        rank: the rank (median over layers).
+        scale: the live scale (median over layers).
+        step_gaps: recent ``step_gap`` values (section 5).
+        drift_ratios: recent ``drift_ratio`` values (section 2).
+        step_sizes: recent ``step_size`` values (evidence only).
+        c: the square-root law's constant.
+
+    Raises:
+        ValueError: alpha, rank or scale is not positive and finite.
+    """
+    for name, v in (("alpha", alpha), ("rank", rank), ("scale", scale)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+    gap, drift, step = _median(step_gaps), _median(drift_ratios), _median(step_sizes)
+    rec_equiv = float(c) * math.sqrt(rank)  # recommended alpha under scale = alpha / r
+    equiv = scale * rank  # the user's alpha, expressed under scale = alpha / r
+    per_equiv = alpha / equiv  # converts a standard-equivalent alpha back to the user's rule
+    rec_user = rec_equiv * per_equiv
+    facts = [f"alpha={alpha:g} at r={rank:g} (scale {scale:.4g}); c*sqrt(r) -> alpha ~ {rec_user:.3g}"]
+    if gap is not None:
+        facts.append(f"median step_gap {gap:.3g}")
+    if drift is not None:
+        facts.append(f"median drift_ratio {drift:.3g}")
+    if step is not None:
+        note = f" (above {STEP_SIZE_HIGH}, where the pre-study's runs collapsed)" if step >= STEP_SIZE_HIGH else ""
+        facts.append(f"median step_size {step:.3g}{note}")
+    evidence = "; ".join(facts)
+
+    drift_high = drift is not None and drift >= DRIFT_RATIO_HIGH
+    suggested: float | None = None
+    if (gap is not None and gap < GAP_TOO_AGGRESSIVE) or drift_high:
+        verdict = "too-aggressive"
+        why = f"the step overshoots (step_gap {gap:.2g})" if gap is not None and gap < GAP_TOO_AGGRESSIVE else (
+            f"drift_ratio {drift:.2g} >= {DRIFT_RATIO_HIGH}")
+        factor = max(gap, 0.1) if gap is not None and gap < GAP_TOO_AGGRESSIVE else 0.5
+        suggestion = f"{why}: lower the learning rate (about {_round2(factor):g}x), not alpha"
+    elif gap is not None and gap >= GAP_TOO_SMALL:
+        verdict = "alpha-too-small"
+        suggested = _round2(alpha * gap)
+        suggestion = (f"the step could be ~{gap:.2g}x larger with drift_ratio "
+                      f"{'unmeasured' if drift is None else f'{drift:.2g}'}; try alpha ~ {suggested:g}")
+    elif equiv < ALPHA_FLOOR_FRACTION * rec_equiv:
+        verdict = "alpha-too-small"
+        suggested = _round2(rec_user)
+        suggestion = (f"alpha is below {ALPHA_FLOOR_FRACTION:g} of c*sqrt(r); try alpha ~ {suggested:g}")
+    else:
+        verdict = "in-regime"
+        suggestion = f"keep alpha={alpha:g}"
+    return RegimeVerdict(
+        verdict=verdict, evidence=evidence, suggestion=suggestion, suggested_alpha=suggested,
+        alpha=float(alpha), rank=float(rank), scale=float(scale), recommended_alpha=rec_user,
+        step_gap=gap, drift_ratio=drift, step_size=step,
+    )

@@ -1,0 +1,77 @@
+"""Section 4: spectral suppression, how much of the full-weight gradient LoRA's factors pass on."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from signaldrift.errors import check_finite, check_matrix
+
+
+@dataclass(frozen=True)
+class SpectralSuppression:
+    """``spectral_gain = (||grad_A||^2 + ||grad_B||^2) / ||G||^2``; suppression is its inverse.
+
+    Attributes:
+        spectral_gain: None when ``||G||`` is 0.
+        spectral_suppression: ``1 / spectral_gain`` (None when the gain is 0 or undefined).
+    """
+
+    spectral_gain: float | None
+    spectral_suppression: float | None
+
+
+def spectral_suppression(grad_A: Tensor, grad_B: Tensor, full_grad_sq_norm: float) -> SpectralSuppression:
+    """Section 4 from the factor gradients and ``||G||_F^2`` of the full-weight gradient.
+
+    Args:
+        grad_A: (r, n) gradient of A (``s B^T G``).
+        grad_B: (m, r) gradient of B (``s G A^T``).
+        full_grad_sq_norm: ``||G||_F^2``, e.g. from :func:`full_grad_sq_norm`.
+
+    Raises:
+        ValueError: a gradient is not 2-D, or the squared norm is negative.
+        NonFiniteError: an input is NaN or inf.
+    """
+    check_matrix("grad_A", grad_A)
+    check_matrix("grad_B", grad_B)
+    check_finite(grad_A=grad_A, grad_B=grad_B, full_grad_sq_norm=torch.tensor(float(full_grad_sq_norm)))
+    g2 = float(full_grad_sq_norm)
+    if g2 < 0:
+        raise ValueError(f"full_grad_sq_norm must be >= 0, got {g2}")
+    factor_sq = float(grad_A.detach().double().square().sum() + grad_B.detach().double().square().sum())
+    if g2 == 0.0:
+        return SpectralSuppression(None, None)
+    gain = factor_sq / g2
+    return SpectralSuppression(gain, 1.0 / gain if gain > 0 else None)
+
+
+def full_grad_sq_norm(inputs: Tensor, grad_outputs: Tensor) -> float:
+    """``||G||_F^2`` for ``G = sum over tokens of g_out x^T`` (m, n), the gradient full fine-tuning sees.
+
+    The one place in this package where an (m, n)-sized product may be formed. Whichever of the
+    two exact forms is cheaper is used: ``G = g_out^T X`` (cost T m n) or the token Gram form
+    ``tr((X X^T)(g_out g_out^T))`` (cost T^2 (m + n)).
+
+    Args:
+        inputs: (..., n) layer inputs of one step (all tokens, all micro-batches concatenated).
+        grad_outputs: (..., m) gradients of the layer outputs, same leading shape.
+
+    Raises:
+        ValueError: the leading shapes differ.
+        NonFiniteError: an input is NaN or inf.
+    """
+    if inputs.shape[:-1] != grad_outputs.shape[:-1]:
+        raise ValueError(
+            f"inputs {tuple(inputs.shape)} and grad_outputs {tuple(grad_outputs.shape)} must share "
+            "their leading (token) dimensions"
+        )
+    X = inputs.detach().reshape(-1, inputs.shape[-1]).double()  # (T, n)
+    Go = grad_outputs.detach().reshape(-1, grad_outputs.shape[-1]).double()  # (T, m)
+    check_finite(inputs=X, grad_outputs=Go)
+    T, n = X.shape
+    m = Go.shape[1]
+    if T * m * n <= T * T * (m + n):
+        return float((Go.T @ X).square().sum())  # (m, n)
+    return float(((X @ X.T) * (Go @ Go.T)).sum())  # (T, T)

@@ -1,0 +1,132 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from signaldrift import (
+    GAP_TOO_SMALL,
+    SQRT_LAW_C,
+    NonFiniteError,
+    recommended_alpha,
+    regime_verdict,
+    step_gap_probe,
+)
+
+
+def _quadratic_setup(step_fraction):
+    """Loss (p - target)^2 summed; the step covers ``step_fraction`` of the way to the minimum."""
+    p0 = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    target = torch.tensor([3.0, 1.0, -1.5], dtype=torch.float64)
+    delta = step_fraction * (target - p0)
+    p = torch.nn.Parameter(p0 + delta)  # the step has been applied
+    return p, delta, lambda: float(((p.detach() - target) ** 2).sum())
+
+
+def _reference_vertex(taus, losses):
+    """Independent reference: numpy's least-squares parabola through the best point and neighbours."""
+    i = int(np.argmin(losses))
+    x = np.log(np.array(taus[i - 1:i + 2]))
+    a, b, _ = np.polyfit(x, np.array(losses[i - 1:i + 2]), 2)
+    return float(np.exp(np.clip(-b / (2 * a), x[0], x[2])))
+
+
+def test_probe_finds_the_gap_of_a_conservative_step():
+    p, delta, loss = _quadratic_setup(1 / 8)  # the optimum is at tau = 8
+    before = p.detach().clone()
+    got = step_gap_probe(loss, [p], [delta])
+    assert got.losses[got.taus.index(8.0)] == pytest.approx(0.0, abs=1e-20)
+    assert got.step_gap == pytest.approx(_reference_vertex(got.taus, got.losses), rel=1e-9)
+    assert 4.0 < got.step_gap < 16.0
+    assert got.gap_gain == pytest.approx(1.0, abs=1e-9)  # the best measured loss, loss(8), is 0
+    assert torch.equal(p.detach(), before)
+    assert got.losses[got.taus.index(1.0)] == pytest.approx(loss())
+
+
+def test_probe_refines_between_grid_points_and_reports_overshoot():
+    p, delta, loss = _quadratic_setup(1 / 3)  # optimum at tau = 3, between 2 and 4
+    got = step_gap_probe(loss, [p], [delta])
+    assert 2.0 < got.step_gap < 4.0
+    assert got.step_gap == pytest.approx(_reference_vertex(got.taus, got.losses), rel=1e-9)
+    p, delta, loss = _quadratic_setup(3.0)  # overshooting: the optimum is at tau = 1/3
+    got = step_gap_probe(loss, [p], [delta])
+    assert got.step_gap < 1.0
+
+
+def test_probe_not_applied_and_non_finite_losses():
+    p0 = torch.tensor([0.0], dtype=torch.float64)
+    p = torch.nn.Parameter(p0.clone())
+    delta = torch.tensor([0.25], dtype=torch.float64)
+
+    def loss():
+        x = float(p)
+        return float("nan") if x > 5 else (x - 1.0) ** 2
+
+    got = step_gap_probe(loss, [p], [delta], applied=False)
+    assert got.losses[got.taus.index(4.0)] == 0.0
+    assert got.step_gap == pytest.approx(_reference_vertex(got.taus, got.losses), rel=1e-9)
+    assert math.isinf(got.losses[-1])  # tau = 64 gave NaN: recorded as inf, never chosen
+    assert torch.equal(p.detach(), p0)
+
+
+def test_probe_restores_parameters_bit_exactly_when_the_closure_raises():
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(4).to(torch.bfloat16))]
+    deltas = [torch.randn(5, 3) * 1e-3, torch.randn(4).to(torch.bfloat16)]
+    before = [p.detach().clone() for p in params]
+    calls = []
+
+    def loss():
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("boom")
+        return 1.0
+
+    with pytest.raises(RuntimeError, match="boom"):
+        step_gap_probe(loss, params, deltas)
+    assert all(torch.equal(p.detach(), b) for p, b in zip(params, before))
+
+
+def test_probe_bad_input():
+    p = torch.nn.Parameter(torch.zeros(3))
+    with pytest.raises(ValueError, match="include 1"):
+        step_gap_probe(lambda: 0.0, [p], [torch.zeros(3)], taus=(0, 2))
+    with pytest.raises(ValueError, match=r"delta\[0\] has shape \(2,\)"):
+        step_gap_probe(lambda: 0.0, [p], [torch.zeros(2)])
+    with pytest.raises(ValueError, match="pair up"):
+        step_gap_probe(lambda: 0.0, [p], [])
+    with pytest.raises(NonFiniteError, match="tau=1"):
+        step_gap_probe(lambda: float("nan"), [p], [torch.zeros(3)])
+
+
+def test_recommended_alpha_is_the_square_root_law():
+    assert recommended_alpha(16) == pytest.approx(4 * SQRT_LAW_C)
+    assert recommended_alpha(4, c=10) == pytest.approx(20.0)
+    with pytest.raises(ValueError, match="rank"):
+        recommended_alpha(0)
+    with pytest.raises(ValueError, match="c must"):
+        recommended_alpha(4, c=-1)
+
+
+def test_verdicts():
+    r = 16
+    alpha = recommended_alpha(r)  # on the law: not too small by configuration
+    s = alpha / r
+    v = regime_verdict(alpha, r, s, step_gaps=[20, 24, 18], drift_ratios=[0.01, 0.012])
+    assert v.verdict == "alpha-too-small"
+    assert v.suggested_alpha == pytest.approx(alpha * 20, rel=0.05)
+    assert "step_gap 20" in v.evidence and "try alpha" in v.suggestion
+    v = regime_verdict(alpha, r, s, step_gaps=[0.2, 0.3])
+    assert v.verdict == "too-aggressive" and v.suggested_alpha is None and "learning rate" in v.suggestion
+    v = regime_verdict(alpha, r, s, step_gaps=[GAP_TOO_SMALL * 2], drift_ratios=[0.5])
+    assert v.verdict == "too-aggressive"  # high drift: alpha is not the knob
+    assert regime_verdict(alpha, r, s, step_gaps=[1.5], drift_ratios=[0.02]).verdict == "in-regime"
+    # Below a quarter of c*sqrt(r), with no probe yet.
+    v = regime_verdict(2.0, r, 2.0 / r)
+    assert v.verdict == "alpha-too-small" and v.suggested_alpha == pytest.approx(alpha, rel=0.05)
+    # Under rslora (scale alpha/sqrt r) the same scale gives the same verdict, suggested in rslora's alpha.
+    v = regime_verdict((2.0 / r) * math.sqrt(r), r, 2.0 / r)  # rslora alpha for scale 2/r
+    assert v.verdict == "alpha-too-small"
+    assert v.suggested_alpha / math.sqrt(r) == pytest.approx(alpha / r, rel=0.05)  # rslora scale
+    with pytest.raises(ValueError, match="alpha must be"):
+        regime_verdict(0, r, s)
