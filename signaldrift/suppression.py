@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from signaldrift.errors import check_finite, check_matrix
+from signaldrift.errors import check_finite, check_matrix, compute_dtype
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,26 @@ def spectral_suppression(grad_A: Tensor, grad_B: Tensor, full_grad_sq_norm: floa
         return SpectralSuppression(None, None)
     gain = factor_sq / g2
     return SpectralSuppression(gain, 1.0 / gain if gain > 0 else None)
+
+
+def full_weight_grad(inputs: Tensor, grad_outputs: Tensor) -> Tensor:
+    """``G = g_out^T X``: (m, n) in float32 (float64 for float64 inputs), summed over all tokens.
+
+    For callers that must sum G over several backward passes (gradient accumulation) before
+    taking its norm. Like :func:`full_grad_sq_norm`, an allowed (m, n) product on probe steps only.
+
+    Args:
+        inputs: (..., n) layer inputs; grad_outputs: (..., m), same leading shape.
+    """
+    if inputs.shape[:-1] != grad_outputs.shape[:-1]:
+        raise ValueError(
+            f"inputs {tuple(inputs.shape)} and grad_outputs {tuple(grad_outputs.shape)} must share "
+            "their leading (token) dimensions"
+        )
+    dt = compute_dtype(inputs, grad_outputs)
+    X = inputs.detach().reshape(-1, inputs.shape[-1]).to(dt)  # (T, n)
+    Go = grad_outputs.detach().reshape(-1, grad_outputs.shape[-1]).to(dt)  # (T, m)
+    return Go.T @ X  # (m, n)
 
 
 def full_grad_sq_norm(inputs: Tensor, grad_outputs: Tensor) -> float:

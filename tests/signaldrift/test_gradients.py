@@ -123,3 +123,14 @@ def test_suppression_degenerate_and_bad_input():
         spectral_suppression(torch.zeros(2, 3), torch.zeros(4, 2), float("inf"))
     with pytest.raises(ValueError, match=">= 0"):
         spectral_suppression(torch.zeros(2, 3), torch.zeros(4, 2), -1.0)
+
+
+def test_full_weight_grad_is_the_dense_gradient():
+    from signaldrift import full_weight_grad
+
+    lin = torch.nn.Linear(6, 4, bias=False).double()
+    x = _rand(2, 3, 6, seed=7)
+    out = lin(x)
+    gout = _rand(2, 3, 4, seed=8)
+    out.backward(gout)
+    assert torch.allclose(full_weight_grad(x, gout), lin.weight.grad, atol=1e-12)

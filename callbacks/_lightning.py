@@ -1,0 +1,72 @@
+"""Lightning compatibility: one callback class that both Lightning namespaces accept."""
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("signaldrift")
+
+
+def callback_bases() -> tuple[type, ...]:
+    """``Callback`` of ``lightning.pytorch`` and of ``pytorch_lightning``, whichever are installed.
+
+    Inheriting from both makes the same callback instance pass either Trainer's type check.
+    """
+    bases: list[type] = []
+    try:
+        from lightning.pytorch import Callback as NewCallback
+
+        bases.append(NewCallback)
+    except ImportError:
+        pass
+    try:
+        from pytorch_lightning import Callback as OldCallback
+
+        bases.append(OldCallback)
+    except ImportError:
+        pass
+    if not bases:
+        raise ImportError("the callbacks need Lightning: pip install pytorch-lightning (or lightning)")
+    return tuple(bases)
+
+
+CallbackBase = type("CallbackBase", callback_bases(), {"__doc__": "Lightning Callback of every installed namespace."})
+
+
+def grad_scaler(trainer):
+    """The AMP GradScaler the trainer's precision plugin uses, if enabled."""
+    scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
+    return scaler if scaler is not None and scaler.is_enabled() else None
+
+
+def unscale_divisor(trainer, optimizer) -> float:
+    """The loss scale still on the gradients at ``on_before_optimizer_step``.
+
+    Lightning unscales before that hook, except for optimizers that unscale inside ``step()``
+    (``_step_supports_amp_scaling``, e.g. fused optimizers): their gradients are still scaled.
+    """
+    scaler = grad_scaler(trainer)
+    raw = getattr(optimizer, "optimizer", optimizer)
+    if scaler is not None and getattr(raw, "_step_supports_amp_scaling", False):
+        return float(scaler.get_scale())
+    return 1.0
+
+
+def log_metrics(trainer, metrics: dict[str, float], step: int) -> None:
+    """Scalars to every logger of the trainer, from rank zero only."""
+    if not metrics or not trainer.is_global_zero:
+        return
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=step)
+
+
+def tensorboard_writers(trainer) -> list:
+    """SummaryWriters behind the trainer's TensorBoard loggers (rank zero only)."""
+    if not trainer.is_global_zero:
+        return []
+    writers = []
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "TensorBoardLogger":
+            exp = logger.experiment
+            if hasattr(exp, "add_histogram"):
+                writers.append(exp)
+    return writers

@@ -1,0 +1,242 @@
+"""AlphaRegimeAdvisor: the optimization-gap probe (section 5) and the alpha-regime verdict (section 6)."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import statistics
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from callbacks._lightning import CallbackBase, log_metrics, tensorboard_writers
+from callbacks.engine import PREFIX, check_positive_int, medians_of_views
+from signaldrift import DEFAULT_TAUS, NonFiniteError, RegimeVerdict, lora_layers, regime_verdict, step_gap_probe, step_split
+
+log = logging.getLogger("signaldrift")
+
+VERDICT_CODES = {"alpha-too-small": -1.0, "in-regime": 0.0, "too-aggressive": 1.0}
+
+
+class AlphaRegimeWarning(UserWarning):
+    """The advisor judged alpha too small (raised once per fit, on rank zero)."""
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    """Tensors (and objects with ``.to``, e.g. BatchEncoding) in nested dicts/lists, moved to ``device``."""
+    if isinstance(batch, Tensor) or (hasattr(batch, "to") and hasattr(batch, "keys")):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: move_to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        moved = [move_to_device(v, device) for v in batch]
+        return type(batch)(*moved) if hasattr(batch, "_fields") else type(batch)(moved)
+    return batch
+
+
+def _detached(batch: Any) -> Any:
+    if isinstance(batch, Tensor):
+        return batch.detach().clone()
+    if isinstance(batch, dict) or hasattr(batch, "keys"):
+        return {k: _detached(v) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        items = [_detached(v) for v in batch]
+        return type(batch)(*items) if hasattr(batch, "_fields") else type(batch)(items)
+    return batch
+
+
+@contextlib.contextmanager
+def _silenced_logging(pl_module):
+    """``self.log`` inside training_step must not log (or sync) during the probe's forward passes."""
+    pl_module.log = lambda *a, **k: None
+    pl_module.log_dict = lambda *a, **k: None
+    try:
+        yield
+    finally:
+        del pl_module.log
+        del pl_module.log_dict
+
+
+def _loss_value(out: Any) -> float:
+    if isinstance(out, Tensor):
+        return float(out.detach().float())
+    if isinstance(out, dict) and "loss" in out:
+        return float(out["loss"].detach().float())
+    if hasattr(out, "loss"):
+        return float(out.loss.detach().float())
+    raise TypeError(f"the probe's loss function returned {type(out).__name__}; expected a scalar tensor or a dict with 'loss'")
+
+
+class AlphaRegimeAdvisor(CallbackBase):
+    """Probe the optimization gap along the realized LoRA step and judge the alpha regime.
+
+    Every ``gap_every`` optimizer steps, after the step, the loss on one fixed probe batch is
+    evaluated at ``theta_t + tau * delta`` for tau in ``taus`` (eval mode, no gradients,
+    parameters restored exactly): ``step_gap`` and ``gap_gain`` (section 5). The verdict
+    (section 6) uses the medians of the last ``window`` probes and the step's drift ratio. When
+    alpha is judged too small, one :class:`AlphaRegimeWarning` (rank zero) names the evidence and
+    an alpha to try. The probe runs on every rank at the same steps, with no collective call.
+
+    The loss: ``loss_fn(pl_module, batch)`` if given, else ``pl_module.probe_loss(batch)`` if the
+    module defines it, else ``pl_module.training_step(batch, 0)`` with its ``self.log`` silenced.
+
+    Logged (step = the optimizer step probed), to every logger, from rank zero:
+
+    * ``signaldrift/step_gap``, ``signaldrift/gap_gain``: this probe's values;
+    * ``signaldrift/verdict_code``: -1 alpha-too-small, 0 in-regime, 1 too-aggressive;
+    * TensorBoard text ``signaldrift/verdict``: verdict, evidence and suggestion.
+
+    Args:
+        gap_every: probe every this many optimizer steps (> 0).
+        probe_batch: the batch to probe on (default: the first training batch).
+        taus: step multiples (must include 1).
+        window: how many recent probes the verdict takes the median of.
+        loss_fn: optional ``(pl_module, batch) -> loss``.
+
+    Example::
+
+        advisor = AlphaRegimeAdvisor(gap_every=50)
+        Trainer(callbacks=[SignalDriftMonitor(), advisor]).fit(model)
+        advisor.verdict.verdict, advisor.verdict.suggestion
+    """
+
+    def __init__(self, gap_every: int = 50, probe_batch: Any = None, taus: Sequence[float] = DEFAULT_TAUS,
+                 window: int = 3, loss_fn: Callable[[Any, Any], Any] | None = None) -> None:
+        super().__init__()
+        check_positive_int("gap_every", gap_every)
+        check_positive_int("window", window)
+        taus = tuple(float(t) for t in taus)
+        if 1.0 not in taus or any(t < 0 for t in taus):
+            raise ValueError(f"taus must be >= 0 and include 1, got {taus}")
+        self.gap_every, self.taus, self.window, self.loss_fn = gap_every, taus, window, loss_fn
+        self.probe_batch = probe_batch
+        self.probes: list[dict[str, float]] = []
+        self.verdict: RegimeVerdict | None = None
+        self._warned = False
+        self._before: list[Tensor] | None = None
+
+    # ----------------------------------------------------------------- hooks
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if self.probe_batch is None:
+            self.probe_batch = _detached(batch)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self._before = None
+        if trainer.global_step % self.gap_every == 0:
+            self._before = [p.detach().clone() for v in self._views(pl_module) for p in (v.A, v.B)]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self._before is None:
+            return
+        before, self._before = self._before, None
+        views = self._views(pl_module)
+        params = [p for v in views for p in (v.A, v.B)]
+        if len(params) != len(before):
+            return
+        delta = [p.detach() - b for p, b in zip(params, before)]
+        if not any(bool(d.any()) for d in delta):
+            return  # the optimizer skipped the step (AMP overflow, zero learning rate)
+        step = trainer.global_step - 1
+        record = self._probe(trainer, pl_module, views, params, before, delta)
+        if record is None:
+            return
+        record["step"] = step
+        self.probes.append(record)
+        self._update_verdict(pl_module, views)
+        metrics = {f"{PREFIX}/step_gap": record["step_gap"], f"{PREFIX}/verdict_code": VERDICT_CODES[self.verdict.verdict]}
+        if record.get("gap_gain") is not None:
+            metrics[f"{PREFIX}/gap_gain"] = record["gap_gain"]
+        log_metrics(trainer, metrics, step)
+        for w in tensorboard_writers(trainer):
+            w.add_text(f"{PREFIX}/verdict", self._verdict_text(), global_step=step)
+        if self.verdict.verdict == "alpha-too-small" and not self._warned and trainer.is_global_zero:
+            self._warned = True
+            warnings.warn(f"alpha looks too small: {self.verdict.evidence}. {self.verdict.suggestion}",
+                          AlphaRegimeWarning, stacklevel=2)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero and self.verdict is not None:
+            log.info("%s", self.summary())
+
+    # ----------------------------------------------------------------- work
+    @staticmethod
+    def _views(pl_module):
+        return [v for v in lora_layers(pl_module) if not v.variant and not v.merged]
+
+    def _loss(self, pl_module, batch) -> float:
+        if self.loss_fn is not None:
+            return _loss_value(self.loss_fn(pl_module, batch))
+        if hasattr(pl_module, "probe_loss"):
+            return _loss_value(pl_module.probe_loss(batch))
+        with _silenced_logging(pl_module):
+            return _loss_value(pl_module.training_step(batch, 0))
+
+    def _probe(self, trainer, pl_module, views, params, before, delta) -> dict[str, float] | None:
+        batch = move_to_device(self.probe_batch, pl_module.device)
+        was_training = pl_module.training
+        context = trainer.precision_plugin.forward_context()
+        pl_module.eval()
+        try:
+            with torch.no_grad(), context:
+                probe = step_gap_probe(lambda: self._loss(pl_module, batch), params, delta, self.taus)
+        except NonFiniteError:
+            return None
+        finally:
+            pl_module.train(was_training)
+        drifts, sizes = [], []
+        for i, v in enumerate(views):
+            try:
+                norm = float(torch.linalg.matrix_norm(v.base_weight.detach().float()))
+                split = step_split(before[2 * i], before[2 * i + 1], v.A, v.B, v.scale, norm)
+            except NonFiniteError:
+                continue
+            if split.drift_ratio is not None:
+                drifts.append(split.drift_ratio)
+            if split.step_size is not None:
+                sizes.append(split.step_size)
+        return {
+            "step_gap": probe.step_gap,
+            "gap_gain": probe.gap_gain,
+            "losses": list(probe.losses),
+            "drift_ratio": statistics.median(drifts) if drifts else None,
+            "step_size": statistics.median(sizes) if sizes else None,
+        }
+
+    def _update_verdict(self, pl_module, views) -> None:
+        alpha, rank, scale = medians_of_views(views)
+        recent = self.probes[-self.window:]
+        self.verdict = regime_verdict(
+            alpha, rank, scale,
+            step_gaps=[p["step_gap"] for p in recent],
+            drift_ratios=[p["drift_ratio"] for p in recent if p.get("drift_ratio") is not None],
+            step_sizes=[p["step_size"] for p in recent if p.get("step_size") is not None],
+        )
+
+    def _verdict_text(self) -> str:
+        v = self.verdict
+        return f"**{v.verdict}**  \n{v.evidence}  \n{v.suggestion}"
+
+    def summary(self) -> str:
+        """A one-screen summary of the probes and the verdict."""
+        if self.verdict is None:
+            return "Alpha regime: no probe yet."
+        lines = [f"Alpha regime: {self.verdict.verdict}", f"  evidence:   {self.verdict.evidence}",
+                 f"  suggestion: {self.verdict.suggestion}", "  probes (step: step_gap, gap_gain, drift_ratio):"]
+        for p in self.probes[-8:]:
+            dr = "n/a" if p.get("drift_ratio") is None else f"{p['drift_ratio']:.3g}"
+            gg = "n/a" if p.get("gap_gain") is None else f"{p['gap_gain']:.3g}"
+            lines.append(f"    {int(p['step']):>6}: {p['step_gap']:.3g}, {gg}, {dr}")
+        return "\n".join(lines)
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        batch = move_to_device(self.probe_batch, torch.device("cpu")) if self.probe_batch is not None else None
+        return {"probes": [dict(p) for p in self.probes], "warned": self._warned, "probe_batch": batch}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.probes = [dict(p) for p in state_dict.get("probes", [])]
+        self._warned = bool(state_dict.get("warned", False))
+        if state_dict.get("probe_batch") is not None:
+            self.probe_batch = state_dict["probe_batch"]

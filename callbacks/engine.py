@@ -1,0 +1,305 @@
+"""The measuring engine shared by every callback: *what* to compute for which layer at a step.
+
+Framework-free (torch + signaldrift only), so the Lightning callbacks and the Hugging Face
+Trainer callback call the same code. Callers decide *when* (their hooks) and *where to log*.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from signaldrift import (
+    NonFiniteError,
+    full_weight_grad,
+    grad_split,
+    lora_layers,
+    spectral_suppression,
+    step_split,
+    update_spectrum,
+)
+from signaldrift.views import LoRAView
+
+PREFIX = "signaldrift"
+LAYER_METRICS = (
+    "delta_norm", "delta_rel", "stable_rank", "effective_rank",  # section 1
+    "signal_norm", "drift_norm", "drift_ratio", "step_size",  # section 2
+    "grad_alignment", "grad_drift_ratio",  # section 3
+    "spectral_gain", "spectral_suppression",  # section 4
+)
+
+
+class SignalDriftWarning(UserWarning):
+    """A Signal-Drift diagnostic could not be computed as asked (the run goes on)."""
+
+
+class NoLoRALayersError(ValueError):
+    """The model has no LoRA layer the diagnostics can read."""
+
+
+def layer_tag(layer: str, metric: str) -> str:
+    return f"{PREFIX}/{layer}/{metric}"
+
+
+def model_tag(metric: str, kind: str = "median") -> str:
+    return f"{PREFIX}/{metric}" if kind == "median" else f"{PREFIX}/{metric}_max"
+
+
+def check_positive_int(name: str, value: int | None, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        allowed = "a positive int or None" if allow_none else "a positive int"
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _matches(name: str, pattern: str) -> bool:
+    return name == pattern or name.endswith("." + pattern)
+
+
+@dataclass
+class _Pending:
+    """What one layer's measurement holds between the gradient hook and the realized step."""
+
+    A: Tensor
+    B: Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class SignalDriftEngine:
+    """Sections 1-4 for every selected LoRA layer; a caller-driven state machine.
+
+    Per optimizer step ``t`` that is measured: :meth:`before_step` (gradients final, factors at
+    ``t``) then :meth:`after_step` (factors at ``t + 1``) returns the tags and values for step t.
+    Full-gradient capture (section 4) runs between :meth:`start_capture` and the next
+    :meth:`before_step`, through hooks that exist only then.
+
+    Args:
+        every_n_steps: measure sections 1-3 every this many optimizer steps.
+        top_k: subspace size for section 3 (default: each layer's rank).
+        probe_every: capture the full-weight gradient (section 4) every this many steps.
+        layers: names or dotted suffixes of the layers to watch (default: all).
+    """
+
+    def __init__(self, every_n_steps: int = 1, top_k: int | None = None, probe_every: int | None = 50,
+                 layers: Sequence[str] | None = None) -> None:
+        check_positive_int("every_n_steps", every_n_steps)
+        check_positive_int("top_k", top_k, allow_none=True)
+        check_positive_int("probe_every", probe_every, allow_none=True)
+        if layers is not None:
+            layers = [layers] if isinstance(layers, str) else list(layers)
+            if not layers or not all(isinstance(p, str) and p for p in layers):
+                raise ValueError(f"layers must be a non-empty list of layer names, got {layers!r}")
+        self.every_n_steps, self.top_k, self.probe_every = every_n_steps, top_k, probe_every
+        self.layer_patterns = layers
+        self.names: list[str] = []
+        self.snapshot: dict[str, tuple[Tensor, Tensor]] = {}
+        self.base_norms: dict[str, float] = {}
+        self.history: dict[int, dict[str, float]] = {}
+        self.skipped_steps = 0
+        self.spectra: dict[str, Tensor] = {}  # latest singular values per layer (for figures)
+        self._pending: dict[str, _Pending] = {}
+        self._pending_step: int | None = None
+        self._capture: dict[str, Tensor] = {}
+        self._handles: list = []
+        self._warned: set[str] = set()
+
+    # ----------------------------------------------------------------- discovery
+    def views(self, model: nn.Module) -> list[LoRAView]:
+        """The selected layers, read live (scale, rank and active adapters at this moment)."""
+        chosen = set(self.names)
+        return [v for v in lora_layers(model) if v.name in chosen]
+
+    def attach(self, model: nn.Module) -> list[str]:
+        """Discover and select layers; snapshot ``(A0, B0)`` unless a snapshot was loaded.
+
+        Raises:
+            NoLoRALayersError: no LoRA layer found.
+            ValueError: a name in ``layers`` matches no LoRA layer.
+        """
+        views = lora_layers(model)
+        if not views:
+            raise NoLoRALayersError(
+                f"no LoRA layers found in {type(model).__name__}: searched for this project's LoRALinear "
+                "(lora_alpha.inject) and PEFT LoraLayer modules with an active adapter"
+            )
+        variants = [f"{v.name} ({v.variant})" for v in views if v.variant]
+        if variants:
+            self._warn_once("variants", f"Signal-Drift skips LoRA variants whose update is not s*B*A: {', '.join(variants)}")
+        views = [v for v in views if not v.variant]
+        if self.layer_patterns:
+            unknown = [p for p in self.layer_patterns if not any(_matches(v.name, p) for v in views)]
+            if unknown:
+                raise ValueError(f"layers {unknown} match no LoRA layer; known layers: {[v.name for v in views]}")
+            views = [v for v in views if any(_matches(v.name, p) for p in self.layer_patterns)]
+        self.names = [v.name for v in views]
+        for v in views:
+            if v.name not in self.snapshot:
+                self.snapshot[v.name] = (v.A.detach().clone(), v.B.detach().clone())
+            if v.name not in self.base_norms and not v.merged:
+                self.base_norms[v.name] = float(torch.linalg.matrix_norm(v.base_weight.detach().float()))
+        return self.names
+
+    # ----------------------------------------------------------------- schedule
+    def measures(self, step: int) -> bool:
+        return step % self.every_n_steps == 0
+
+    def probes(self, step: int) -> bool:
+        return self.probe_every is not None and step % self.probe_every == 0
+
+    # ----------------------------------------------------------------- section 4 capture
+    def start_capture(self, model: nn.Module) -> None:
+        """Hook the selected layers to sum ``G = g_out^T x`` over the coming backward passes."""
+        if self._handles:
+            return
+        for v in self.views(model):
+            if v.kind == "embedding" or v.merged:
+                continue
+            self._handles.append(v.module.register_forward_hook(self._forward_hook(v.name)))
+
+    def _forward_hook(self, name: str):
+        def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+            if not (isinstance(output, Tensor) and output.requires_grad and inputs and isinstance(inputs[0], Tensor)):
+                return
+            x = inputs[0].detach()
+
+            def grad_hook(g: Tensor) -> None:
+                G = full_weight_grad(x, g)  # (m, n): allowed on probe steps only
+                self._capture[name] = self._capture[name] + G if name in self._capture else G
+
+            output.register_hook(grad_hook)
+
+        return hook
+
+    def stop_capture(self) -> dict[str, Tensor]:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        captured, self._capture = self._capture, {}
+        return captured
+
+    # ----------------------------------------------------------------- per step
+    def before_step(self, model: nn.Module, step: int, grad_scale: float = 1.0) -> None:
+        """Gradients are final for step ``step``: sections 1, 3 (and 4 if captured) on factors at t.
+
+        Args:
+            grad_scale: divide gradients by this (an AMP loss scale still applied to them).
+        """
+        captured = self.stop_capture()
+        self._pending, self._pending_step = {}, None
+        if not self.measures(step):
+            return
+        for v in self.views(model):
+            if v.merged:
+                self._skip(v.name, "merged into its base weight")
+                continue
+            try:
+                self._pending[v.name] = self._measure_before(v, captured.get(v.name), grad_scale)
+            except NonFiniteError:
+                self._skip(v.name, "non-finite factors or gradients")
+        self._pending_step = step
+
+    def _measure_before(self, v: LoRAView, G: Tensor | None, grad_scale: float) -> _Pending:
+        A0, B0 = self.snapshot[v.name]
+        metrics: dict[str, float] = {}
+        spec = update_spectrum(v.A, v.B, v.scale, self.base_norms.get(v.name, 0.0), A0, B0)
+        self.spectra[v.name] = spec.singular_values
+        metrics.update(delta_norm=spec.delta_norm, delta_rel=spec.delta_rel, stable_rank=spec.stable_rank,
+                       effective_rank=spec.effective_rank)
+        gA, gB = v.A.grad, v.B.grad
+        if gA is not None and gB is not None:
+            if grad_scale != 1.0:
+                gA, gB = gA / grad_scale, gB / grad_scale
+            split = grad_split(v.A, v.B, gA, gB, v.scale, A0, B0, top_k=self.top_k, svd=spec.svd)
+            if split is not None:
+                metrics.update(grad_alignment=split.grad_alignment, grad_drift_ratio=split.grad_drift_ratio)
+            if G is not None:
+                # G was summed from scaled output gradients too: ||G||^2 / scale^2.
+                sup = spectral_suppression(gA, gB, float(G.double().square().sum()) / grad_scale**2)
+                metrics.update(spectral_gain=sup.spectral_gain, spectral_suppression=sup.spectral_suppression)
+        return _Pending(A=v.A.detach().clone(), B=v.B.detach().clone(), metrics=metrics)
+
+    def after_step(self, model: nn.Module, step_taken: bool = True) -> tuple[int, dict[str, float]] | None:
+        """The realized step: section 2 and the step's tags. None when nothing was measured.
+
+        Args:
+            step_taken: False when the optimizer skipped the step (AMP overflow); the step's
+                metrics are then dropped and counted as skipped.
+        """
+        step, pending = self._pending_step, self._pending
+        self._pending, self._pending_step = {}, None
+        if step is None:
+            return None
+        views = {v.name: v for v in self.views(model)}
+        if step_taken and pending and all(torch.equal(p.A, views[n].A) and torch.equal(p.B, views[n].B)
+                                          for n, p in pending.items() if n in views):
+            step_taken = False  # nothing moved: a skipped step or a zero learning rate
+        tags: dict[str, float] = {}
+        per_metric: dict[str, list[float]] = {}
+        for name, p in pending.items():
+            v = views.get(name)
+            if v is None or not step_taken:
+                self._skip(name, "the optimizer did not update it" if v is not None else "it disappeared")
+                continue
+            try:
+                split = step_split(p.A, p.B, v.A, v.B, v.scale, self.base_norms.get(name, 0.0))
+            except NonFiniteError:
+                self._skip(name, "non-finite factors after the step")
+                continue
+            values = dict(p.metrics, signal_norm=split.signal_norm, drift_norm=split.drift_norm,
+                          drift_ratio=split.drift_ratio, step_size=split.step_size)
+            for metric, value in values.items():
+                if value is not None and math.isfinite(value):
+                    tags[layer_tag(name, metric)] = float(value)
+                    per_metric.setdefault(metric, []).append(float(value))
+        for metric, vals in per_metric.items():
+            tags[model_tag(metric)] = statistics.median(vals)
+            tags[model_tag(metric, "max")] = max(vals)
+        tags[f"{PREFIX}/skipped_steps"] = float(self.skipped_steps)
+        self.history[step] = tags
+        return step, tags
+
+    def _skip(self, name: str, why: str) -> None:
+        self.skipped_steps += 1
+        self._warn_once(why, f"Signal-Drift skipped layer {name} at least once: {why} (counted in {PREFIX}/skipped_steps)")
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, SignalDriftWarning, stacklevel=3)
+
+    # ----------------------------------------------------------------- summaries and state
+    def latest(self, metric: str, window: int = 5) -> list[float]:
+        """The model-level median of ``metric`` over the last ``window`` measured steps."""
+        steps = sorted(self.history)[-window:]
+        return [self.history[s][model_tag(metric)] for s in steps if model_tag(metric) in self.history[s]]
+
+    def state_dict(self) -> dict:
+        return {
+            "snapshot": {n: (a.cpu(), b.cpu()) for n, (a, b) in self.snapshot.items()},
+            "base_norms": dict(self.base_norms),
+            "history": {int(k): dict(v) for k, v in self.history.items()},
+            "skipped_steps": self.skipped_steps,
+        }
+
+    def load_state_dict(self, state: dict, device: torch.device | None = None) -> None:
+        self.snapshot = {n: (a.to(device) if device else a, b.to(device) if device else b)
+                         for n, (a, b) in state.get("snapshot", {}).items()}
+        self.base_norms = dict(state.get("base_norms", {}))
+        self.history = {int(k): dict(v) for k, v in state.get("history", {}).items()}
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+
+    def to_device(self, device: torch.device) -> None:
+        self.snapshot = {n: (a.to(device), b.to(device)) for n, (a, b) in self.snapshot.items()}
+
+
+def medians_of_views(views: Iterable[LoRAView]) -> tuple[float, float, float]:
+    """Median alpha, rank and scale over layers (section 6 summarizes by the median)."""
+    views = list(views)
+    return (statistics.median(v.alpha for v in views), statistics.median(v.rank for v in views),
+            statistics.median(v.scale for v in views))

@@ -1,0 +1,131 @@
+"""SignalDriftMonitor: sections 1-4 of the Signal-Drift contract, logged from any Lightning Trainer."""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+from callbacks._lightning import (
+    CallbackBase,
+    grad_scaler,
+    log_metrics,
+    tensorboard_writers,
+    unscale_divisor,
+)
+from callbacks.engine import LAYER_METRICS, PREFIX, SignalDriftEngine, SignalDriftWarning, model_tag
+from callbacks.tensorboard import add_custom_layout, add_spectra_figure, add_spectrum_histograms
+
+
+class SignalDriftMonitor(CallbackBase):
+    """Measure every LoRA layer's update, step split, gradient split and suppression.
+
+    Works with this project's layers and PEFT's ``LoraLayer`` (Linear, GPT-2 Conv1D, Embedding);
+    DoRA and other variants are skipped with one warning. ``(A0, B0)`` are snapshotted at fit
+    start; scale, rank and active adapters are read live at each measurement. Gradients are read
+    in ``on_before_optimizer_step`` (after accumulation and AMP unscaling, before clipping); the
+    realized update after the step. A step that AMP skipped (nothing moved) is not counted.
+
+    Logged (step = the optimizer step measured, 0-based), to every logger, from rank zero:
+
+    * ``signaldrift/<layer>/<metric>`` for each layer and metric in ``delta_norm``,
+      ``delta_rel``, ``stable_rank``, ``effective_rank`` (section 1; dW before step t),
+      ``signal_norm``, ``drift_norm``, ``drift_ratio``, ``step_size`` (section 2; step t),
+      ``grad_alignment``, ``grad_drift_ratio`` (section 3), ``spectral_gain``,
+      ``spectral_suppression`` (section 4, on probe steps only). Undefined values are left out.
+    * ``signaldrift/<metric>`` (median over layers) and ``signaldrift/<metric>_max``.
+    * ``signaldrift/skipped_steps``: cumulative count of layer-steps skipped (non-finite values,
+      merged layers, steps the optimizer did not take).
+
+    With a TensorBoard logger also: histograms ``signaldrift/<layer>/singular_values``, a
+    custom-scalars dashboard ("Signal-Drift"), and the figure ``signaldrift/update_spectra`` at
+    fit end.
+
+    Args:
+        every_n_steps: measure every this many optimizer steps (> 0).
+        top_k: subspace size for the gradient split (default: the layer's rank).
+        probe_every: capture the full-weight gradient every this many steps (None: never).
+        layers: names or dotted suffixes of the layers to watch (default: all LoRA layers).
+        histograms: write singular-value histograms (TensorBoard only).
+
+    Example::
+
+        trainer = Trainer(callbacks=[SignalDriftMonitor(every_n_steps=10)], logger=TensorBoardLogger("runs"))
+        trainer.fit(model)
+        monitor.history[10]["signaldrift/drift_ratio"]
+    """
+
+    def __init__(self, every_n_steps: int = 1, top_k: int | None = None, probe_every: int | None = 50,
+                 layers: Sequence[str] | None = None, histograms: bool = True) -> None:
+        super().__init__()
+        self.engine = SignalDriftEngine(every_n_steps, top_k, probe_every, layers)
+        self.histograms = histograms
+        self._scale_before: float | None = None
+        self._warned_no_logger = False
+
+    @property
+    def history(self) -> dict[int, dict[str, float]]:
+        """Every measured step's tags and values, kept with or without a logger."""
+        return self.engine.history
+
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self.engine.names)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage != "fit":
+            return
+        self.engine.attach(pl_module)  # raises a clear error when there is no LoRA layer
+        if not trainer.loggers and not self._warned_no_logger:
+            self._warned_no_logger = True
+            warnings.warn("SignalDriftMonitor: the trainer has no logger; values are kept in monitor.history only",
+                          SignalDriftWarning, stacklevel=2)
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.engine.attach(pl_module)  # a snapshot restored from a checkpoint is kept
+        self.engine.to_device(pl_module.device)
+        for w in tensorboard_writers(trainer):
+            add_custom_layout(w, self.engine.names)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if self.engine.probes(trainer.global_step):
+            self.engine.start_capture(pl_module)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        scaler = grad_scaler(trainer)
+        self._scale_before = float(scaler.get_scale()) if scaler is not None else None
+        self.engine.before_step(pl_module, trainer.global_step, unscale_divisor(trainer, optimizer))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        scaler = grad_scaler(trainer)
+        taken = not (scaler is not None and self._scale_before is not None
+                     and float(scaler.get_scale()) < self._scale_before)  # the scaler backs off on overflow
+        self._scale_before = None
+        result = self.engine.after_step(pl_module, step_taken=taken)
+        if result is None:
+            return
+        step, tags = result
+        log_metrics(trainer, tags, step)
+        if self.histograms:
+            for w in tensorboard_writers(trainer):
+                add_spectrum_histograms(w, self.engine.spectra, step)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self.engine.stop_capture()
+        for w in tensorboard_writers(trainer):
+            add_spectra_figure(w, self.engine.spectra, trainer.global_step)
+            w.flush()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self.engine.stop_capture()
+
+    def state_dict(self) -> dict:
+        return self.engine.state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.engine.load_state_dict(state_dict)
+
+    def latest(self, metric: str, window: int = 5) -> list[float]:
+        """Recent model-level medians of a metric (e.g. "drift_ratio")."""
+        return self.engine.latest(metric, window)
+
+
+__all__ = ["LAYER_METRICS", "PREFIX", "SignalDriftMonitor", "model_tag"]

@@ -1,0 +1,54 @@
+"""TensorBoard extras: singular-value histograms, the Signal-Drift dashboard, the spectra figure."""
+from __future__ import annotations
+
+from torch import Tensor
+
+from callbacks.engine import PREFIX, model_tag
+
+DASHBOARD = {
+    "task signal": ["signal_norm", "grad_alignment"],
+    "drift ratio": ["drift_ratio", "grad_drift_ratio"],
+    "step size": ["step_size", "delta_rel"],
+    "spectral suppression": ["spectral_suppression"],
+    "optimization gap": ["step_gap", "gap_gain"],
+}
+
+
+def add_custom_layout(writer, layers: list[str]) -> None:
+    """One "Signal-Drift" dashboard: model-level medians and maxima side by side."""
+    section = {}
+    for title, metrics in DASHBOARD.items():
+        tags = [model_tag(m) for m in metrics] + [model_tag(m, "max") for m in metrics]
+        section[title] = ["Multiline", tags]
+    section["per layer drift ratio"] = ["Multiline", [rf"{PREFIX}/.*/drift_ratio"]]
+    writer.add_custom_scalars({"Signal-Drift": section})
+
+
+def add_spectrum_histograms(writer, spectra: dict[str, Tensor], step: int) -> None:
+    for name, S in spectra.items():
+        if S.numel() and float(S.sum()) > 0:
+            writer.add_histogram(f"{PREFIX}/{name}/singular_values", S.float(), global_step=step)
+
+
+def spectra_figure(spectra: dict[str, Tensor]):
+    """A matplotlib figure: each layer's singular values of dW (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, S in spectra.items():
+        s = S.float().numpy()
+        if s.size and s.max() > 0:
+            ax.semilogy(range(1, s.size + 1), s, marker=".", alpha=0.6, label=name.split(".")[-1])
+    ax.set_xlabel("index i")
+    ax.set_ylabel("sigma_i of dW")
+    ax.set_title("Update spectra per LoRA layer")
+    fig.tight_layout()
+    return fig
+
+
+def add_spectra_figure(writer, spectra: dict[str, Tensor], step: int) -> None:
+    if spectra:
+        writer.add_figure(f"{PREFIX}/update_spectra", spectra_figure(spectra), global_step=step)

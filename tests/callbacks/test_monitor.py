@@ -1,0 +1,165 @@
+import math
+import warnings
+
+import pytest
+import torch
+
+import signaldrift as sd
+from callbacks import NoLoRALayersError, SignalDriftMonitor, SignalDriftWarning
+from tests.callbacks.helpers import lightning, make_module, make_recorder, make_trainer, read_scalars, read_tags
+
+LAYER = "model.fc1"
+
+
+def _tb(ns, tmp_path):
+    L = lightning(ns)
+    return L.loggers.TensorBoardLogger(str(tmp_path), name="tb", version=0)
+
+
+def _independent(rec_before, rec_after, snapshot, name):
+    """The signaldrift functions on the recorder's own copies of the factors."""
+    b, a = rec_before[name], rec_after[name]
+    A0, B0 = snapshot[name]
+    norm = float(torch.linalg.matrix_norm(b["W0"]))
+    spec = sd.update_spectrum(b["A"], b["B"], b["scale"], norm, A0, B0)
+    split = sd.step_split(b["A"], b["B"], a["A"], a["B"], b["scale"], norm)
+    gs = sd.grad_split(b["A"], b["B"], b["gA"], b["gB"], b["scale"], A0, B0)
+    out = dict(delta_norm=spec.delta_norm, drift_ratio=split.drift_ratio, step_size=split.step_size,
+               signal_norm=split.signal_norm)
+    if gs is not None:
+        out["grad_alignment"] = gs.grad_alignment
+    if b["G"] is not None:
+        sup = sd.spectral_suppression(b["gA"], b["gB"], float((b["G"].double() ** 2).sum()))
+        out["spectral_suppression"] = sup.spectral_suppression
+    return out
+
+
+@pytest.mark.parametrize("ns", ["lightning.pytorch", "pytorch_lightning"])
+def test_logged_values_equal_independent_signaldrift(ns, tmp_path):
+    monitor = SignalDriftMonitor(every_n_steps=1, probe_every=2)
+    rec = make_recorder(ns, capture_full_grad_at=(0, 2))
+    trainer = make_trainer(ns, max_steps=4, logger=_tb(ns, tmp_path), callbacks=[monitor, rec])
+    trainer.fit(make_module(ns))
+    scalars = read_scalars(tmp_path)
+    for step in range(4):
+        ref = _independent(rec.before[step], rec.after[step], rec.snapshot, LAYER)
+        for metric, value in ref.items():
+            if value is None:
+                continue
+            got = scalars[f"signaldrift/{LAYER}/{metric}"][step]
+            assert got == pytest.approx(value, rel=1e-4, abs=1e-9), (step, metric)
+            assert monitor.history[step][f"signaldrift/{LAYER}/{metric}"] == pytest.approx(value, rel=1e-6, abs=1e-12)
+    # section 4 only on probe steps; aggregates are the median and max over layers
+    assert set(scalars[f"signaldrift/{LAYER}/spectral_suppression"]) == {0, 2}
+    h = monitor.history[3]
+    vals = [h[f"signaldrift/model.{n}/drift_ratio"] for n in ("fc1", "fc2")]
+    assert h["signaldrift/drift_ratio"] == pytest.approx(sorted(vals)[0] / 2 + sorted(vals)[1] / 2)
+    assert h["signaldrift/drift_ratio_max"] == pytest.approx(max(vals))
+    tags = read_tags(tmp_path)
+    assert f"signaldrift/{LAYER}/singular_values" in tags["histograms"]
+    assert "signaldrift/update_spectra" in tags["images"]
+
+
+def test_gradients_before_clipping_with_accumulation(tmp_path):
+    monitor = SignalDriftMonitor(every_n_steps=1, probe_every=None)
+    rec = make_recorder()
+    trainer = make_trainer(max_steps=3, accumulate_grad_batches=2, gradient_clip_val=1e-4, callbacks=[monitor, rec])
+    trainer.fit(make_module(optimizer="sgd", lr=0.5))
+    for step in range(3):
+        ref = _independent(rec.before[step], rec.after[step], rec.snapshot, LAYER)
+        got = monitor.history[step]
+        assert got[f"signaldrift/{LAYER}/step_size"] == pytest.approx(ref["step_size"], rel=1e-6)
+        if "grad_alignment" in ref:
+            assert got[f"signaldrift/{LAYER}/grad_alignment"] == pytest.approx(ref["grad_alignment"], rel=1e-6)
+    # Clipped SGD: the realized step is lr * clipped grad, much smaller than lr * the gradient read.
+    b = rec.before[1][LAYER]
+    moved = float((rec.after[1][LAYER]["B"] - b["B"]).norm())
+    assert moved < 0.5 * float(b["gB"].norm()) * 0.5
+
+
+def test_bf16_mixed_on_cpu(tmp_path):
+    monitor = SignalDriftMonitor(every_n_steps=1, probe_every=1)
+    trainer = make_trainer(max_steps=3, precision="bf16-mixed", callbacks=[monitor])
+    trainer.fit(make_module())
+    assert all(math.isfinite(v) for h in monitor.history.values() for v in h.values())
+    assert f"signaldrift/{LAYER}/spectral_gain" in monitor.history[2]
+
+
+def test_resume_continues_snapshot_and_history(tmp_path):
+    L = lightning("lightning.pytorch")
+    ckpt = L.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=3)
+    first = SignalDriftMonitor(every_n_steps=1, probe_every=None)
+    make_trainer(max_steps=3, enable_checkpointing=True, callbacks=[first, ckpt]).fit(make_module())
+    resumed = SignalDriftMonitor(every_n_steps=1, probe_every=None)
+    make_trainer(max_steps=6, enable_checkpointing=True, callbacks=[resumed]).fit(
+        make_module(), ckpt_path=str(tmp_path / "last.ckpt"))
+    assert sorted(resumed.history) == list(range(6))
+    A0, B0 = first.engine.snapshot[LAYER]
+    assert torch.equal(resumed.engine.snapshot[LAYER][0], A0) and torch.equal(resumed.engine.snapshot[LAYER][1], B0)
+    for step in range(3):
+        assert resumed.history[step] == first.history[step]
+
+
+def test_csv_logger_only(tmp_path):
+    import csv
+
+    L = lightning("lightning.pytorch")
+    logger = L.loggers.CSVLogger(str(tmp_path), name="csv", version=0)
+    make_trainer(max_steps=2, logger=logger, callbacks=[SignalDriftMonitor(probe_every=None)]).fit(make_module())
+    rows = list(csv.DictReader(open(tmp_path / "csv" / "version_0" / "metrics.csv")))
+    assert any(r.get(f"signaldrift/{LAYER}/drift_ratio") for r in rows)
+    assert "signaldrift/skipped_steps" in rows[0]
+
+
+def test_no_logger_warns_once_and_keeps_history():
+    monitor = SignalDriftMonitor(probe_every=None)
+    with pytest.warns(SignalDriftWarning, match="no logger"):
+        make_trainer(max_steps=2, callbacks=[monitor]).fit(make_module())
+    assert sorted(monitor.history) == [0, 1]
+
+
+def test_non_finite_step_is_skipped_and_counted():
+    monitor = SignalDriftMonitor(probe_every=None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer(max_steps=4, callbacks=[monitor]).fit(make_module(nan_at_step=1))
+    assert monitor.engine.skipped_steps >= 2
+    assert monitor.history[3]["signaldrift/skipped_steps"] >= 2
+    assert f"signaldrift/{LAYER}/drift_ratio" in monitor.history[0]
+    skipped = [w for w in caught if issubclass(w.category, SignalDriftWarning) and "skipped" in str(w.message)]
+    assert 1 <= len(skipped) <= 3  # one warning per reason, not per step
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="every_n_steps must be a positive int, got 0"):
+        SignalDriftMonitor(every_n_steps=0)
+    with pytest.raises(ValueError, match="probe_every"):
+        SignalDriftMonitor(probe_every=-1)
+    with pytest.raises(ValueError, match="layers must be"):
+        SignalDriftMonitor(layers=[])
+    plain = make_module(model=torch.nn.Sequential(torch.nn.Linear(8, 2)))
+    with pytest.raises(NoLoRALayersError, match="no LoRA layers found in .*searched for"):
+        make_trainer(max_steps=1, callbacks=[SignalDriftMonitor()]).fit(plain)
+    with pytest.raises(ValueError, match=r"layers \['nope'\] match no LoRA layer; known layers: \['model.fc1'"):
+        make_trainer(max_steps=1, callbacks=[SignalDriftMonitor(layers=["nope"])]).fit(make_module())
+
+
+def test_layer_selection():
+    monitor = SignalDriftMonitor(layers=["fc2"], probe_every=None)
+    make_trainer(max_steps=1, callbacks=[monitor]).fit(make_module())
+    assert monitor.layer_names == ["model.fc2"]
+    assert not any("model.fc1" in k for k in monitor.history[0])
+
+
+def test_peft_model(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from tests.conftest import TinyMLP
+
+    peft_model = get_peft_model(TinyMLP(), LoraConfig(r=2, lora_alpha=4, target_modules=["fc1", "fc2"]))
+    monitor = SignalDriftMonitor(every_n_steps=1, probe_every=1)
+    make_trainer(max_steps=3, callbacks=[monitor]).fit(make_module(model=peft_model))
+    names = monitor.layer_names
+    assert len(names) == 2 and all("fc" in n for n in names)
+    h = monitor.history[2]
+    assert all(f"signaldrift/{n}/drift_ratio" in h and f"signaldrift/{n}/spectral_suppression" in h for n in names)
