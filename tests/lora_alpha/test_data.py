@@ -1,0 +1,88 @@
+import pytest
+
+from lora_alpha.data import CausalLMDataModule, RottenTomatoesDataModule, TextClassificationDataModule, pad_collate
+from lora_alpha.errors import UsageError
+from tests.lora_alpha.app_helpers import tokenizer_path, write_csv, write_jsonl
+
+
+def test_rotten_tomatoes_is_split_by_movie():
+    dm = RottenTomatoesDataModule(train_size=None)
+    splits = dm.read_splits()
+    total = sum(len(v) for v in splits.values())
+    assert total == 12752  # unique fresh/rotten snippets
+    texts = {k: {t for t, _ in v} for k, v in splits.items()}
+    assert not (texts["train"] & texts["test"]) and not (texts["train"] & texts["val"])
+    assert {y for _, y in splits["train"]} == {0, 1}
+    # Movies never cross splits: re-read the raw file and check membership.
+    import bz2
+    import csv
+
+    movie_of = {}
+    with bz2.open(dm.path, "rt") as fh:
+        for row in csv.DictReader(fh):
+            movie_of.setdefault(row["text"].strip(), row["movie_name"])
+    movies = {k: {movie_of[t] for t in v} for k, v in texts.items()}
+    assert not (movies["train"] & movies["test"]) and not (movies["train"] & movies["val"]) and not (movies["val"] & movies["test"])
+    small = RottenTomatoesDataModule(train_size=40, val_size=8, test_size=8, batch_size=16)
+    batch = next(iter(small.train_dataloader()))
+    assert batch["input_ids"].shape[0] == 16 and batch["input_ids"].shape[1] <= 64
+    assert set(batch) == {"input_ids", "attention_mask", "labels"}
+
+
+def test_pad_collate_masks_padding():
+    batch = pad_collate(0)([{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}, {"input_ids": [8], "labels": [8]}])
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [[5, 6, 7], [8, -100, -100]]
+
+
+def test_text_classification_csv_and_jsonl(tmp_path):
+    dm = TextClassificationDataModule(tokenizer_path(), write_csv(tmp_path / "d.csv"))
+    dm.setup()
+    assert dm.labels == ["neg", "pos"] and len(dm.splits["train"]) + len(dm.splits["val"]) == 24
+    rows = [{"text": "good", "label": 1}, {"text": "bad", "label": 0}] * 5
+    dm = TextClassificationDataModule(tokenizer_path(), write_jsonl(tmp_path / "d.jsonl", rows))
+    assert dm.labels == ["0", "1"] and dm.num_labels == 2
+
+
+@pytest.mark.parametrize("content, match", [
+    (None, "does not exist"),
+    ("text,label\n", "has no rows"),
+    ("sentence,label\nhi,1\nho,0\n", r"lacks column\(s\) \['text'\].*columns are \['label', 'sentence'\]"),
+    ("text,label\nhi,1\nho,\n", "empty or non-scalar"),
+    ("text,label\nhi,1\nho,1\n", "single label"),
+])
+def test_text_classification_bad_files(tmp_path, content, match):
+    path = tmp_path / "d.csv"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(UsageError, match=match):
+        TextClassificationDataModule(tokenizer_path(), path)
+
+
+def test_unmappable_labels_encoding_and_bad_json(tmp_path):
+    train = write_csv(tmp_path / "t.csv")
+    val = tmp_path / "v.csv"
+    val.write_text("text,label\nfine,maybe\n")
+    with pytest.raises(UsageError, match=r"val labels \['maybe'\] do not occur"):
+        TextClassificationDataModule(tokenizer_path(), train, val)
+    latin = tmp_path / "l.csv"
+    latin.write_bytes("text,label\ncaf\xe9,1\nx,0\n".encode("latin-1"))
+    with pytest.raises(UsageError, match="is not UTF-8"):
+        TextClassificationDataModule(tokenizer_path(), latin)
+    bad = tmp_path / "b.jsonl"
+    bad.write_text('{"text": "a", "label": 1}\n{"text": oops}\n')
+    with pytest.raises(UsageError, match=r"b.jsonl:2 is not valid JSON"):
+        TextClassificationDataModule(tokenizer_path(), bad)
+
+
+def test_causal_lm_masks_the_prompt(tmp_path):
+    rows = [{"prompt": "question: two plus two?", "completion": " four"}, {"text": "plain text to model"}] * 3
+    dm = CausalLMDataModule(tokenizer_path(), write_jsonl(tmp_path / "c.jsonl", rows), batch_size=2)
+    dm.setup()
+    tok = dm.load_tokenizer()
+    prompt_len = len(tok("question: two plus two?")["input_ids"])
+    pc = next(r for r in dm.splits["train"].rows + dm.splits["val"].rows if r["labels"][0] == -100)
+    assert pc["labels"][:prompt_len] == [-100] * prompt_len and all(y != -100 for y in pc["labels"][prompt_len:])
+    with pytest.raises(UsageError, match=r"record 1 needs a string 'text'"):
+        CausalLMDataModule(tokenizer_path(), write_jsonl(tmp_path / "x.jsonl", [{"prompt": "only"}]))
