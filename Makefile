@@ -29,8 +29,7 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 demo: $(STAMP)
-	rm -rf $(RUN_DIR)
-	HF_HUB_OFFLINE=1 $(VENV)/bin/signaldrift train --name demo --output runs
+	HF_HUB_OFFLINE=1 $(VENV)/bin/signaldrift train --name demo --output runs --overwrite
 	HF_HUB_OFFLINE=1 $(VENV)/bin/signaldrift report $(RUN_DIR)
 
 clean:

@@ -62,3 +62,20 @@ def test_bad_arguments(tiny_bert_dir):
         LoRAAlphaModule(str(tiny_bert_dir), targets=["query"], rank=64)
     with pytest.raises(UsageError, match="lr must be"):
         LoRAAlphaModule(str(tiny_bert_dir), lr=-1.0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the GPU path: bf16-mixed, one device)")
+def test_gpu_bf16_mixed_path(tiny_bert_dir, tmp_path):
+    from callbacks import AlphaRegimeAdvisor, SignalDriftMonitor
+    from lora_alpha.cli import _trainer_kwargs, build_parser
+
+    args = build_parser().parse_args(["train", "--max-steps", "3", "--no-progress"])
+    kwargs = _trainer_kwargs(args)
+    assert kwargs["precision"] == "bf16-mixed"  # chosen automatically on CUDA
+    dm = TextClassificationDataModule(str(tiny_bert_dir), write_csv(tmp_path / "d.csv"), batch_size=4)
+    module = LoRAAlphaModule(str(tiny_bert_dir), targets=["query", "value"], rank=2, lr=1e-2)
+    monitor, advisor = SignalDriftMonitor(probe_every=1), AlphaRegimeAdvisor(gap_every=1)
+    trainer = make_trainer(max_steps=3, accelerator="gpu", devices=1, precision="bf16-mixed",
+                           callbacks=[monitor, advisor], num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=dm)
+    assert module.device.type == "cuda" and monitor.history and advisor.probes

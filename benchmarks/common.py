@@ -1,0 +1,114 @@
+"""Shared benchmark plumbing: the machine description, seeded MiniLM runs, result files."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
+            "commit": _git("rev-parse", "--short", "HEAD")}
+
+
+def _git(*args: str) -> str | None:
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def write_results(name: str, payload: dict, table_md: str, out_dir: Path | None = None) -> tuple[Path, Path]:
+    out_dir = out_dir or RESULTS
+    out_dir.mkdir(parents=True, exist_ok=True)
+    js, md = out_dir / f"{name}.json", out_dir / f"{name}.md"
+    payload = {"machine": machine(), **payload}
+    js.write_text(json.dumps(payload, indent=2) + "\n")
+    m = payload["machine"]
+    header = (f"# {name}\n\nMachine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}"
+              f"{', ' + m['cuda'] if m['cuda'] else ''}; {m['date']}, commit {m['commit']}.\n\n")
+    md.write_text(header + table_md.rstrip() + "\n")
+    return js, md
+
+
+def md_table(header: list[str], rows: list[list]) -> str:
+    def cell(v):
+        if v is None:
+            return "n/a"
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def train_minilm(*, rank: int = 8, alpha: float | None = 16.0, rule: str = "standard", lr: float = 3e-3,
+                 head_lr: float | None = 3e-3, targets=("query", "key", "value", "dense"), max_steps: int = 150,
+                 batch_size: int = 32, train_size: int | None = None, eval_size: int | None = None, seed: int = 0,
+                 every_n_steps: int = 5, loraplus_ratio: float | None = None) -> dict:
+    """One seeded MiniLM + Rotten Tomatoes run with the SignalDriftMonitor; held-out (test) accuracy."""
+    import torch
+    from lightning.pytorch import Trainer, seed_everything
+
+    from callbacks import SignalDriftMonitor
+    from lora_alpha.data import RottenTomatoesDataModule, demo_model_path
+    from lora_alpha.module import LoRAAlphaModule
+
+    torch.set_num_threads(min(os.cpu_count() or 1, 16))
+    seed_everything(seed, verbose=False)
+    dm = RottenTomatoesDataModule(batch_size=batch_size, train_size=train_size, val_size=eval_size,
+                                  test_size=eval_size, seed=seed)
+    module = LoRAAlphaModule(demo_model_path(), targets=list(targets), rank=rank, alpha=alpha, rule=rule, lr=lr,
+                             head_lr=head_lr, loraplus_ratio=loraplus_ratio)
+    monitor = SignalDriftMonitor(every_n_steps=every_n_steps, probe_every=None, histograms=False)
+    trainer = Trainer(max_steps=max_steps, accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                      callbacks=[monitor], precision="bf16-mixed" if torch.cuda.is_available() else "32-true")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t0 = time.time()
+        trainer.fit(module, datamodule=dm)
+        train_s = time.time() - t0
+        test = trainer.test(module, datamodule=dm, verbose=False)[0]
+    drift = [h["signaldrift/drift_ratio"] for h in monitor.history.values() if "signaldrift/drift_ratio" in h]
+    size = [h["signaldrift/step_size"] for h in monitor.history.values() if "signaldrift/step_size" in h]
+    labels = [int(r["labels"]) for r in dm.splits["test"].rows]
+    return {"test_acc": float(test["test_acc"]), "test_loss": float(test["test_loss"]),
+            "majority_acc": max(sum(labels), len(labels) - sum(labels)) / len(labels),
+            "drift_ratio_mean": statistics.fmean(drift) if drift else None,
+            "step_size_mean": statistics.fmean(size) if size else None,
+            "train_seconds": train_s, "seconds_per_step": train_s / max(trainer.global_step, 1),
+            "steps": trainer.global_step, "scale": module.lora_summary.scale, "alpha": module.lora_summary.alpha}

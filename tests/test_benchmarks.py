@@ -1,0 +1,42 @@
+"""Each benchmark's --quick mode runs and writes its result files (shape checked, not values)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(script: str, out: Path) -> dict:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    name = script.removesuffix(".py") + "_quick"
+    md = (out / f"{name}.md").read_text()
+    assert md.startswith(f"# {name}") and "Machine:" in md and "|" in md
+    data = json.loads((out / f"{name}.json").read_text())
+    assert {"cpu", "cores", "torch", "date"} <= set(data["machine"])
+    return data
+
+
+def test_bench_lowrank_svd_quick(tmp_path):
+    data = _run("bench_lowrank_svd.py", tmp_path)
+    case = data["svd"][0]
+    assert {"factored_ms", "dense_ms", "speedup", "max_rel_sv_error"} <= set(case)
+    assert data["metric_set"]["metric_set_ms"] > 0
+
+
+@pytest.mark.slow
+def test_demo_config_quick(tmp_path):
+    data = _run("demo_config.py", tmp_path)
+    assert len(data["runs"]) == 2
+    assert {"test_acc", "drift_ratio_mean", "step_size_mean", "seconds_per_step"} <= set(data["runs"][0])
+
+
+@pytest.mark.slow
+def test_bench_overhead_quick(tmp_path):
+    data = _run("bench_overhead.py", tmp_path)
+    assert len(data["summary"]) == 3
+    assert all({"median_step_ratio", "peak_rss_ratio"} <= set(v) for v in data["summary"].values())
