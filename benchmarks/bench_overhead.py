@@ -60,11 +60,16 @@ def child(cfg: dict, steps: int, train_size: int | None) -> None:
     timer = Timer()
     cbs = []
     if cfg.get("monitor"):
-        cbs.append(SignalDriftMonitor(every_n_steps=1, probe_every=50 if cfg.get("probe") else None, histograms=False))
+        cbs.append(SignalDriftMonitor(every_n_steps=1, probe_every=50 if cfg.get("probe") else None))
     if cfg.get("advisor"):
         cbs.append(AlphaRegimeAdvisor(gap_every=50))
     cbs.append(timer)  # last: its end hook runs after the callbacks' own end-of-batch work
-    trainer = Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    import tempfile
+
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    logger = TensorBoardLogger(tempfile.mkdtemp(prefix="overhead-"), name="run")  # every run logs, as users do
+    trainer = Trainer(max_steps=steps, logger=logger, enable_checkpointing=False, enable_progress_bar=False,
                       enable_model_summary=False, callbacks=cbs, accelerator="auto", devices=1,
                       precision="bf16-mixed" if torch.cuda.is_available() else "32-true")
     trainer.fit(module, datamodule=dm)
@@ -119,7 +124,9 @@ def main(argv=None) -> None:
         rows.append([name, med_step, med_ratio, mean_ratio, summary[name]["peak_rss_mib"], mem_ratio])
     table = md_table(["configuration", "median step s", "median step ratio", "mean step ratio (probes amortized)",
                       "peak RSS MiB", "peak RSS ratio"], rows)
-    table += (f"\n\nMiniLM-L6, LoRA r=8 on query/key/value/dense (36 layers), batch 32, {steps} steps per run, "
+    table += (f"\n\nMiniLM-L6, LoRA r=8 on query/key/value/dense (37 layers, the pooler's dense included), batch 32, "
+              f"TensorBoard logger (Lightning's default cadence: per-layer scalars every 50 steps, aggregates every "
+              f"step), {steps} steps per run, "
               f"{rounds} alternating rounds; ratios are against the run without callbacks in the same round "
               "(median over rounds). The first step of each run is excluded.\n")
     print(table)

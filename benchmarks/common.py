@@ -91,7 +91,7 @@ def train_minilm(*, rank: int = 8, alpha: float | None = 16.0, rule: str = "stan
                                   test_size=eval_size, seed=seed)
     module = LoRAAlphaModule(demo_model_path(), targets=list(targets), rank=rank, alpha=alpha, rule=rule, lr=lr,
                              head_lr=head_lr, loraplus_ratio=loraplus_ratio)
-    monitor = SignalDriftMonitor(every_n_steps=every_n_steps, probe_every=None, histograms=False)
+    monitor = SignalDriftMonitor(every_n_steps=every_n_steps, probe_every=None, histogram_every=None)
     trainer = Trainer(max_steps=max_steps, accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                       callbacks=[monitor], precision="bf16-mixed" if torch.cuda.is_available() else "32-true")

@@ -72,10 +72,12 @@ def _loss_value(out: Any) -> float:
 class AlphaRegimeAdvisor(CallbackBase):
     """Probe the optimization gap along the realized LoRA step and judge the alpha regime.
 
-    Every ``gap_every`` optimizer steps, after the step, the loss on one fixed probe batch is
+    Every ``gap_every`` optimizer steps (not at step 0: from ``B0 = 0`` Adam's first step moves
+    only B, a step unlike the rest), after the step, the loss on one fixed probe batch is
     evaluated at ``theta_t + tau * delta`` for tau in ``taus`` (eval mode, no gradients,
     parameters restored exactly): ``step_gap`` and ``gap_gain`` (section 5). The verdict
-    (section 6) uses the medians of the last ``window`` probes and the step's drift ratio. When
+    (section 6) uses the medians of the last ``window`` probes and their steps' drift ratios, once
+    ``min_probes`` probes exist (before that, the configuration alone). When
     alpha is judged too small, one :class:`AlphaRegimeWarning` (rank zero) names the evidence and
     an alpha to try. The probe runs on every rank at the same steps, with no collective call.
 
@@ -93,6 +95,7 @@ class AlphaRegimeAdvisor(CallbackBase):
         probe_batch: the batch to probe on (default: the first training batch).
         taus: step multiples (must include 1).
         window: how many recent probes the verdict takes the median of.
+        min_probes: probes needed before the step gap counts as evidence.
         loss_fn: optional ``(pl_module, batch) -> loss``.
 
     Example::
@@ -103,10 +106,14 @@ class AlphaRegimeAdvisor(CallbackBase):
     """
 
     def __init__(self, gap_every: int = 50, probe_batch: Any = None, taus: Sequence[float] = DEFAULT_TAUS,
-                 window: int = 3, loss_fn: Callable[[Any, Any], Any] | None = None) -> None:
+                 window: int = 3, min_probes: int = 2, loss_fn: Callable[[Any, Any], Any] | None = None) -> None:
         super().__init__()
         check_positive_int("gap_every", gap_every)
         check_positive_int("window", window)
+        check_positive_int("min_probes", min_probes)
+        if min_probes > window:
+            raise ValueError(f"min_probes ({min_probes}) must not exceed window ({window})")
+        self.min_probes = min_probes
         taus = tuple(float(t) for t in taus)
         if 1.0 not in taus or any(t < 0 for t in taus):
             raise ValueError(f"taus must be >= 0 and include 1, got {taus}")
@@ -124,7 +131,7 @@ class AlphaRegimeAdvisor(CallbackBase):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         self._before = None
-        if trainer.global_step % self.gap_every == 0:
+        if trainer.global_step > 0 and trainer.global_step % self.gap_every == 0:
             self._before = [p.detach().clone() for v in self._views(pl_module) for p in (v.A, v.B)]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
@@ -209,7 +216,7 @@ class AlphaRegimeAdvisor(CallbackBase):
         recent = self.probes[-self.window:]
         self.verdict = regime_verdict(
             alpha, rank, scale,
-            step_gaps=[p["step_gap"] for p in recent],
+            step_gaps=[p["step_gap"] for p in recent] if len(recent) >= self.min_probes else None,
             drift_ratios=[p["drift_ratio"] for p in recent if p.get("drift_ratio") is not None],
             step_sizes=[p["step_size"] for p in recent if p.get("step_size") is not None],
         )

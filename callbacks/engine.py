@@ -105,6 +105,7 @@ class SignalDriftEngine:
         self.spectra: dict[str, Tensor] = {}  # latest singular values per layer (for figures)
         self._pending: dict[str, _Pending] = {}
         self._pending_step: int | None = None
+        self._pending_views: dict[str, LoRAView] = {}
         self._capture: dict[str, Tensor] = {}
         self._handles: list = []
         self._warned: set[str] = set()
@@ -191,10 +192,12 @@ class SignalDriftEngine:
             grad_scale: divide gradients by this (an AMP loss scale still applied to them).
         """
         captured = self.stop_capture()
-        self._pending, self._pending_step = {}, None
+        self._pending, self._pending_step, self._pending_views = {}, None, {}
         if not self.measures(step):
             return
-        for v in self.views(model):
+        views = self.views(model)
+        self._pending_views = {v.name: v for v in views}  # live parameters: after_step reads them again
+        for v in views:
             if v.merged:
                 self._skip(v.name, "merged into its base weight")
                 continue
@@ -205,24 +208,27 @@ class SignalDriftEngine:
         self._pending_step = step
 
     def _measure_before(self, v: LoRAView, G: Tensor | None, grad_scale: float) -> _Pending:
+        # One float64 copy of each small factor per step: every function below then computes in
+        # float64 without converting again (cheaper than repeated float32 -> float64 casts).
         A0, B0 = self.snapshot[v.name]
+        A0, B0 = A0.double(), B0.double()
+        A, B = v.A.detach().double(), v.B.detach().double()
         metrics: dict[str, float] = {}
-        spec = update_spectrum(v.A, v.B, v.scale, self.base_norms.get(v.name, 0.0), A0, B0)
+        spec = update_spectrum(A, B, v.scale, self.base_norms.get(v.name, 0.0), A0, B0)
         self.spectra[v.name] = spec.singular_values
         metrics.update(delta_norm=spec.delta_norm, delta_rel=spec.delta_rel, stable_rank=spec.stable_rank,
                        effective_rank=spec.effective_rank)
         gA, gB = v.A.grad, v.B.grad
         if gA is not None and gB is not None:
-            if grad_scale != 1.0:
-                gA, gB = gA / grad_scale, gB / grad_scale
-            split = grad_split(v.A, v.B, gA, gB, v.scale, A0, B0, top_k=self.top_k, svd=spec.svd)
+            gA, gB = gA.detach().double() / grad_scale, gB.detach().double() / grad_scale
+            split = grad_split(A, B, gA, gB, v.scale, A0, B0, top_k=self.top_k, svd=spec.svd)
             if split is not None:
                 metrics.update(grad_alignment=split.grad_alignment, grad_drift_ratio=split.grad_drift_ratio)
             if G is not None:
                 # G was summed from scaled output gradients too: ||G||^2 / scale^2.
                 sup = spectral_suppression(gA, gB, float(G.double().square().sum()) / grad_scale**2)
                 metrics.update(spectral_gain=sup.spectral_gain, spectral_suppression=sup.spectral_suppression)
-        return _Pending(A=v.A.detach().clone(), B=v.B.detach().clone(), metrics=metrics)
+        return _Pending(A=A, B=B, metrics=metrics)  # float64 copies: the step's "before"
 
     def after_step(self, model: nn.Module, step_taken: bool = True) -> tuple[int, dict[str, float]] | None:
         """The realized step: section 2 and the step's tags. None when nothing was measured.
@@ -231,12 +237,11 @@ class SignalDriftEngine:
             step_taken: False when the optimizer skipped the step (AMP overflow); the step's
                 metrics are then dropped and counted as skipped.
         """
-        step, pending = self._pending_step, self._pending
-        self._pending, self._pending_step = {}, None
+        step, pending, views = self._pending_step, self._pending, self._pending_views
+        self._pending, self._pending_step, self._pending_views = {}, None, {}
         if step is None:
             return None
-        views = {v.name: v for v in self.views(model)}
-        if step_taken and pending and all(torch.equal(p.A, views[n].A) and torch.equal(p.B, views[n].B)
+        if step_taken and pending and all(torch.equal(p.A, views[n].A.double()) and torch.equal(p.B, views[n].B.double())
                                           for n, p in pending.items() if n in views):
             step_taken = False  # nothing moved: a skipped step or a zero learning rate
         tags: dict[str, float] = {}
@@ -247,7 +252,8 @@ class SignalDriftEngine:
                 self._skip(name, "the optimizer did not update it" if v is not None else "it disappeared")
                 continue
             try:
-                split = step_split(p.A, p.B, v.A, v.B, v.scale, self.base_norms.get(name, 0.0))
+                split = step_split(p.A, p.B, v.A.detach().double(), v.B.detach().double(), v.scale,
+                                   self.base_norms.get(name, 0.0))
             except NonFiniteError:
                 self._skip(name, "non-finite factors after the step")
                 continue

@@ -11,7 +11,7 @@ from callbacks._lightning import (
     tensorboard_writers,
     unscale_divisor,
 )
-from callbacks.engine import LAYER_METRICS, PREFIX, SignalDriftEngine, SignalDriftWarning, model_tag
+from callbacks.engine import LAYER_METRICS, PREFIX, SignalDriftEngine, SignalDriftWarning, check_positive_int, model_tag
 from callbacks.tensorboard import add_custom_layout, add_spectra_figure, add_spectrum_histograms
 
 
@@ -26,16 +26,19 @@ class SignalDriftMonitor(CallbackBase):
 
     Logged (step = the optimizer step measured, 0-based), to every logger, from rank zero:
 
-    * ``signaldrift/<layer>/<metric>`` for each layer and metric in ``delta_norm``,
+    * ``signaldrift/<layer>/<metric>`` (every ``layer_log_every`` steps; every measured step in
+      ``monitor.history``) for each layer and metric in ``delta_norm``,
       ``delta_rel``, ``stable_rank``, ``effective_rank`` (section 1; dW before step t),
       ``signal_norm``, ``drift_norm``, ``drift_ratio``, ``step_size`` (section 2; step t),
       ``grad_alignment``, ``grad_drift_ratio`` (section 3), ``spectral_gain``,
       ``spectral_suppression`` (section 4, on probe steps only). Undefined values are left out.
-    * ``signaldrift/<metric>`` (median over layers) and ``signaldrift/<metric>_max``.
+    * ``signaldrift/<metric>`` (median over layers) and ``signaldrift/<metric>_max``, every
+      measured step.
     * ``signaldrift/skipped_steps``: cumulative count of layer-steps skipped (non-finite values,
       merged layers, steps the optimizer did not take).
 
-    With a TensorBoard logger also: histograms ``signaldrift/<layer>/singular_values``, a
+    With a TensorBoard logger also: histograms ``signaldrift/<layer>/singular_values`` (every
+    ``histogram_every`` steps), a
     custom-scalars dashboard ("Signal-Drift"), and the figure ``signaldrift/update_spectra`` at
     fit end.
 
@@ -44,7 +47,11 @@ class SignalDriftMonitor(CallbackBase):
         top_k: subspace size for the gradient split (default: the layer's rank).
         probe_every: capture the full-weight gradient every this many steps (None: never).
         layers: names or dotted suffixes of the layers to watch (default: all LoRA layers).
-        histograms: write singular-value histograms (TensorBoard only).
+        histogram_every: write singular-value histograms every this many steps (TensorBoard only;
+            None: never).
+        layer_log_every: send per-layer scalars to the loggers every this many steps (default: the
+            Trainer's ``log_every_n_steps``). Writing hundreds of scalars costs more than computing
+            them, so per-layer values follow Lightning's logging cadence; aggregates do not.
 
     Example::
 
@@ -54,10 +61,13 @@ class SignalDriftMonitor(CallbackBase):
     """
 
     def __init__(self, every_n_steps: int = 1, top_k: int | None = None, probe_every: int | None = 50,
-                 layers: Sequence[str] | None = None, histograms: bool = True) -> None:
+                 layers: Sequence[str] | None = None, histogram_every: int | None = 50,
+                 layer_log_every: int | None = None) -> None:
         super().__init__()
         self.engine = SignalDriftEngine(every_n_steps, top_k, probe_every, layers)
-        self.histograms = histograms
+        check_positive_int("histogram_every", histogram_every, allow_none=True)
+        check_positive_int("layer_log_every", layer_log_every, allow_none=True)
+        self.histogram_every, self.layer_log_every = histogram_every, layer_log_every
         self._scale_before: float | None = None
         self._warned_no_logger = False
 
@@ -103,8 +113,11 @@ class SignalDriftMonitor(CallbackBase):
         if result is None:
             return
         step, tags = result
+        every = self.layer_log_every or max(int(getattr(trainer, "log_every_n_steps", 1) or 1), 1)
+        if step % every != 0:
+            tags = {k: v for k, v in tags.items() if k.count("/") == 1}  # aggregates only
         log_metrics(trainer, tags, step)
-        if self.histograms:
+        if self.histogram_every is not None and step % self.histogram_every == 0:
             for w in tensorboard_writers(trainer):
                 add_spectrum_histograms(w, self.engine.spectra, step)
 

@@ -46,6 +46,7 @@ def load_hf_model(name_or_path: str, task: str, num_labels: int = 2) -> nn.Modul
         )
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the fresh classifier head is expected; say nothing about it
+    hf_logging.disable_progress_bar()
     try:
         if task == "sequence-classification":
             return AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=num_labels)
@@ -80,6 +81,8 @@ class LoRAAlphaModule(LightningModule):
         num_labels: classes, for sequence classification.
         trainable: modules trained besides LoRA (default: the classification head, if any).
         adapter_dir: where to save the adapter at fit end (None: do not save).
+        base_dropout: keep the pretrained model's own dropout layers active during training.
+            Off by default: the benchmarks behind the defaults trained with it off.
     """
 
     def __init__(self, model: str | nn.Module, task: str = "sequence-classification",
@@ -87,7 +90,8 @@ class LoRAAlphaModule(LightningModule):
                  rule: str = "lora-alpha", lr: float = DEFAULT_LR, head_lr: float | None = None,
                  weight_decay: float = 0.0, warmup_steps: int = 0, schedule: str = "constant",
                  dropout: float = 0.0, loraplus_ratio: float | None = None, num_labels: int = 2,
-                 trainable: Sequence[str] | None = None, adapter_dir: str | os.PathLike | None = None) -> None:
+                 trainable: Sequence[str] | None = None, adapter_dir: str | os.PathLike | None = None,
+                 base_dropout: bool = False) -> None:
         super().__init__()
         if task not in TASKS:
             raise UsageError(f"unknown task {task!r}; allowed: {', '.join(TASKS)}")
@@ -105,6 +109,11 @@ class LoRAAlphaModule(LightningModule):
         if trainable is None:
             trainable = [h for h in HEAD_NAMES if task == "sequence-classification" and _has_module(self.model, h)]
         self.lora_summary: InjectSummary = inject(self.model, list(targets), rank, alpha, rule, dropout, trainable)
+        self.model.train()  # Hugging Face loads in eval mode; Lightning keeps whatever mode it finds
+        if not base_dropout:
+            for m in self.model.modules():
+                if isinstance(m, nn.Dropout) and not _is_lora_dropout(self.model, m):
+                    m.p = 0.0
         self.lr, self.head_lr = lr, head_lr if head_lr is not None else lr
         self.weight_decay, self.warmup_steps, self.schedule = weight_decay, warmup_steps, schedule
         self.loraplus_ratio = loraplus_ratio
@@ -173,6 +182,10 @@ class LoRAAlphaModule(LightningModule):
         if self.adapter_dir is not None and self.trainer.is_global_zero:
             task_type = "SEQ_CLS" if self.task == "sequence-classification" else "CAUSAL_LM"
             save_adapter(self.model, self.adapter_dir, task_type=task_type)
+
+
+def _is_lora_dropout(model: nn.Module, module: nn.Module) -> bool:
+    return any(getattr(layer, "lora_dropout", None) is module for layer in model.modules())
 
 
 def _has_module(model: nn.Module, name: str) -> bool:

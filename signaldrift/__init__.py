@@ -11,6 +11,7 @@ from signaldrift.regime import (
     DRIFT_RATIO_HIGH,
     GAP_TOO_AGGRESSIVE,
     GAP_TOO_SMALL,
+    MAX_SUGGESTED_FACTOR,
     SQRT_LAW_C,
     STEP_SIZE_HIGH,
     VERDICTS,
@@ -24,7 +25,7 @@ from signaldrift.suppression import SpectralSuppression, full_grad_sq_norm, full
 from signaldrift.views import LoRAProtocol, LoRAView, lora_layers
 
 __all__ = [
-    "ALPHA_FLOOR_FRACTION", "DEFAULT_TAUS", "DRIFT_RATIO_HIGH", "GAP_TOO_AGGRESSIVE", "GAP_TOO_SMALL",
+    "ALPHA_FLOOR_FRACTION", "DEFAULT_TAUS", "DRIFT_RATIO_HIGH", "GAP_TOO_AGGRESSIVE", "GAP_TOO_SMALL", "MAX_SUGGESTED_FACTOR",
     "SQRT_LAW_C", "STEP_SIZE_HIGH", "VERDICTS", "GapProbe", "GradSplit", "LoRAProtocol", "LoRAView",
     "LowRankSVD", "NonFiniteError", "RegimeVerdict", "SpectralSuppression", "StepSplit", "UpdateSpectrum",
     "equivalent_gradient_factors", "frob_inner", "frob_norm", "full_grad_sq_norm", "full_weight_grad", "grad_split",

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from signaldrift.errors import check_factors, check_finite, check_same_shape, check_scale, compute_dtype
-from signaldrift.lowrank import LowRankSVD, frob_norm, lowrank_svd, update_factors
+from signaldrift.lowrank import LowRankSVD, frob_norm, svd_unchecked, update_factors
 from signaldrift.spectrum import is_numerically_zero
 
 
@@ -78,7 +78,7 @@ def grad_split(
         raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
     if svd is None:
         L_dw, R_dw = update_factors(A, B, s, A0, B0)
-        svd = lowrank_svd(L_dw, R_dw)
+        svd = svd_unchecked(L_dw, R_dw)
         if is_numerically_zero(svd, L_dw, R_dw):
             return None
     elif svd.S.numel() == 0 or float(svd.S[0]) == 0.0:
@@ -90,14 +90,15 @@ def grad_split(
     U, V = svd.U[:, :k].to(L.dtype), svd.V[:, :k].to(L.dtype)  # (m, k), (n, k)
     UtL = U.T @ L  # (k, 2r)
     RV = R @ V  # (2r, k)
-    g_norm = frob_norm(L, R)
-    sig = float(torch.linalg.matrix_norm((UtL @ RV).to(torch.float64)))
-    # ||g_drift||^2 = ||(I - U U^T) g||^2 + ||U U^T g (I - V V^T)||^2, both factored.
+    sig = float(torch.linalg.matrix_norm((UtL @ RV).to(torch.float64)))  # ||U^T g V||_F = ||g_signal||_F
+    # ||g_drift||^2 = ||(I - U U^T) g||^2 + ||U U^T g (I - V V^T)||^2, both factored: exact even when
+    # g_drift is tiny (the shortcut ||g||^2 - ||g_signal||^2 loses it to cancellation).
     out_of_U = frob_norm(L - U @ UtL, R)
     in_U_out_of_V = frob_norm(UtL, R - RV @ V.T)
     drift = (out_of_U**2 + in_U_out_of_V**2) ** 0.5
-    total_sq = sig**2 + drift**2  # == ||g||^2 (Pythagoras), in [0, 1] by construction below
-    alignment = min(sig**2 / total_sq, 1.0) if total_sq > 0 else None
+    total_sq = sig**2 + drift**2  # == ||g||^2 (the parts are Frobenius-orthogonal)
+    g_norm = total_sq**0.5
+    alignment = min(sig**2 / total_sq, 1.0) if total_sq > 0 else None  # in [0, 1]
     return GradSplit(
         grad_alignment=alignment,
         grad_drift_ratio=drift / sig if sig > 0 else None,

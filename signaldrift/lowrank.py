@@ -64,6 +64,11 @@ def lowrank_svd(L: Tensor, R: Tensor) -> LowRankSVD:
     """
     _check_product(L, R)
     check_finite(L=L, R=R)
+    return svd_unchecked(L, R)
+
+
+def svd_unchecked(L: Tensor, R: Tensor) -> LowRankSVD:
+    """:func:`lowrank_svd` for inputs the caller has already checked (the per-step hot path)."""
     dt = compute_dtype(L, R)
     Q_l, R_l = torch.linalg.qr(L.detach().to(dt))  # (m, k1), (k1, k), k1 = min(m, k)
     Q_r, R_r = torch.linalg.qr(R.detach().to(dt).T)  # (n, k2), (k2, k), k2 = min(n, k)

@@ -17,6 +17,9 @@ GAP_TOO_SMALL: float = 4.0  # median step_gap at or above this: the step could b
 GAP_TOO_AGGRESSIVE: float = 0.5  # median step_gap below this: the step overshoots
 DRIFT_RATIO_HIGH: float = 0.1  # median drift_ratio at or above this counts as "high"
 ALPHA_FLOOR_FRACTION: float = 0.25  # alpha below this fraction of c * sqrt(r) is too small
+# A suggestion never multiplies alpha by more than this at once: the probe measures one batch
+# along one step, so a gap of 30 says "much larger", not "exactly 30x". Re-check after changing.
+MAX_SUGGESTED_FACTOR: float = 8.0
 # Evidence only (does not change the verdict): in the pre-study every collapsed run had a mean
 # per-step update-to-weight ratio >= 0.0275 and every healthy one 0.002-0.019.
 STEP_SIZE_HIGH: float = 0.025
@@ -132,9 +135,10 @@ def regime_verdict(
         suggestion = f"{why}: lower the learning rate (about {_round2(factor):g}x), not alpha"
     elif gap is not None and gap >= GAP_TOO_SMALL:
         verdict = "alpha-too-small"
-        suggested = _round2(alpha * gap)
+        suggested = _round2(alpha * min(gap, MAX_SUGGESTED_FACTOR))
+        capped = " (a capped first move; probe again)" if gap > MAX_SUGGESTED_FACTOR else ""
         suggestion = (f"the step could be ~{gap:.2g}x larger with drift_ratio "
-                      f"{'unmeasured' if drift is None else f'{drift:.2g}'}; try alpha ~ {suggested:g}")
+                      f"{'unmeasured' if drift is None else f'{drift:.2g}'}; try alpha ~ {suggested:g}{capped}")
     elif equiv < ALPHA_FLOOR_FRACTION * rec_equiv:
         verdict = "alpha-too-small"
         suggested = _round2(rec_user)

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from signaldrift.errors import check_factors, check_finite, check_same_shape, check_scale, compute_dtype
-from signaldrift.lowrank import frob_norm
 
 import torch
 
@@ -54,9 +53,19 @@ def step_split(
     A, B = A_prev.detach().to(dt), B_prev.detach().to(dt)
     An, Bn = A_next.detach().to(dt), B_next.detach().to(dt)
     dA, dB = An - A, Bn - B  # (r, n), (m, r)
-    signal = frob_norm(torch.cat([dB, B], dim=1) * s, torch.cat([A, dA], dim=0))  # S = s[dB, B][A; dA]
-    drift = abs(s) * frob_norm(dB, dA)
-    update = frob_norm(torch.cat([dB, B], dim=1) * s, torch.cat([An, dA], dim=0))  # S+D = s(dB A' + B dA)
+    r = A.shape[0]
+    # S = [s dB, s B] [A; dA] and S + D = s (dB A' + B dA) = [s dB, s B] [A'; dA] share their left
+    # factor, and D = s dB dA is its first block times the right factor's second block, so three
+    # small float64 Gram matrices give all three norms (no cancellation between large terms).
+    L = torch.cat([dB, B], dim=1).to(torch.float64) * s  # (m, 2r)
+    R_signal = torch.cat([A, dA], dim=0).to(torch.float64)  # (2r, n)
+    R_update = torch.cat([An, dA], dim=0).to(torch.float64)  # (2r, n)
+    G_L = L.T @ L  # (2r, 2r)
+    G_S = R_signal @ R_signal.T
+    G_U = R_update @ R_update.T
+    signal = max(float((G_L * G_S).sum()), 0.0) ** 0.5
+    drift = max(float((G_L[:r, :r] * G_S[r:, r:]).sum()), 0.0) ** 0.5
+    update = max(float((G_L * G_U).sum()), 0.0) ** 0.5
     base_norm = float(base_norm)
     return StepSplit(
         signal_norm=signal,

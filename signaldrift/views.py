@@ -74,6 +74,15 @@ class LoRAView:
     variant: str | None
 
 
+_PROTOCOL_ATTRS = ("lora_A", "lora_B", "merged", "lora_enabled", "lora_kind", "scaling", "alpha", "rank",
+                   "base_weight_mn")
+
+
+def _follows_protocol(module: nn.Module) -> bool:
+    """``isinstance(module, LoRAProtocol)`` without typing's slow runtime check (it runs every step)."""
+    return isinstance(getattr(module, "lora_kind", None), str) and all(hasattr(module, a) for a in _PROTOCOL_ATTRS)
+
+
 def _is_peft_lora(module: nn.Module) -> bool:
     return (
         isinstance(getattr(module, "r", None), dict)
@@ -128,7 +137,7 @@ def lora_layers(model: nn.Module, include_variants: bool = True) -> list[LoRAVie
     """
     views: list[LoRAView] = []
     for name, module in model.named_modules():
-        if isinstance(module, LoRAProtocol):
+        if _follows_protocol(module):
             if not module.lora_enabled:
                 continue
             views.append(LoRAView(

@@ -30,8 +30,8 @@ def test_probe_losses_and_gap_match_a_dense_reference(tmp_path):
     rec = make_recorder()
     module = make_module(lr=0.05)
     logger = L.loggers.TensorBoardLogger(str(tmp_path), name="tb", version=0)
-    make_trainer(max_steps=4, logger=logger, callbacks=[advisor, rec]).fit(module)
-    assert [p["step"] for p in advisor.probes] == [0, 2]
+    make_trainer(max_steps=5, logger=logger, callbacks=[advisor, rec]).fit(module)
+    assert [p["step"] for p in advisor.probes] == [2, 4]  # never at step 0
     first_batch = next(iter(module.train_dataloader()))
     for probe in advisor.probes:
         ref = _dense_losses(module, rec, probe["step"], first_batch)
@@ -39,8 +39,8 @@ def test_probe_losses_and_gap_match_a_dense_reference(tmp_path):
         best = min(range(len(ref)), key=ref.__getitem__)
         assert probe["gap_gain"] == pytest.approx((ref[1] - ref[best]) / ref[1], rel=1e-4, abs=1e-7)
     scalars = read_scalars(tmp_path)
-    assert set(scalars["signaldrift/step_gap"]) == {0, 2}
-    assert scalars["signaldrift/step_gap"][2] == pytest.approx(advisor.probes[1]["step_gap"], rel=1e-5)
+    assert set(scalars["signaldrift/step_gap"]) == {2, 4}
+    assert scalars["signaldrift/step_gap"][4] == pytest.approx(advisor.probes[1]["step_gap"], rel=1e-5)
     assert "signaldrift/verdict/text_summary" in read_tags(tmp_path)["tensors"]
     assert advisor.verdict is not None and advisor.verdict.verdict in ("alpha-too-small", "in-regime", "too-aggressive")
 
@@ -83,12 +83,13 @@ def test_custom_probe_batch_and_loss_fn():
 
     batch = (torch.randn(3, 8), torch.randn(3, 2))
     advisor = AlphaRegimeAdvisor(gap_every=2, probe_batch=batch, loss_fn=loss_fn, taus=(0, 1, 2))
-    make_trainer(max_steps=2, callbacks=[advisor]).fit(make_module())
-    assert calls and all(s == (3, 8) for s in calls) and len(calls) == 3
+    make_trainer(max_steps=3, callbacks=[advisor]).fit(make_module())
+    assert calls and all(s == (3, 8) for s in calls) and len(calls) == 3  # one probe (step 2), three taus
 
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(gap_every=0), "gap_every must be a positive int, got 0"),
+    (dict(min_probes=4, window=3), r"min_probes \(4\) must not exceed window \(3\)"),
     (dict(window=-2), "window must be"),
     (dict(taus=(0, 2)), "include 1"),
 ])
@@ -104,3 +105,9 @@ def test_state_round_trip():
     other.load_state_dict(advisor.state_dict())
     assert other.probes == advisor.probes
     assert torch.equal(other.probe_batch[0], advisor.probe_batch[0])
+
+
+def test_gap_evidence_needs_min_probes():
+    advisor = AlphaRegimeAdvisor(gap_every=1, min_probes=3, window=3)
+    make_trainer(max_steps=3, callbacks=[advisor]).fit(make_module(alpha=8.0 * 22, lr=1e-3))
+    assert len(advisor.probes) == 2 and advisor.verdict.step_gap is None  # configuration alone so far

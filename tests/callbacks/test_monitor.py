@@ -36,9 +36,9 @@ def _independent(rec_before, rec_after, snapshot, name):
 
 @pytest.mark.parametrize("ns", ["lightning.pytorch", "pytorch_lightning"])
 def test_logged_values_equal_independent_signaldrift(ns, tmp_path):
-    monitor = SignalDriftMonitor(every_n_steps=1, probe_every=2)
+    monitor = SignalDriftMonitor(every_n_steps=1, probe_every=2, histogram_every=2)
     rec = make_recorder(ns, capture_full_grad_at=(0, 2))
-    trainer = make_trainer(ns, max_steps=4, logger=_tb(ns, tmp_path), callbacks=[monitor, rec])
+    trainer = make_trainer(ns, max_steps=4, logger=_tb(ns, tmp_path), callbacks=[monitor, rec], log_every_n_steps=1)
     trainer.fit(make_module(ns))
     scalars = read_scalars(tmp_path)
     for step in range(4):
@@ -163,3 +163,14 @@ def test_peft_model(tmp_path):
     assert len(names) == 2 and all("fc" in n for n in names)
     h = monitor.history[2]
     assert all(f"signaldrift/{n}/drift_ratio" in h and f"signaldrift/{n}/spectral_suppression" in h for n in names)
+
+
+def test_logging_cadence(tmp_path):
+    monitor = SignalDriftMonitor(every_n_steps=1, probe_every=None, layer_log_every=2, histogram_every=3)
+    make_trainer(max_steps=4, logger=_tb("lightning.pytorch", tmp_path), callbacks=[monitor]).fit(make_module())
+    scalars = read_scalars(tmp_path)
+    assert set(scalars[f"signaldrift/{LAYER}/drift_ratio"]) == {0, 2}
+    assert set(scalars["signaldrift/drift_ratio"]) == {0, 1, 2, 3}
+    assert sorted(monitor.history) == [0, 1, 2, 3] and f"signaldrift/{LAYER}/drift_ratio" in monitor.history[1]
+    with pytest.raises(ValueError, match="histogram_every"):
+        SignalDriftMonitor(histogram_every=0)

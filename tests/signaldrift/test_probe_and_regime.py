@@ -6,6 +6,7 @@ import torch
 
 from signaldrift import (
     GAP_TOO_SMALL,
+    MAX_SUGGESTED_FACTOR,
     SQRT_LAW_C,
     NonFiniteError,
     recommended_alpha,
@@ -112,9 +113,12 @@ def test_verdicts():
     r = 16
     alpha = recommended_alpha(r)  # on the law: not too small by configuration
     s = alpha / r
-    v = regime_verdict(alpha, r, s, step_gaps=[20, 24, 18], drift_ratios=[0.01, 0.012])
+    v = regime_verdict(alpha, r, s, step_gaps=[5, 6, 5.5], drift_ratios=[0.01, 0.012])
     assert v.verdict == "alpha-too-small"
-    assert v.suggested_alpha == pytest.approx(alpha * 20, rel=0.05)
+    assert v.suggested_alpha == pytest.approx(alpha * 5.5, rel=0.05)
+    v = regime_verdict(alpha, r, s, step_gaps=[20, 24, 18], drift_ratios=[0.01, 0.012])
+    assert v.suggested_alpha == pytest.approx(alpha * MAX_SUGGESTED_FACTOR, rel=0.05)  # capped
+    assert "capped" in v.suggestion
     assert "step_gap 20" in v.evidence and "try alpha" in v.suggestion
     v = regime_verdict(alpha, r, s, step_gaps=[0.2, 0.3])
     assert v.verdict == "too-aggressive" and v.suggested_alpha is None and "learning rate" in v.suggestion
