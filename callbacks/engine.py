@@ -281,9 +281,11 @@ class SignalDriftEngine:
 
     # ----------------------------------------------------------------- summaries and state
     def latest(self, metric: str, window: int = 5) -> list[float]:
-        """The model-level median of ``metric`` over the last ``window`` measured steps."""
-        steps = sorted(self.history)[-window:]
-        return [self.history[s][model_tag(metric)] for s in steps if model_tag(metric) in self.history[s]]
+        """The model-level median of ``metric`` at the last ``window`` steps that measured it
+        (probe-only metrics such as ``spectral_suppression`` exist on probe steps alone)."""
+        tag = model_tag(metric)
+        steps = [s for s in sorted(self.history) if tag in self.history[s]][-window:]
+        return [self.history[s][tag] for s in steps]
 
     def state_dict(self) -> dict:
         return {

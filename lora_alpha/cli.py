@@ -197,7 +197,7 @@ def _summary(record, monitor, advisor, run_dir: Path, dm) -> str:
         ("LoRA", record["lora"]),
         ("held-out accuracy" if held is not None else "held-out loss",
          f"{held:.4f} on {n_test} test examples" if held is not None else f"{test.get('test_loss', float('nan')):.4f}"),
-        ("drift_ratio", recent("drift_ratio") + "  (median over layers, last 10 measurements)"),
+        ("drift_ratio", recent("drift_ratio") + "  (median over layers, then over the last 10 measurements)"),
         ("step_size", recent("step_size")),
         ("grad_alignment", recent("grad_alignment")),
         ("spectral_suppression", recent("spectral_suppression")),
@@ -238,6 +238,7 @@ def report(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # a Lightning-internal deprecation, not the user's
     try:
         return train(args) if args.command == "train" else report(args)
     except (UsageError, LoRAConfigError) as err:

@@ -186,20 +186,18 @@ def lora_modules(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
 
 def merge_adapters(model: nn.Module) -> int:
     """Merge every :class:`LoRALinear` into its base weight (idempotent); returns how many layers."""
-    count = 0
-    for _, m in lora_modules(model):
+    layers = [m for _, m in lora_modules(model)]
+    for m in layers:
         m.merge()
-        count += 1
-    return count
+    return len(layers)
 
 
 def unmerge_adapters(model: nn.Module) -> int:
     """Undo :func:`merge_adapters` (idempotent); returns how many layers."""
-    count = 0
-    for _, m in lora_modules(model):
+    layers = [m for _, m in lora_modules(model)]
+    for m in layers:
         m.unmerge()
-        count += 1
-    return count
+    return len(layers)
 
 
 @contextlib.contextmanager

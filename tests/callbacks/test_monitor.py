@@ -174,3 +174,10 @@ def test_logging_cadence(tmp_path):
     assert sorted(monitor.history) == [0, 1, 2, 3] and f"signaldrift/{LAYER}/drift_ratio" in monitor.history[1]
     with pytest.raises(ValueError, match="histogram_every"):
         SignalDriftMonitor(histogram_every=0)
+
+
+def test_latest_reads_probe_only_metrics_back():
+    monitor = SignalDriftMonitor(every_n_steps=1, probe_every=2)
+    make_trainer(max_steps=4, callbacks=[monitor]).fit(make_module())
+    assert len(monitor.latest("spectral_suppression", window=10)) == 2  # steps 0 and 2 only
+    assert monitor.latest("drift_ratio", window=2) == [monitor.history[s]["signaldrift/drift_ratio"] for s in (2, 3)]
