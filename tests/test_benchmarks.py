@@ -40,3 +40,11 @@ def test_bench_overhead_quick(tmp_path):
     data = _run("bench_overhead.py", tmp_path)
     assert len(data["summary"]) == 3
     assert all({"median_step_ratio", "peak_rss_ratio"} <= set(v) for v in data["summary"].values())
+
+
+@pytest.mark.slow
+def test_alpha_vs_lr_quick(tmp_path):
+    data = _run("alpha_vs_lr.py", tmp_path)
+    assert len(data["runs"]) == 2 and data["answers"]["complete"] is True
+    assert {"q1_acc_vs_alpha_at_smallest_lr", "q2", "q3_slope_drift_vs_alpha"} <= set(data["answers"])
+    assert (tmp_path / "alpha_vs_lr_quick.png").stat().st_size > 0
