@@ -133,6 +133,11 @@ class SignalDriftEngine:
         if variants:
             self._warn_once("variants", f"Signal-Drift skips LoRA variants whose update is not s*B*A: {', '.join(variants)}")
         views = [v for v in views if not v.variant]
+        if not views:
+            raise NoLoRALayersError(
+                f"every LoRA layer in {type(model).__name__} is a variant Signal-Drift cannot measure "
+                f"({', '.join(variants)}); plain LoRA layers are needed"
+            )
         if self.layer_patterns:
             unknown = [p for p in self.layer_patterns if not any(_matches(v.name, p) for v in views)]
             if unknown:

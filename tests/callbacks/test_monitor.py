@@ -181,3 +181,14 @@ def test_latest_reads_probe_only_metrics_back():
     make_trainer(max_steps=4, callbacks=[monitor]).fit(make_module())
     assert len(monitor.latest("spectral_suppression", window=10)) == 2  # steps 0 and 2 only
     assert monitor.latest("drift_ratio", window=2) == [monitor.history[s]["signaldrift/drift_ratio"] for s in (2, 3)]
+
+
+def test_dora_is_skipped_with_a_warning_naming_it():
+    from peft import LoraConfig, get_peft_model
+
+    from tests.conftest import TinyMLP
+
+    dora = get_peft_model(TinyMLP(), LoraConfig(r=2, lora_alpha=4, target_modules=["fc1", "fc2"], use_dora=True))
+    with pytest.warns(SignalDriftWarning, match=r"skips LoRA variants.*fc1 \(dora\)"):
+        with pytest.raises(NoLoRALayersError, match="every LoRA layer .* is a variant"):
+            make_trainer(max_steps=1, callbacks=[SignalDriftMonitor()]).fit(make_module(model=dora))
