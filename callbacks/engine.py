@@ -190,11 +190,14 @@ class SignalDriftEngine:
         return captured
 
     # ----------------------------------------------------------------- per step
-    def before_step(self, model: nn.Module, step: int, grad_scale: float = 1.0) -> None:
+    def before_step(self, model: nn.Module, step: int, grad_scale: float = 1.0,
+                    grads: dict[str, tuple[Tensor, Tensor]] | None = None) -> None:
         """Gradients are final for step ``step``: sections 1, 3 (and 4 if captured) on factors at t.
 
         Args:
             grad_scale: divide gradients by this (an AMP loss scale still applied to them).
+            grads: ``{layer: (grad_A, grad_B)}`` captured earlier (e.g. before clipping); layers
+                missing from it use the parameters' ``.grad``.
         """
         captured = self.stop_capture()
         self._pending, self._pending_step, self._pending_views = {}, None, {}
@@ -207,12 +210,14 @@ class SignalDriftEngine:
                 self._skip(v.name, "merged into its base weight")
                 continue
             try:
-                self._pending[v.name] = self._measure_before(v, captured.get(v.name), grad_scale)
+                grad = (grads or {}).get(v.name) or (v.A.grad, v.B.grad)
+                self._pending[v.name] = self._measure_before(v, captured.get(v.name), grad_scale, grad)
             except NonFiniteError:
                 self._skip(v.name, "non-finite factors or gradients")
         self._pending_step = step
 
-    def _measure_before(self, v: LoRAView, G: Tensor | None, grad_scale: float) -> _Pending:
+    def _measure_before(self, v: LoRAView, G: Tensor | None, grad_scale: float,
+                        grad: tuple[Tensor | None, Tensor | None]) -> _Pending:
         # One float64 copy of each small factor per step: every function below then computes in
         # float64 without converting again (cheaper than repeated float32 -> float64 casts).
         A0, B0 = self.snapshot[v.name]
@@ -223,7 +228,7 @@ class SignalDriftEngine:
         self.spectra[v.name] = spec.singular_values
         metrics.update(delta_norm=spec.delta_norm, delta_rel=spec.delta_rel, stable_rank=spec.stable_rank,
                        effective_rank=spec.effective_rank)
-        gA, gB = v.A.grad, v.B.grad
+        gA, gB = grad
         if gA is not None and gB is not None:
             gA, gB = gA.detach().double() / grad_scale, gB.detach().double() / grad_scale
             split = grad_split(A, B, gA, gB, v.scale, A0, B0, top_k=self.top_k, svd=spec.svd)

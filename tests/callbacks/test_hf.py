@@ -1,0 +1,80 @@
+"""The Hugging Face Trainer callback: a tiny PEFT model, transformers.Trainer, TensorBoard read back."""
+import pytest
+import torch
+
+import signaldrift as sd
+from callbacks.hf import SignalDriftTrainerCallback
+from tests.callbacks.helpers import read_scalars
+from tests.conftest import tiny_bert
+
+
+class _Data(torch.utils.data.Dataset):
+    def __init__(self, n=16):
+        g = torch.Generator().manual_seed(0)
+        self.ids = torch.randint(0, 100, (n, 8), generator=g)
+        self.labels = (self.ids[:, 0] > 50).long()
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.labels[i]}
+
+
+def _recorder():
+    from transformers import TrainerCallback
+
+    class Recorder(TrainerCallback):
+        def __init__(self):
+            self.before, self.after = {}, {}
+
+        def _layers(self, model):
+            return {v.name: v for v in sd.lora_layers(model)}
+
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            self.snapshot = {n: (v.A.detach().clone(), v.B.detach().clone()) for n, v in self._layers(model).items()}
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
+            self.before[state.global_step] = {n: dict(A=v.A.detach().clone(), B=v.B.detach().clone(), gA=v.A.grad.clone(),
+                                                      gB=v.B.grad.clone(), s=v.scale, W0=v.base_weight.detach().clone())
+                                              for n, v in self._layers(model).items()}
+
+        def on_optimizer_step(self, args, state, control, model=None, **kw):
+            self.after[state.global_step] = {n: dict(A=v.A.detach().clone(), B=v.B.detach().clone())
+                                             for n, v in self._layers(model).items()}
+
+    return Recorder()
+
+
+def test_trainer_callback_logs_through_tensorboard(tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import Trainer, TrainingArguments
+
+    model = get_peft_model(tiny_bert(), LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"]))
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=3,
+                             per_device_train_batch_size=4, logging_steps=1, report_to=["tensorboard"], use_cpu=True,
+                             learning_rate=1e-2, max_grad_norm=0.0, save_strategy="no", disable_tqdm=True, seed=0)
+    rec = _recorder()
+    trainer = Trainer(model=model, args=args, train_dataset=_Data(), callbacks=[rec])
+    drift = SignalDriftTrainerCallback.attach(trainer, every_n_steps=1, probe_every=1)
+    trainer.train()
+    assert sorted(drift.history) == [0, 1, 2]
+    scalars = read_scalars(tmp_path)
+    layer = drift.engine.names[0]
+    for step in range(3):
+        b, a = rec.before[step][layer], rec.after[step][layer]
+        A0, B0 = rec.snapshot[layer]
+        norm = float(torch.linalg.matrix_norm(b["W0"]))
+        split = sd.step_split(b["A"], b["B"], a["A"], a["B"], b["s"], norm)
+        ref = {"step_size": split.step_size, "signal_norm": split.signal_norm}
+        if split.drift_ratio is not None:
+            ref["drift_ratio"] = split.drift_ratio
+        gs = sd.grad_split(b["A"], b["B"], b["gA"], b["gB"], b["s"], A0, B0)
+        if gs is not None:
+            ref["grad_alignment"] = gs.grad_alignment
+        for metric, value in ref.items():
+            tag = f"signaldrift/{layer}/{metric}"
+            assert drift.history[step][tag] == pytest.approx(value, rel=1e-6, abs=1e-12)
+            # the Trainer logs after the step, at global_step = step + 1, under its "train/" prefix
+            assert scalars[f"train/{tag}"][step + 1] == pytest.approx(value, rel=1e-4, abs=1e-9)
+    assert f"signaldrift/{layer}/spectral_suppression" in drift.history[1]
