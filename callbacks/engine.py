@@ -222,7 +222,8 @@ class SignalDriftEngine:
         # float64 without converting again (cheaper than repeated float32 -> float64 casts).
         A0, B0 = self.snapshot[v.name]
         A0, B0 = A0.double(), B0.double()
-        A, B = v.A.detach().double(), v.B.detach().double()
+        A = v.A.detach().to(torch.float64, copy=True)  # a copy even for float64 factors: it is the
+        B = v.B.detach().to(torch.float64, copy=True)  # "before" that the realized step is compared to
         metrics: dict[str, float] = {}
         spec = update_spectrum(A, B, v.scale, self.base_norms.get(v.name, 0.0), A0, B0)
         self.spectra[v.name] = spec.singular_values

@@ -192,3 +192,18 @@ def test_dora_is_skipped_with_a_warning_naming_it():
     with pytest.warns(SignalDriftWarning, match=r"skips LoRA variants.*fc1 \(dora\)"):
         with pytest.raises(NoLoRALayersError, match="every LoRA layer .* is a variant"):
             make_trainer(max_steps=1, callbacks=[SignalDriftMonitor()]).fit(make_module(model=dora))
+
+
+def test_float64_training_is_measured():
+    monitor = SignalDriftMonitor(probe_every=None)
+    module = make_module().double()
+
+    class Float64(type(module)):
+        def train_dataloader(self):
+            from tests.callbacks.helpers import teacher_data
+            ds = teacher_data()
+            return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*(t.double() for t in ds.tensors)), batch_size=8)
+
+    module.__class__ = Float64
+    make_trainer(max_steps=2, callbacks=[monitor]).fit(module)
+    assert monitor.engine.skipped_steps == 0 and f"signaldrift/{LAYER}/step_size" in monitor.history[1]
