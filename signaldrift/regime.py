@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 # The constant c of LoRA-α's law alpha* = c * sqrt(r) (under scale = alpha / r).
 # PROVISIONAL: c = 22 is the pre-study's synthetic teacher-student fit at lr 1e-4..3e-4
-# (c = 22 and 21, ../shared/design/prestudy.md). benchmarks/rank_sweep.py is to calibrate it
+# (c = 22 and 21; the pre-study ran before this code existed). benchmarks/rank_sweep.py is to calibrate it
 # with a bootstrap interval; until that result is committed, treat this value as a prior.
 SQRT_LAW_C: float = 22.0
 

@@ -1,4 +1,4 @@
-"""The arrows of ../shared/design/architecture.md: imports only point down."""
+"""The architecture's arrows (lora_alpha -> callbacks -> signaldrift): imports only point down."""
 import ast
 import pathlib
 import subprocess
