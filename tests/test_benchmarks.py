@@ -48,3 +48,10 @@ def test_alpha_vs_lr_quick(tmp_path):
     assert len(data["runs"]) == 2 and data["answers"]["complete"] is True
     assert {"q1_acc_vs_alpha_at_smallest_lr", "q2", "q3_slope_drift_vs_alpha"} <= set(data["answers"])
     assert (tmp_path / "alpha_vs_lr_quick.png").stat().st_size > 0
+
+
+def test_rank_sweep_quick(tmp_path):
+    data = _run("rank_sweep.py", tmp_path)
+    for res in data["results"].values():
+        assert {"c", "c_ci95", "p", "p_ci95", "alpha_star", "edge_hits"} <= set(res)
+    assert (tmp_path / "rank_sweep_quick.png").stat().st_size > 0
