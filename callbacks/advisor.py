@@ -24,27 +24,24 @@ class AlphaRegimeWarning(UserWarning):
     """The advisor judged alpha too small (raised once per fit, on rank zero)."""
 
 
-def move_to_device(batch: Any, device: torch.device) -> Any:
-    """Tensors (and objects with ``.to``, e.g. BatchEncoding) in nested dicts/lists, moved to ``device``."""
-    if isinstance(batch, Tensor) or (hasattr(batch, "to") and hasattr(batch, "keys")):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: move_to_device(v, device) for k, v in batch.items()}
+def map_tensors(batch: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    """Apply ``fn`` to every tensor in nested dicts (BatchEncoding too), lists and (named) tuples."""
+    if isinstance(batch, Tensor):
+        return fn(batch)
+    if isinstance(batch, dict) or (hasattr(batch, "keys") and hasattr(batch, "items")):
+        return {k: map_tensors(v, fn) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
-        moved = [move_to_device(v, device) for v in batch]
-        return type(batch)(*moved) if hasattr(batch, "_fields") else type(batch)(moved)
+        items = [map_tensors(v, fn) for v in batch]
+        return type(batch)(*items) if hasattr(batch, "_fields") else type(batch)(items)
     return batch
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    return map_tensors(batch, lambda t: t.to(device))
 
 
 def _detached(batch: Any) -> Any:
-    if isinstance(batch, Tensor):
-        return batch.detach().clone()
-    if isinstance(batch, dict) or hasattr(batch, "keys"):
-        return {k: _detached(v) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        items = [_detached(v) for v in batch]
-        return type(batch)(*items) if hasattr(batch, "_fields") else type(batch)(items)
-    return batch
+    return map_tensors(batch, lambda t: t.detach().clone())
 
 
 @contextlib.contextmanager
