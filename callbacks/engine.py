@@ -252,8 +252,9 @@ class SignalDriftEngine:
         self._pending, self._pending_step, self._pending_views = {}, None, {}
         if step is None:
             return None
-        if step_taken and pending and all(torch.equal(p.A, views[n].A.double()) and torch.equal(p.B, views[n].B.double())
-                                          for n, p in pending.items() if n in views):
+        after = {n: (views[n].A.detach().double(), views[n].B.detach().double()) for n in pending if n in views}
+        if step_taken and pending and all(torch.equal(pending[n].A, A) and torch.equal(pending[n].B, B)
+                                          for n, (A, B) in after.items()):
             step_taken = False  # nothing moved: a skipped step or a zero learning rate
         tags: dict[str, float] = {}
         per_metric: dict[str, list[float]] = {}
@@ -263,8 +264,7 @@ class SignalDriftEngine:
                 self._skip(name, "the optimizer did not update it" if v is not None else "it disappeared")
                 continue
             try:
-                split = step_split(p.A, p.B, v.A.detach().double(), v.B.detach().double(), v.scale,
-                                   self.base_norms.get(name, 0.0))
+                split = step_split(p.A, p.B, *after[name], v.scale, self.base_norms.get(name, 0.0))
             except NonFiniteError:
                 self._skip(name, "non-finite factors after the step")
                 continue

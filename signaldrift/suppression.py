@@ -47,6 +47,18 @@ def spectral_suppression(grad_A: Tensor, grad_B: Tensor, full_grad_sq_norm: floa
     return SpectralSuppression(gain, 1.0 / gain if gain > 0 else None)
 
 
+def _token_matrices(inputs: Tensor, grad_outputs: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Inputs (T, n) and output gradients (T, m), all tokens flattened, after checking they pair up."""
+    if inputs.shape[:-1] != grad_outputs.shape[:-1]:
+        raise ValueError(
+            f"inputs {tuple(inputs.shape)} and grad_outputs {tuple(grad_outputs.shape)} must share "
+            "their leading (token) dimensions"
+        )
+    X = inputs.detach().reshape(-1, inputs.shape[-1]).to(dtype)  # (T, n)
+    Go = grad_outputs.detach().reshape(-1, grad_outputs.shape[-1]).to(dtype)  # (T, m)
+    return X, Go
+
+
 def full_weight_grad(inputs: Tensor, grad_outputs: Tensor) -> Tensor:
     """``G = g_out^T X``: (m, n) in float32 (float64 for float64 inputs), summed over all tokens.
 
@@ -56,14 +68,7 @@ def full_weight_grad(inputs: Tensor, grad_outputs: Tensor) -> Tensor:
     Args:
         inputs: (..., n) layer inputs; grad_outputs: (..., m), same leading shape.
     """
-    if inputs.shape[:-1] != grad_outputs.shape[:-1]:
-        raise ValueError(
-            f"inputs {tuple(inputs.shape)} and grad_outputs {tuple(grad_outputs.shape)} must share "
-            "their leading (token) dimensions"
-        )
-    dt = compute_dtype(inputs, grad_outputs)
-    X = inputs.detach().reshape(-1, inputs.shape[-1]).to(dt)  # (T, n)
-    Go = grad_outputs.detach().reshape(-1, grad_outputs.shape[-1]).to(dt)  # (T, m)
+    X, Go = _token_matrices(inputs, grad_outputs, compute_dtype(inputs, grad_outputs))
     return Go.T @ X  # (m, n)
 
 
@@ -82,13 +87,7 @@ def full_grad_sq_norm(inputs: Tensor, grad_outputs: Tensor) -> float:
         ValueError: the leading shapes differ.
         NonFiniteError: an input is NaN or inf.
     """
-    if inputs.shape[:-1] != grad_outputs.shape[:-1]:
-        raise ValueError(
-            f"inputs {tuple(inputs.shape)} and grad_outputs {tuple(grad_outputs.shape)} must share "
-            "their leading (token) dimensions"
-        )
-    X = inputs.detach().reshape(-1, inputs.shape[-1]).double()  # (T, n)
-    Go = grad_outputs.detach().reshape(-1, grad_outputs.shape[-1]).double()  # (T, m)
+    X, Go = _token_matrices(inputs, grad_outputs, torch.float64)
     check_finite(inputs=X, grad_outputs=Go)
     T, n = X.shape
     m = Go.shape[1]
