@@ -27,46 +27,57 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    """The model, data and LoRA flags that `train` and `find-alpha` share."""
+    p.add_argument("--model", default=None, help="Hugging Face model folder (default: the embedded all-MiniLM-L6-v2)")
+    p.add_argument("--task", default="sequence-classification", choices=["sequence-classification", "causal-lm"])
+    p.add_argument("--data", default="rotten-tomatoes",
+                   help="'rotten-tomatoes' (embedded) or a CSV/JSONL training file")
+    p.add_argument("--val-data", default=None, help="CSV/JSONL validation file (default: 10%% of --data)")
+    p.add_argument("--test-data", default=None, help="CSV/JSONL test file (default: the validation split)")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--targets", default="query,key,value,dense", help="comma-separated LoRA target patterns")
+    p.add_argument("--rank", type=int, default=DEMO["rank"])
+    p.add_argument("--alpha", type=float, default=DEMO["alpha"], help="default: the rule's own (lora-alpha: c*sqrt(r); standard: 2r; rslora: 16)")
+    p.add_argument("--rule", default=DEMO["rule"], choices=list(RULES))
+    p.add_argument("--lr", type=float, default=DEMO["lr"])
+    p.add_argument("--head-lr", type=float, default=DEMO["head_lr"], help="learning rate of the classifier head")
+    p.add_argument("--batch-size", type=int, default=DEMO["batch_size"])
+    p.add_argument("--max-length", type=int, default=DEMO["max_length"])
+    p.add_argument("--train-size", type=int, default=None, help="use only this many training examples")
+    p.add_argument("--eval-size", type=int, default=None, help="cap the validation and test splits")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="signaldrift", description="LoRA fine-tuning that tells you whether alpha is right.")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="fine-tune with LoRA, the SignalDriftMonitor and the AlphaRegimeAdvisor attached")
-    t.add_argument("--model", default=None, help="Hugging Face model folder (default: the embedded all-MiniLM-L6-v2)")
-    t.add_argument("--task", default="sequence-classification", choices=["sequence-classification", "causal-lm"])
-    t.add_argument("--data", default="rotten-tomatoes",
-                   help="'rotten-tomatoes' (embedded) or a CSV/JSONL training file")
-    t.add_argument("--val-data", default=None, help="CSV/JSONL validation file (default: 10%% of --data)")
-    t.add_argument("--test-data", default=None, help="CSV/JSONL test file (default: the validation split)")
-    t.add_argument("--text-column", default="text")
-    t.add_argument("--label-column", default="label")
-    t.add_argument("--targets", default="query,key,value,dense", help="comma-separated LoRA target patterns")
-    t.add_argument("--rank", type=int, default=DEMO["rank"])
-    t.add_argument("--alpha", type=float, default=DEMO["alpha"], help="default: the rule's own (lora-alpha: c*sqrt(r); standard: 2r; rslora: 16)")
-    t.add_argument("--rule", default=DEMO["rule"], choices=list(RULES))
-    t.add_argument("--lr", type=float, default=DEMO["lr"])
-    t.add_argument("--head-lr", type=float, default=DEMO["head_lr"], help="learning rate of the classifier head")
+    _add_model_args(t)
     t.add_argument("--loraplus-ratio", type=float, default=None, help="LoRA+: B's learning rate = lr * ratio")
     t.add_argument("--weight-decay", type=float, default=0.0)
     t.add_argument("--warmup-steps", type=int, default=0)
     t.add_argument("--schedule", default="constant", choices=["constant", "linear", "cosine"])
     t.add_argument("--max-steps", type=int, default=DEMO["max_steps"], help="optimizer steps (-1: use --epochs)")
     t.add_argument("--epochs", type=int, default=1)
-    t.add_argument("--batch-size", type=int, default=DEMO["batch_size"])
-    t.add_argument("--max-length", type=int, default=DEMO["max_length"])
-    t.add_argument("--train-size", type=int, default=None, help="use only this many training examples")
-    t.add_argument("--eval-size", type=int, default=None, help="cap the validation and test splits")
     t.add_argument("--precision", default="auto", help="any Lightning precision (default: bf16-mixed on CUDA, else 32-true)")
     t.add_argument("--devices", default="auto", help="Lightning devices (e.g. 1, 2, auto)")
     t.add_argument("--accelerator", default="auto")
     t.add_argument("--strategy", default="auto", help="any Lightning strategy name, e.g. ddp")
-    t.add_argument("--seed", type=int, default=0)
     t.add_argument("--every-n-steps", type=int, default=1, help="SignalDriftMonitor cadence")
     t.add_argument("--probe-every", type=int, default=50, help="full-gradient probe cadence (section 4)")
     t.add_argument("--gap-every", type=int, default=50, help="optimization-gap probe cadence (section 5)")
     t.add_argument("--output", default="runs", help="runs are written to OUTPUT/NAME/")
     t.add_argument("--name", default=None, help="run name (default: a timestamp)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run directory of that name")
-    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    f = sub.add_parser("find-alpha", help="short trials over a log grid of alpha at one lr; suggest alpha, plot loss vs alpha")
+    _add_model_args(f)
+    f.add_argument("--alphas", default=None, help="comma-separated grid (default: 4, 16, ..., 16384)")
+    f.add_argument("--steps", type=int, default=16, help="optimizer steps per trial")
+    f.add_argument("--eval-batches", type=int, default=4, help="held-out batches that score each trial")
+    f.add_argument("--output", default="runs/find-alpha", help="folder for find_alpha.json and find_alpha.png")
     r = sub.add_parser("report", help="print a run's per-layer diagnosis and verdict; write report.png")
     r.add_argument("run_dir")
     r.add_argument("--window", type=int, default=10, help="recent measurements to take the median over")
@@ -87,11 +98,15 @@ def _datamodule(args, model_path: str):
                                         args.label_column, args.batch_size, args.max_length, seed=args.seed)
 
 
-def _check_args(args) -> None:
-    for name in ("rank", "batch_size", "max_length", "every_n_steps", "probe_every", "gap_every", "epochs"):
+def _check_positive(args, names: tuple[str, ...]) -> None:
+    for name in names:
         v = getattr(args, name)
         if v <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {v}")
+
+
+def _check_args(args) -> None:
+    _check_positive(args, ("rank", "batch_size", "max_length", "every_n_steps", "probe_every", "gap_every", "epochs"))
     if args.max_steps == 0 or args.max_steps < -1:
         raise UsageError(f"--max-steps must be > 0 (or -1 to train --epochs), got {args.max_steps}")
     for name in ("lr", "head_lr"):
@@ -99,6 +114,63 @@ def _check_args(args) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.alpha is not None and args.alpha < 0:
         raise UsageError(f"--alpha must be > 0 (or 0 for the rule's default), got {args.alpha}")
+
+
+def _module(args, model_path: str, dm, **extra):
+    from lora_alpha.module import LoRAAlphaModule
+
+    return LoRAAlphaModule(
+        model_path, task=args.task, targets=[t.strip() for t in args.targets.split(",") if t.strip()],
+        rank=args.rank, alpha=args.alpha or None, rule=args.rule, lr=args.lr, head_lr=args.head_lr,
+        num_labels=getattr(dm, "num_labels", 2), **extra)
+
+
+def _parse_alphas(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--alphas must be comma-separated numbers, got {text!r}") from None
+
+
+def find_alpha_cmd(args) -> int:
+    """`signaldrift find-alpha`: the finder on the embedded default (or --model/--data); JSON + PNG."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _check_positive(args, ("rank", "batch_size", "max_length", "steps", "eval_batches", "lr"))
+    alphas = _parse_alphas(args.alphas)
+    from lightning.pytorch import seed_everything
+
+    from lora_alpha.data import demo_model_path
+    from lora_alpha.finder import AlphaFinderWarning, find_alpha
+
+    warnings.simplefilter("ignore", AlphaFinderWarning)  # the printed table says the same, in place
+    seed_everything(args.seed, verbose=False)
+    model_path = args.model or demo_model_path()
+    dm = _datamodule(args, model_path)
+    module = _module(args, model_path, dm)
+    res = find_alpha(module, dm, alphas=alphas, steps=args.steps, lr=args.lr, head_lr=args.head_lr,
+                     eval_batches=args.eval_batches, progress_bar=not args.no_progress)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "find_alpha.json.tmp"
+    tmp.write_text(json.dumps({**res.as_dict(), "config": {k: v for k, v in vars(args).items() if k != "command"}},
+                              indent=2) + "\n")
+    tmp.replace(out / "find_alpha.json")
+    res.plot(out / "find_alpha.png")
+    lines = [f"alpha finder: {res.steps} steps per trial at lr {res.lr:g} ({res.rule} rule, rank {args.rank})",
+             f"{'alpha':>10}  {'held-out loss':>13}  {'drift ratio':>11}"]
+    for a, l, d in zip(res.alphas, res.losses, res.drift_ratio):
+        lines.append(f"{a:>10g}  {l:>13.4f}  {'n/a' if d is None else f'{d:.4f}':>11}")
+    if res.suggestion is None:
+        lines.append("suggested alpha: none (every finished trial diverged; lower --lr)")
+    else:
+        lines.append(f"suggested alpha: {res.suggestion:.4g}" + ("  (at the edge of the grid: widen --alphas)" if res.at_edge else ""))
+    if res.interrupted:
+        lines.append("interrupted: the suggestion uses the trials that finished")
+    lines.append(f"wrote {out / 'find_alpha.json'} and {out / 'find_alpha.png'}")
+    print("\n".join(lines))
+    return 130 if res.interrupted else 0
 
 
 def _trainer_kwargs(args) -> dict:
@@ -122,7 +194,6 @@ def train(args) -> int:
 
     from callbacks import AlphaRegimeAdvisor, SignalDriftMonitor
     from lora_alpha.data import demo_model_path
-    from lora_alpha.module import LoRAAlphaModule
 
     name = args.name or time.strftime("run-%Y%m%d-%H%M%S")
     run_dir = Path(args.output) / name
@@ -131,12 +202,8 @@ def train(args) -> int:
     seed_everything(args.seed, verbose=False)
     model_path = args.model or demo_model_path()
     dm = _datamodule(args, model_path)  # reads and checks the data before anything is written
-    module = LoRAAlphaModule(
-        model_path, task=args.task, targets=[t.strip() for t in args.targets.split(",") if t.strip()],
-        rank=args.rank, alpha=args.alpha or None, rule=args.rule, lr=args.lr, head_lr=args.head_lr,
-        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, schedule=args.schedule,
-        loraplus_ratio=args.loraplus_ratio, num_labels=getattr(dm, "num_labels", 2), adapter_dir=run_dir / "adapter",
-    )
+    module = _module(args, model_path, dm, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+                     schedule=args.schedule, loraplus_ratio=args.loraplus_ratio, adapter_dir=run_dir / "adapter")
     monitor = SignalDriftMonitor(every_n_steps=args.every_n_steps, probe_every=args.probe_every)
     advisor = AlphaRegimeAdvisor(gap_every=args.gap_every)
     logger = TensorBoardLogger(save_dir=str(args.output), name=name, version="", default_hp_metric=False)
@@ -240,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # a Lightning-internal deprecation, not the user's
     try:
-        return train(args) if args.command == "train" else report(args)
+        return {"train": train, "find-alpha": find_alpha_cmd, "report": report}[args.command](args)
     except (UsageError, LoRAConfigError) as err:
         return _fail(str(err))
 

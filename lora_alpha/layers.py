@@ -73,6 +73,13 @@ class LoRALinear(nn.Module):
     def alpha(self) -> float:
         return self._alpha
 
+    def set_alpha(self, alpha: float) -> None:
+        """Change alpha (the scale follows). Refused while merged: the merged update used the old scale."""
+        a = resolve_alpha(alpha, self.rank, self.rule)
+        if self.merged:
+            raise LoRAConfigError("cannot change alpha of a merged LoRALinear; unmerge it first")
+        self._alpha = a
+
     @property
     def scaling(self) -> float:
         """The live scale, derived from (alpha, rank, rule) at every use; never stored."""

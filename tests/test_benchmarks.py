@@ -52,6 +52,18 @@ def test_alpha_vs_lr_quick(tmp_path):
 
 def test_rank_sweep_quick(tmp_path):
     data = _run("rank_sweep.py", tmp_path)
-    for res in data["results"].values():
+    for res in [*data["synthetic"]["results"].values(), data["minilm_law"]]:
         assert {"c", "c_ci95", "p", "p_ci95", "alpha_star", "edge_hits"} <= set(res)
+    for check in data["cross_check"].values():
+        assert len(check["predicted_ratio"]) == len(check["shape_ratio"]) == len(check["ranks"])
+    for half in ("synthetic", "minilm"):
+        assert (tmp_path / f"rank_sweep_{half}_quick.json").is_file()
     assert (tmp_path / "rank_sweep_quick.png").stat().st_size > 0
+
+
+def test_alpha_finder_quick(tmp_path):
+    data = _run("alpha_finder.py", tmp_path)
+    assert len(data["runs"]) == 1 and {"within_2x", "fraction_of_grid_seconds_per_lr"} <= set(data["summary"])
+    run = data["runs"][0]
+    assert len(run["finder"]["losses"]) == len(run["finder"]["alphas"]) == 3
+    assert (tmp_path / "alpha_finder_quick.png").stat().st_size > 0

@@ -88,3 +88,33 @@ def test_demo_assets_missing(workspace, tmp_path):
 def test_report_on_a_folder_without_a_run(tmp_path):
     out = run_cli("report", str(tmp_path), cwd=tmp_path)
     assert out.returncode == 2 and "no TensorBoard event files" in out.stderr
+
+
+def test_find_alpha_prints_a_suggestion_and_writes_json_and_png(workspace):
+    out_dir = workspace / "fa"
+    out = run_cli("find-alpha", "--model", str(workspace / "bert"), "--data", str(workspace / "d.csv"), "--targets",
+                  "query,value", "--rank", "2", "--batch-size", "8", "--steps", "2", "--eval-batches", "1",
+                  "--alphas", "1,8,64", "--output", str(out_dir), "--no-progress", cwd=workspace)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "suggested alpha:" in out.stdout
+    data = json.loads((out_dir / "find_alpha.json").read_text())
+    assert data["alphas"] == [1.0, 8.0, 64.0] and len(data["losses"]) == 3 and data["train_steps"] == 6
+    assert data["suggestion"] is not None and 1.0 <= data["suggestion"] <= 64.0
+    assert (out_dir / "find_alpha.png").stat().st_size > 5_000
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--alphas", "1,x,4"], "--alphas must be comma-separated numbers, got '1,x,4'"),
+    (["--alphas", "1,4"], "alphas needs at least 3 values"),
+    (["--steps", "0"], "--steps must be > 0, got 0"),
+    (["--lr", "0"], "--lr must be > 0, got 0.0"),
+    (["--steps", "500"], "fewer than steps=500"),
+])
+def test_find_alpha_bad_input(workspace, tmp_path, extra, message):
+    out = run_cli("find-alpha", "--model", str(workspace / "bert"), "--data", str(workspace / "d.csv"), "--targets",
+                  "query,value", "--rank", "2", "--batch-size", "8", "--output", str(tmp_path / "fa"), "--no-progress",
+                  *extra, cwd=workspace)
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = [line for line in out.stderr.splitlines() if line.startswith("signaldrift: error:")]
+    assert len(lines) == 1 and message in lines[0], out.stderr[-2000:]
+    assert not (tmp_path / "fa").exists()

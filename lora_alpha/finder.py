@@ -1,0 +1,336 @@
+"""The alpha finder: short trials over a log grid of alpha at a fixed learning rate.
+
+Like Lightning's learning-rate finder, but the trials are independent: before each one the
+trainable parameters (LoRA factors and any trainable head) are restored bit-exactly to their
+initial values, a fresh AdamW starts, and the same training batches are replayed. Each trial is
+scored by the loss on a fixed set of held-out batches after training, and the drift ratio of its
+steps is measured with the same engine the callbacks use. The suggestion is the grid's best
+alpha, refined by a parabola in log alpha through it and its neighbours.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import warnings
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from lora_alpha.errors import UsageError
+from lora_alpha.scaling import LoRAConfigError, resolve_alpha, scale
+from signaldrift.views import LoRAView, lora_layers
+
+log = logging.getLogger(__name__)
+
+#: The default grid: powers of 4 from 4 to 16384 (the alpha x lr study found useful alphas from 64 to
+#: 1024 across lr 1e-3 to 1e-4 at rank 8; the grid reaches two steps past both ends).
+DEFAULT_ALPHAS: tuple[float, ...] = tuple(4.0 ** k for k in range(1, 8))
+#: A trial stops early once its training loss exceeds this multiple of the first step's loss.
+DIVERGE_FACTOR = 4.0
+
+
+class AlphaFinderWarning(UserWarning):
+    """The finder's suggestion is weak evidence (edge of the grid, diverged trials, interrupted)."""
+
+
+@dataclass(frozen=True)
+class AlphaFinderResult:
+    """What :func:`find_alpha` measured.
+
+    Attributes:
+        alphas: the grid, ascending.
+        losses: held-out loss after each trial (``inf`` for a diverged trial; NaN if not run).
+        train_losses: each trial's mean training loss over its last quarter of steps.
+        drift_ratio: each trial's median drift ratio over its measured steps (None if none).
+        suggestion: the suggested alpha (None when no trial finished).
+        lr: the learning rate every trial used; steps: optimizer steps per trial.
+        at_edge: the best grid alpha is the first or last point (the optimum may lie beyond).
+        interrupted: the search was stopped (Ctrl-C) before the grid was done.
+        train_steps, eval_batches: the compute spent, in training steps and held-out batches.
+    """
+
+    alphas: list[float]
+    losses: list[float]
+    train_losses: list[float]
+    drift_ratio: list[float | None]
+    suggestion: float | None
+    lr: float
+    steps: int
+    at_edge: bool
+    interrupted: bool
+    train_steps: int
+    eval_batches: int
+    rule: str = "standard"
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    def plot(self, path: str | Path | None = None):
+        """Held-out loss vs alpha (log axis) with the suggestion, and the drift ratio on a twin axis.
+
+        Returns the matplotlib figure; also saves it when ``path`` is given.
+        """
+        import matplotlib
+
+        if path is not None:
+            matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        done = [(a, l) for a, l in zip(self.alphas, self.losses) if math.isfinite(l)]
+        ax.semilogx([a for a, _ in done], [l for _, l in done], "o-", label="held-out loss after the trial")
+        if self.suggestion is not None:
+            ax.axvline(self.suggestion, color="r", ls="--", label=f"suggested alpha {self.suggestion:.3g}")
+        ax.set_xlabel(f"alpha ({self.rule} rule)")
+        ax.set_ylabel("held-out loss")
+        ax.set_title(f"alpha finder: {self.steps} steps per trial at lr {self.lr:g}")
+        drift = [(a, d) for a, d in zip(self.alphas, self.drift_ratio) if d is not None]
+        if drift:
+            ax2 = ax.twinx()
+            ax2.semilogx([a for a, _ in drift], [d for _, d in drift], "s:", color="tab:gray", label="drift ratio")
+            ax2.set_ylabel("median drift ratio")
+            ax2.legend(loc="upper right", fontsize=8)
+        ax.legend(loc="upper left", fontsize=8)
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+        return fig
+
+
+def refine_log_argmin(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """argmin of ``ys`` over the ascending positive grid ``xs``, refined by a parabola in log x
+    through the best point and its neighbours (kept between them); the grid point itself at an
+    edge, or when the three points are not convex."""
+    i = min(range(len(ys)), key=lambda j: ys[j] if math.isfinite(ys[j]) else math.inf)
+    if 0 < i < len(xs) - 1 and all(math.isfinite(ys[j]) for j in (i - 1, i, i + 1)):
+        x = [math.log(xs[j]) for j in (i - 1, i, i + 1)]
+        y = [ys[j] for j in (i - 1, i, i + 1)]
+        d1, d2 = (y[1] - y[0]) / (x[1] - x[0]), (y[2] - y[1]) / (x[2] - x[1])
+        curv = (d2 - d1) / (x[2] - x[0])
+        if curv > 0:
+            return math.exp(min(max((x[0] + x[1]) / 2 - d1 / (2 * curv), x[0]), x[2]))
+    return float(xs[i])
+
+
+def set_alpha(view: LoRAView, alpha: float) -> None:
+    """Set one LoRA layer's alpha (its scale follows its rule): this project's layers and PEFT's."""
+    module = view.module
+    if hasattr(module, "set_alpha"):
+        module.set_alpha(alpha)
+        return
+    rule = "rslora" if getattr(module, "use_rslora", {}).get(view.adapter, False) else "standard"
+    module.lora_alpha[view.adapter] = alpha
+    module.scaling[view.adapter] = scale(alpha, view.rank, rule)
+
+
+def _default_loss(module: nn.Module, batch: Any) -> torch.Tensor:
+    if hasattr(module, "probe_loss"):
+        return module.probe_loss(batch)
+    out = module(**batch) if isinstance(batch, dict) else module(batch)
+    return out.loss if hasattr(out, "loss") else out
+
+
+def _to(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to(v, device) for v in batch)
+    return batch
+
+
+def _loaders(datamodule: Any) -> tuple[Iterable, Iterable]:
+    if hasattr(datamodule, "train_dataloader"):
+        if hasattr(datamodule, "setup"):
+            datamodule.setup("fit")
+        train = datamodule.train_dataloader()
+        try:
+            val = datamodule.val_dataloader()
+        except Exception:  # noqa: BLE001 - a datamodule without validation: score on training batches
+            val = None
+        return train, val
+    if isinstance(datamodule, tuple) and len(datamodule) == 2:
+        return datamodule
+    return datamodule, None
+
+
+def _check(alphas, steps, lr, eval_batches) -> list[float]:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise UsageError(f"steps must be a positive int, got {steps!r}")
+    if isinstance(eval_batches, bool) or not isinstance(eval_batches, int) or eval_batches < 1:
+        raise UsageError(f"eval_batches must be a positive int, got {eval_batches!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise UsageError(f"lr must be a positive finite number, got {lr!r}")
+    grid = list(DEFAULT_ALPHAS if alphas is None else alphas)
+    if len(grid) < 3:
+        raise UsageError(f"alphas needs at least 3 values to bracket an optimum, got {grid!r}")
+    try:
+        grid = [resolve_alpha(a, 1, "standard") for a in grid]
+    except LoRAConfigError as e:
+        raise UsageError(f"alphas must all be positive finite numbers: {e}") from None
+    if len(set(grid)) != len(grid):
+        raise UsageError(f"alphas must be distinct, got {grid!r}")
+    return sorted(grid)
+
+
+def find_alpha(module: nn.Module, datamodule: Any, alphas: Sequence[float] | None = None, steps: int = 16,
+               lr: float | None = None, eval_batches: int = 4, loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+               update_alpha: bool = False, progress_bar: bool = True, head_lr: float | None = None) -> AlphaFinderResult:
+    """Short LoRA trials over a log grid of alpha at one learning rate; suggest the best alpha.
+
+    Args:
+        module: the model (a :class:`~lora_alpha.module.LoRAAlphaModule`, a PEFT model, or any
+            module with LoRA layers); trained in place and restored afterwards.
+        datamodule: a LightningDataModule (its train and val loaders), a ``(train, val)`` pair of
+            iterables, or a single iterable of batches (scored on its own batches then).
+        alphas: the grid (default :data:`DEFAULT_ALPHAS`); at least 3 distinct positive values.
+        steps: optimizer steps per trial (the same first ``steps`` training batches each time).
+        lr: the factors' learning rate (default: ``module.lr`` where it exists, else 1e-4).
+        eval_batches: held-out batches that score each trial.
+        loss_fn: ``loss_fn(module, batch) -> loss``; default: ``module.probe_loss``, else ``.loss``
+            of the module's output.
+        update_alpha: set every layer's alpha to the suggestion at the end (else the original).
+        progress_bar: show a tqdm bar when tqdm is installed.
+        head_lr: learning rate of trainable non-LoRA parameters (default: ``module.head_lr`` or lr).
+
+    Returns:
+        :class:`AlphaFinderResult`. Ctrl-C stops the search after restoring the initial state
+        and returns what was measured so far (``interrupted=True``).
+
+    Raises:
+        UsageError: bad arguments, no LoRA layers, a merged adapter, or too few batches.
+    """
+    from callbacks.engine import SignalDriftEngine, model_tag  # lazy: lora_alpha sits above callbacks
+
+    grid = _check(alphas, steps, lr if lr is not None else 1.0, eval_batches)
+    lr = float(lr if lr is not None else getattr(module, "lr", 1e-4))
+    head_lr = float(head_lr if head_lr is not None else getattr(module, "head_lr", None) or lr)
+    views = [v for v in lora_layers(module) if v.variant is None]
+    if not views:
+        raise UsageError("find_alpha needs a model with LoRA layers (none found)")
+    if any(v.merged for v in views):
+        raise UsageError("find_alpha cannot train merged adapters; unmerge them first")
+    loss_fn = loss_fn or _default_loss
+    device = next(iter(views)).A.device
+    train_loader, val_loader = _loaders(datamodule)
+    train = [_to(b, device) for b in islice(iter(train_loader), steps)]
+    if len(train) < steps:
+        raise UsageError(f"the training data gives {len(train)} batches, fewer than steps={steps}")
+    held = [_to(b, device) for b in islice(iter(val_loader), eval_batches)] if val_loader is not None else []
+    if not held:
+        held = train[-eval_batches:]
+        warnings.warn("find_alpha: no validation batches; scoring trials on training batches", AlphaFinderWarning, stacklevel=2)
+
+    params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    initial = {n: p.detach().clone() for n, p in params}
+    original_alpha = {v.name: v.alpha for v in views}
+    was_training = module.training
+    rule = getattr(views[0].module, "rule", "standard")
+    losses, train_losses, drift = [math.nan] * len(grid), [math.nan] * len(grid), [None] * len(grid)
+    spent_train = spent_eval = 0
+    interrupted = False
+    bar = _progress(len(grid) * steps, progress_bar)
+    try:
+        for i, alpha in enumerate(grid):
+            _restore(params, initial)
+            for v in views:
+                set_alpha(v, alpha)
+            lora_ids = {id(v.A) for v in views} | {id(v.B) for v in views}
+            opt = torch.optim.AdamW([{"params": [p for _, p in params if id(p) in lora_ids], "lr": lr},
+                                     {"params": [p for _, p in params if id(p) not in lora_ids], "lr": head_lr}],
+                                    weight_decay=0.0)
+            engine = SignalDriftEngine(every_n_steps=1, probe_every=None)
+            engine.attach(module)
+            module.train()
+            first, tail, diverged = None, [], False
+            for t, batch in enumerate(train):
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(module, batch)
+                value = float(loss.detach())
+                spent_train += 1
+                if bar is not None:
+                    bar.update(1)
+                first = value if first is None else first
+                if not math.isfinite(value) or value > DIVERGE_FACTOR * first:
+                    diverged = True
+                    if bar is not None:
+                        bar.update(steps - t - 1)
+                    break
+                loss.backward()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # the engine's skip warnings are per trial noise here
+                    engine.before_step(module, t)
+                    opt.step()
+                    engine.after_step(module)
+                if t >= steps - max(steps // 4, 1):
+                    tail.append(value)
+            ratios = [h[model_tag("drift_ratio")] for h in engine.history.values() if model_tag("drift_ratio") in h]
+            drift[i] = statistics.median(ratios) if ratios else None
+            if diverged:
+                losses[i] = train_losses[i] = math.inf
+            else:
+                train_losses[i] = statistics.fmean(tail)
+                module.eval()
+                with torch.no_grad():
+                    vals = [float(loss_fn(module, b)) for b in held]
+                spent_eval += len(held)
+                losses[i] = statistics.fmean(vals) if all(map(math.isfinite, vals)) else math.inf
+            log.info("find_alpha: alpha %g -> held-out loss %.4f, drift ratio %s", alpha, losses[i], drift[i])
+    except KeyboardInterrupt:
+        interrupted = True
+        warnings.warn("find_alpha interrupted: the suggestion uses the trials that finished", AlphaFinderWarning, stacklevel=2)
+    finally:
+        if bar is not None:
+            bar.close()
+        _restore(params, initial)
+        for p in module.parameters():
+            p.grad = None
+        for v in views:
+            set_alpha(v, original_alpha[v.name])
+        module.train(was_training)
+
+    finished = [(a, l) for a, l in zip(grid, losses) if not math.isnan(l)]
+    suggestion, at_edge = None, False
+    if finished and any(math.isfinite(l) for _, l in finished):
+        xs, ys = [a for a, _ in finished], [l for _, l in finished]
+        suggestion = refine_log_argmin(xs, ys)
+        best = min(range(len(ys)), key=lambda j: ys[j])
+        at_edge = best in (0, len(ys) - 1)
+        if at_edge:
+            warnings.warn(f"find_alpha: the best alpha ({xs[best]:g}) is at the edge of the grid "
+                          f"({xs[0]:g}..{xs[-1]:g}); the optimum may lie beyond it", AlphaFinderWarning, stacklevel=2)
+    elif not interrupted:
+        warnings.warn("find_alpha: every trial diverged; lower the learning rate", AlphaFinderWarning, stacklevel=2)
+    if update_alpha and suggestion is not None:
+        for v in views:
+            set_alpha(v, suggestion)
+    return AlphaFinderResult(alphas=grid, losses=losses, train_losses=train_losses, drift_ratio=drift,
+                             suggestion=suggestion, lr=lr, steps=steps, at_edge=at_edge, interrupted=interrupted,
+                             train_steps=spent_train, eval_batches=spent_eval, rule=rule)
+
+
+@torch.no_grad()
+def _restore(params: list[tuple[str, nn.Parameter]], initial: dict[str, torch.Tensor]) -> None:
+    for n, p in params:
+        p.copy_(initial[n])
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc="find_alpha", unit="step", leave=False)
+
+
+__all__ = ["DEFAULT_ALPHAS", "AlphaFinderResult", "AlphaFinderWarning", "find_alpha", "refine_log_argmin", "set_alpha"]
