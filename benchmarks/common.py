@@ -76,10 +76,14 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def train_minilm(*, rank: int = 8, alpha: float | None = 16.0, rule: str = "standard", lr: float = 3e-3,
                  head_lr: float | None = 3e-3, targets=("query", "key", "value", "dense"), max_steps: int = 150,
                  batch_size: int = 32, train_size: int | None = None, eval_size: int | None = None, seed: int = 0,
-                 every_n_steps: int = 5, loraplus_ratio: float | None = None) -> dict:
-    """One seeded MiniLM + Rotten Tomatoes run with the SignalDriftMonitor; held-out (test) accuracy."""
+                 every_n_steps: int = 5, loraplus_ratio: float | None = None, curve_every: int | None = None,
+                 curve_size: int = 320) -> dict:
+    """One seeded MiniLM + Rotten Tomatoes run with the SignalDriftMonitor; held-out (test) accuracy.
+
+    With ``curve_every``, validation accuracy on ``curve_size`` snippets every that many steps
+    (the learning curve, ``curve``: [[step, val_acc], ...])."""
     import torch
-    from lightning.pytorch import Trainer, seed_everything
+    from lightning.pytorch import Callback, Trainer, seed_everything
 
     from callbacks import SignalDriftMonitor
     from lora_alpha.data import RottenTomatoesDataModule, demo_model_path
@@ -87,14 +91,23 @@ def train_minilm(*, rank: int = 8, alpha: float | None = 16.0, rule: str = "stan
 
     torch.set_num_threads(min(os.cpu_count() or 1, 16))
     seed_everything(seed, verbose=False)
-    dm = RottenTomatoesDataModule(batch_size=batch_size, train_size=train_size, val_size=eval_size,
-                                  test_size=eval_size, seed=seed)
+    dm = RottenTomatoesDataModule(batch_size=batch_size, train_size=train_size,
+                                  val_size=curve_size if curve_every else eval_size, test_size=eval_size, seed=seed)
     module = LoRAAlphaModule(demo_model_path(), targets=list(targets), rank=rank, alpha=alpha, rule=rule, lr=lr,
                              head_lr=head_lr, loraplus_ratio=loraplus_ratio)
     monitor = SignalDriftMonitor(every_n_steps=every_n_steps, probe_every=None, histogram_every=None)
+    curve: list[list[float]] = []
+
+    class Curve(Callback):
+        def on_validation_end(self, trainer, pl_module):
+            if not trainer.sanity_checking:
+                curve.append([trainer.global_step, float(trainer.callback_metrics["val_acc"])])
+
+    extra = dict(val_check_interval=curve_every, check_val_every_n_epoch=None) if curve_every else {}
     trainer = Trainer(max_steps=max_steps, accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                      callbacks=[monitor], precision="bf16-mixed" if torch.cuda.is_available() else "32-true")
+                      callbacks=[monitor, Curve()], precision="bf16-mixed" if torch.cuda.is_available() else "32-true",
+                      **extra)
     import warnings
 
     with warnings.catch_warnings():
@@ -111,4 +124,5 @@ def train_minilm(*, rank: int = 8, alpha: float | None = 16.0, rule: str = "stan
             "drift_ratio_mean": statistics.fmean(drift) if drift else None,
             "step_size_mean": statistics.fmean(size) if size else None,
             "train_seconds": train_s, "seconds_per_step": train_s / max(trainer.global_step, 1),
-            "steps": trainer.global_step, "scale": module.lora_summary.scale, "alpha": module.lora_summary.alpha}
+            "steps": trainer.global_step, "scale": module.lora_summary.scale, "alpha": module.lora_summary.alpha,
+            **({"curve": curve} if curve_every else {})}

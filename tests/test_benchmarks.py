@@ -67,3 +67,10 @@ def test_alpha_finder_quick(tmp_path):
     run = data["runs"][0]
     assert len(run["finder"]["losses"]) == len(run["finder"]["alphas"]) == 3
     assert (tmp_path / "alpha_finder_quick.png").stat().st_size > 0
+
+
+def test_lora_alpha_vs_baselines_quick(tmp_path):
+    data = _run("lora_alpha_vs_baselines.py", tmp_path)
+    assert len(data["runs"]) == 2 and all(r["curve"] for r in data["runs"])
+    assert all({"acc_mean", "acc_std", "steps_to_target"} <= set(v) for v in data["summary"].values())
+    assert (tmp_path / "lora_alpha_vs_baselines_quick.png").stat().st_size > 0
