@@ -36,7 +36,7 @@ def grid_best(alpha_vs_lr: dict) -> dict[float, tuple[float, float]]:
 
 
 def run_finder(lr: float, steps: int, eval_batches: int, train_size: int, eval_size: int, batch_size: int,
-               alphas=None, seed: int = 0) -> tuple[dict, float]:
+               target_steps: int, alphas=None, seed: int = 0) -> tuple[dict, float]:
     import torch
     from lightning.pytorch import seed_everything
 
@@ -54,7 +54,7 @@ def run_finder(lr: float, steps: int, eval_batches: int, train_size: int, eval_s
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = find_alpha(module, dm, alphas=alphas, steps=steps, lr=lr, head_lr=3e-3, eval_batches=eval_batches,
-                         progress_bar=False)
+                         progress_bar=False, target_steps=target_steps)
     return res.as_dict(), time.time() - t0
 
 
@@ -78,12 +78,13 @@ def main(argv=None) -> None:
     grid_seconds = sum(r["train_seconds"] for r in grid["runs"])
     rows, runs = [], []
     for lr in lrs:
-        res, seconds = run_finder(lr, steps, eval_batches, alphas=alphas, **sizes)
+        res, seconds = run_finder(lr, steps, eval_batches, target_steps=grid["config"]["steps"] if not args.quick else 2,
+                                  alphas=alphas, **sizes)
         b_alpha, b_acc = best[lr]
         ratio = res["suggestion"] / b_alpha if res["suggestion"] else None
         runs.append({"lr": lr, "finder": res, "seconds": seconds, "grid_best_alpha": b_alpha, "grid_best_acc": b_acc,
                      "ratio": ratio, "within_2x": ratio is not None and 0.5 <= ratio <= 2.0})
-        rows.append([lr, res["suggestion"], b_alpha, b_acc, ratio, "yes" if runs[-1]["within_2x"] else "no",
+        rows.append([lr, res["trial_best"], res["suggestion"], b_alpha, b_acc, ratio, "yes" if runs[-1]["within_2x"] else "no",
                      res["train_steps"], round(seconds, 1), "yes" if res["at_edge"] else "no"])
         print(rows[-1], flush=True)
     finder_steps = sum(r["finder"]["train_steps"] for r in runs)
@@ -97,9 +98,10 @@ def main(argv=None) -> None:
         "fraction_of_grid_seconds_all_lrs": finder_seconds / grid_seconds,
         "fraction_of_lr_slice_seconds": {str(lr): r["seconds"] / lr_slice[lr] for lr, r in zip(lrs, runs)},
     }
-    table = md_table(["lr", "finder's alpha", "grid's best alpha", "its mean acc", "ratio", "within 2x",
+    table = md_table(["lr", "trials' best alpha", "finder's suggestion", "grid's best alpha", "its mean acc", "ratio", "within 2x",
                       "finder train steps", "finder seconds", "best trial at grid edge"], rows)
-    table += (f"\n\nFinder: {steps} steps per trial, held-out loss on {eval_batches} validation batches of {sizes['batch_size']}, alphas "
+    table += (f"\n\nFinder: {steps} steps per trial, suggestion = trials' best x {steps}/{runs[0]['finder']['target_steps']} "
+              "(the grid's run length), held-out loss on {eval_batches} validation batches of {sizes['batch_size']}, alphas "
               f"{', '.join(f'{a:g}' for a in runs[0]['finder']['alphas'])}; grid: `alpha_vs_lr.json`, "
               f"{len(grid['runs'])} runs of 63 steps ({grid_steps} training steps, {grid_seconds:.0f} s of training).\n\n"
               f"Within 2x of the grid's best alpha at the same lr: {summary['within_2x']} of {summary['of']}. One finder "

@@ -70,3 +70,35 @@ def tensorboard_writers(trainer) -> list:
             if hasattr(exp, "add_histogram"):
                 writers.append(exp)
     return writers
+
+
+def world_size(trainer) -> int:
+    return int(getattr(trainer, "world_size", 1) or 1)
+
+
+#: Strategies that shard parameters: a LoRA factor on one rank is then a shard, not the factor.
+SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAFSDPStrategy")
+
+
+def refuse_sharded(trainer, who: str) -> None:
+    """Raise a clear error under a parameter-sharding strategy (the metrics would be silently wrong)."""
+    names = {c.__name__ for c in type(getattr(trainer, "strategy", None)).__mro__}
+    hit = sorted(names & set(SHARDED_STRATEGIES))
+    if hit:
+        raise RuntimeError(
+            f"{who} does not support {hit[0]}: it shards the LoRA factors across ranks, so each rank would measure "
+            "a shard instead of the factor. Supported: single device and DDP (strategy='ddp', 'ddp_spawn', ...); "
+            "see README, 'Running at scale'.")
+
+
+def rank_mean(trainer, device):
+    """``losses -> mean over ranks`` for data-parallel trainers (one small all-reduce), else None."""
+    if world_size(trainer) <= 1:
+        return None
+    import torch
+
+    def reduce(values):
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        return trainer.strategy.reduce(t, reduce_op="mean").tolist()
+
+    return reduce

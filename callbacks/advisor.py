@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from callbacks._lightning import CallbackBase, log_metrics, tensorboard_writers
+from callbacks._lightning import CallbackBase, log_metrics, rank_mean, refuse_sharded, tensorboard_writers
 from callbacks.engine import PREFIX, check_positive_int, medians_of_views
 from signaldrift import DEFAULT_TAUS, NonFiniteError, RegimeVerdict, lora_layers, regime_verdict, step_gap_probe, step_split
 
@@ -122,6 +122,9 @@ class AlphaRegimeAdvisor(CallbackBase):
         self._before: list[Tensor] | None = None
 
     # ----------------------------------------------------------------- hooks
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        refuse_sharded(trainer, "AlphaRegimeAdvisor")
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if self.probe_batch is None:
             self.probe_batch = _detached(batch)
@@ -184,7 +187,8 @@ class AlphaRegimeAdvisor(CallbackBase):
         pl_module.eval()
         try:
             with torch.no_grad(), context:
-                probe = step_gap_probe(lambda: self._loss(pl_module, batch), params, delta, self.taus)
+                probe = step_gap_probe(lambda: self._loss(pl_module, batch), params, delta, self.taus,
+                                       reduce=rank_mean(trainer, pl_module.device))
         except NonFiniteError:
             return None
         finally:

@@ -8,8 +8,10 @@ from callbacks._lightning import (
     CallbackBase,
     grad_scaler,
     log_metrics,
+    refuse_sharded,
     tensorboard_writers,
     unscale_divisor,
+    world_size,
 )
 from callbacks.engine import LAYER_METRICS, PREFIX, SignalDriftEngine, SignalDriftWarning, check_positive_int, model_tag
 from callbacks.tensorboard import add_custom_layout, add_spectra_figure, add_spectrum_histograms
@@ -70,6 +72,7 @@ class SignalDriftMonitor(CallbackBase):
         self.histogram_every, self.layer_log_every = histogram_every, layer_log_every
         self._scale_before: float | None = None
         self._warned_no_logger = False
+        self._probing = probe_every is not None
 
     @property
     def history(self) -> dict[int, dict[str, float]]:
@@ -83,6 +86,12 @@ class SignalDriftMonitor(CallbackBase):
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit":
             return
+        refuse_sharded(trainer, "SignalDriftMonitor")
+        self._probing = self.engine.probe_every is not None and world_size(trainer) == 1
+        if self.engine.probe_every is not None and not self._probing:
+            warnings.warn("SignalDriftMonitor: spectral_suppression and spectral_gain (section 4) are not measured "
+                          "under data parallelism: they need the full-weight gradient of the global batch, which "
+                          "only an all-reduce of an (m, n) matrix per layer would give", SignalDriftWarning, stacklevel=2)
         self.engine.attach(pl_module)  # raises a clear error when there is no LoRA layer
         if not trainer.loggers and not self._warned_no_logger:
             self._warned_no_logger = True
@@ -96,7 +105,7 @@ class SignalDriftMonitor(CallbackBase):
             add_custom_layout(w, self.engine.names)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        if self.engine.probes(trainer.global_step):
+        if self._probing and self.engine.probes(trainer.global_step):
             self.engine.start_capture(pl_module)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:

@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--alphas", default=None, help="comma-separated grid (default: 4, 16, ..., 16384)")
     f.add_argument("--steps", type=int, default=16, help="optimizer steps per trial")
     f.add_argument("--eval-batches", type=int, default=4, help="held-out batches that score each trial")
+    f.add_argument("--target-steps", type=int, default=None,
+                   help="the length of the run you plan; the trials' best alpha is scaled by steps/target-steps "
+                        "(default: --steps, no scaling)")
     f.add_argument("--output", default="runs/find-alpha", help="folder for find_alpha.json and find_alpha.png")
     r = sub.add_parser("report", help="print a run's per-layer diagnosis and verdict; write report.png")
     r.add_argument("run_dir")
@@ -138,6 +141,8 @@ def find_alpha_cmd(args) -> int:
     """`signaldrift find-alpha`: the finder on the embedded default (or --model/--data); JSON + PNG."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _check_positive(args, ("rank", "batch_size", "max_length", "steps", "eval_batches", "lr"))
+    if args.target_steps is not None:
+        _check_positive(args, ("target_steps",))
     alphas = _parse_alphas(args.alphas)
     from lightning.pytorch import seed_everything
 
@@ -150,7 +155,7 @@ def find_alpha_cmd(args) -> int:
     dm = _datamodule(args, model_path)
     module = _module(args, model_path, dm)
     res = find_alpha(module, dm, alphas=alphas, steps=args.steps, lr=args.lr, head_lr=args.head_lr,
-                     eval_batches=args.eval_batches, progress_bar=not args.no_progress)
+                     eval_batches=args.eval_batches, progress_bar=not args.no_progress, target_steps=args.target_steps)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "find_alpha.json.tmp"
@@ -165,6 +170,9 @@ def find_alpha_cmd(args) -> int:
     if res.suggestion is None:
         lines.append("suggested alpha: none (every finished trial diverged; lower --lr)")
     else:
+        if res.target_steps != res.steps:
+            lines.append(f"best alpha for {res.steps}-step trials: {res.trial_best:.4g}; scaled to a "
+                         f"{res.target_steps}-step run by {res.steps}/{res.target_steps}")
         lines.append(f"suggested alpha: {res.suggestion:.4g}" + ("  (at the edge of the grid: widen --alphas)" if res.at_edge else ""))
     if res.interrupted:
         lines.append("interrupted: the suggestion uses the trials that finished")

@@ -4,8 +4,14 @@ Like Lightning's learning-rate finder, but the trials are independent: before ea
 trainable parameters (LoRA factors and any trainable head) are restored bit-exactly to their
 initial values, a fresh AdamW starts, and the same training batches are replayed. Each trial is
 scored by the loss on a fixed set of held-out batches after training, and the drift ratio of its
-steps is measured with the same engine the callbacks use. The suggestion is the grid's best
-alpha, refined by a parabola in log alpha through it and its neighbours.
+steps is measured with the same engine the callbacks use. The trials' best alpha is the grid's
+best, refined by a parabola in log alpha through it and its neighbours.
+
+Short trials favour large alphas: under Adam each step moves a LoRA factor by about ``lr`` per
+entry whatever the gradient's size, so early in training the update ``s B A`` travels a distance
+that grows like ``alpha * lr * steps``. For a run of ``target_steps`` the suggestion is therefore
+the trials' best alpha times ``steps / target_steps`` (``benchmarks/alpha_finder.py`` checks
+this against the full alpha x lr grid).
 """
 from __future__ import annotations
 
@@ -47,8 +53,11 @@ class AlphaFinderResult:
         losses: held-out loss after each trial (``inf`` for a diverged trial; NaN if not run).
         train_losses: each trial's mean training loss over its last quarter of steps.
         drift_ratio: each trial's median drift ratio over its measured steps (None if none).
-        suggestion: the suggested alpha (None when no trial finished).
+        trial_best: the best alpha for a run as long as the trials (None when no trial finished).
+        suggestion: the suggested alpha for a run of ``target_steps``: ``trial_best * steps /
+            target_steps`` (None when no trial finished).
         lr: the learning rate every trial used; steps: optimizer steps per trial.
+        target_steps: the run length the suggestion is for.
         at_edge: the best grid alpha is the first or last point (the optimum may lie beyond).
         interrupted: the search was stopped (Ctrl-C) before the grid was done.
         train_steps, eval_batches: the compute spent, in training steps and held-out batches.
@@ -58,9 +67,11 @@ class AlphaFinderResult:
     losses: list[float]
     train_losses: list[float]
     drift_ratio: list[float | None]
+    trial_best: float | None
     suggestion: float | None
     lr: float
     steps: int
+    target_steps: int
     at_edge: bool
     interrupted: bool
     train_steps: int
@@ -85,8 +96,11 @@ class AlphaFinderResult:
         fig, ax = plt.subplots(figsize=(6, 4))
         done = [(a, l) for a, l in zip(self.alphas, self.losses) if math.isfinite(l)]
         ax.semilogx([a for a, _ in done], [l for _, l in done], "o-", label="held-out loss after the trial")
+        if self.trial_best is not None and self.suggestion != self.trial_best:
+            ax.axvline(self.trial_best, color="tab:orange", ls=":", label=f"best for {self.steps} steps: {self.trial_best:.3g}")
         if self.suggestion is not None:
-            ax.axvline(self.suggestion, color="r", ls="--", label=f"suggested alpha {self.suggestion:.3g}")
+            ax.axvline(self.suggestion, color="r", ls="--",
+                       label=f"suggested for {self.target_steps} steps: {self.suggestion:.3g}")
         ax.set_xlabel(f"alpha ({self.rule} rule)")
         ax.set_ylabel("held-out loss")
         ax.set_title(f"alpha finder: {self.steps} steps per trial at lr {self.lr:g}")
@@ -183,7 +197,8 @@ def _check(alphas, steps, lr, eval_batches) -> list[float]:
 
 def find_alpha(module: nn.Module, datamodule: Any, alphas: Sequence[float] | None = None, steps: int = 16,
                lr: float | None = None, eval_batches: int = 4, loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
-               update_alpha: bool = False, progress_bar: bool = True, head_lr: float | None = None) -> AlphaFinderResult:
+               update_alpha: bool = False, progress_bar: bool = True, head_lr: float | None = None,
+               target_steps: int | None = None) -> AlphaFinderResult:
     """Short LoRA trials over a log grid of alpha at one learning rate; suggest the best alpha.
 
     Args:
@@ -200,6 +215,7 @@ def find_alpha(module: nn.Module, datamodule: Any, alphas: Sequence[float] | Non
         update_alpha: set every layer's alpha to the suggestion at the end (else the original).
         progress_bar: show a tqdm bar when tqdm is installed.
         head_lr: learning rate of trainable non-LoRA parameters (default: ``module.head_lr`` or lr).
+        target_steps: the length of the run the alpha is for (default: ``steps``, no scaling).
 
     Returns:
         :class:`AlphaFinderResult`. Ctrl-C stops the search after restoring the initial state
@@ -211,6 +227,9 @@ def find_alpha(module: nn.Module, datamodule: Any, alphas: Sequence[float] | Non
     from callbacks.engine import SignalDriftEngine, model_tag  # lazy: lora_alpha sits above callbacks
 
     grid = _check(alphas, steps, lr if lr is not None else 1.0, eval_batches)
+    target_steps = steps if target_steps is None else target_steps
+    if isinstance(target_steps, bool) or not isinstance(target_steps, int) or target_steps < 1:
+        raise UsageError(f"target_steps must be a positive int or None, got {target_steps!r}")
     lr = float(lr if lr is not None else getattr(module, "lr", 1e-4))
     head_lr = float(head_lr if head_lr is not None else getattr(module, "head_lr", None) or lr)
     views = [v for v in lora_layers(module) if v.variant is None]
@@ -298,10 +317,12 @@ def find_alpha(module: nn.Module, datamodule: Any, alphas: Sequence[float] | Non
         module.train(was_training)
 
     finished = [(a, l) for a, l in zip(grid, losses) if not math.isnan(l)]
-    suggestion, at_edge = None, False
+    trial_best = suggestion = None
+    at_edge = False
     if finished and any(math.isfinite(l) for _, l in finished):
         xs, ys = [a for a, _ in finished], [l for _, l in finished]
-        suggestion = refine_log_argmin(xs, ys)
+        trial_best = refine_log_argmin(xs, ys)
+        suggestion = trial_best * steps / target_steps
         best = min(range(len(ys)), key=lambda j: ys[j])
         at_edge = best in (0, len(ys) - 1)
         if at_edge:
@@ -313,7 +334,8 @@ def find_alpha(module: nn.Module, datamodule: Any, alphas: Sequence[float] | Non
         for v in views:
             set_alpha(v, suggestion)
     return AlphaFinderResult(alphas=grid, losses=losses, train_losses=train_losses, drift_ratio=drift,
-                             suggestion=suggestion, lr=lr, steps=steps, at_edge=at_edge, interrupted=interrupted,
+                             trial_best=trial_best, suggestion=suggestion, lr=lr, steps=steps,
+                             target_steps=target_steps, at_edge=at_edge, interrupted=interrupted,
                              train_steps=spent_train, eval_batches=spent_eval, rule=rule)
 
 

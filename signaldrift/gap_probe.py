@@ -57,6 +57,7 @@ def step_gap_probe(
     delta: Sequence[Tensor],
     taus: Sequence[float] = DEFAULT_TAUS,
     applied: bool = True,
+    reduce: Callable[[list[float]], Sequence[float]] | None = None,
 ) -> GapProbe:
     """Evaluate ``loss_fn`` at ``theta_t + tau * delta`` for each tau and find the best tau.
 
@@ -70,6 +71,9 @@ def step_gap_probe(
         taus: step multiples to evaluate; must include 1.
         applied: True when ``params`` already hold ``theta_t + delta`` (the step was taken),
             False when they hold ``theta_t``.
+        reduce: maps the measured losses (one per tau, ascending tau, non-finite as inf) to the
+            losses the decision uses; data-parallel callers pass a mean over ranks here, so
+            every rank decides on the global batch's losses.
 
     Raises:
         ValueError: params and delta differ in number or shape, or taus lacks 1 or holds a
@@ -100,6 +104,8 @@ def step_gap_probe(
         with torch.no_grad():
             for p, p0 in zip(params, saved):
                 p.copy_(p0)
+    if reduce is not None:
+        losses = [float(v) if math.isfinite(float(v)) else math.inf for v in reduce(losses)]
     loss1 = losses[taus.index(1.0)]
     if not math.isfinite(loss1):
         raise NonFiniteError(f"the probe loss at tau=1 is not finite ({loss1})")

@@ -15,7 +15,7 @@ def lightning(ns: str = "lightning.pytorch"):
 
 
 def make_module(ns: str = "lightning.pytorch", lr: float = 1e-2, alpha: float = 8.0, rule: str = "standard",
-                nan_at_step: int | None = None, model=None, optimizer: str = "adamw"):
+                nan_at_step: int | None = None, model=None, optimizer: str = "adamw", batch_size: int = 8):
     L = lightning(ns)
 
     class TinyModule(L.LightningModule):
@@ -45,7 +45,7 @@ def make_module(ns: str = "lightning.pytorch", lr: float = 1e-2, alpha: float = 
             return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
 
         def train_dataloader(self):
-            return DataLoader(teacher_data(), batch_size=8)
+            return DataLoader(teacher_data(), batch_size=batch_size)
 
     torch.manual_seed(0)
     return TinyModule()
@@ -141,3 +141,18 @@ def read_tags(log_dir) -> dict[str, list[str]]:
             if isinstance(names, list):
                 tags.setdefault(kind, []).extend(names)
     return tags
+
+
+def scalar_steps(log_dir) -> dict[str, list[int]]:
+    """Every scalar event's step per tag, duplicates kept, across all event files under ``log_dir``."""
+    import pathlib
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, list[int]] = {}
+    for events in sorted(pathlib.Path(log_dir).rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            out.setdefault(tag, []).extend(ev.step for ev in acc.Scalars(tag))
+    return out

@@ -176,3 +176,18 @@ def test_plot_writes_a_png(tmp_path):
                          progress_bar=False)
     res.plot(tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 1000
+
+
+def test_target_steps_scales_the_trials_best_alpha():
+    m = _model()
+    data = _data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AlphaFinderWarning)
+        short = find_alpha(m, (data[:3], data[3:]), alphas=[1.0, 8.0, 64.0], steps=3, lr=1e-2, loss_fn=_loss,
+                           progress_bar=False)
+        long = find_alpha(m, (data[:3], data[3:]), alphas=[1.0, 8.0, 64.0], steps=3, lr=1e-2, loss_fn=_loss,
+                          progress_bar=False, target_steps=12)
+    assert short.losses == long.losses and short.suggestion == short.trial_best == long.trial_best
+    assert long.suggestion == pytest.approx(long.trial_best * 3 / 12) and long.target_steps == 12
+    with pytest.raises(UsageError, match="target_steps must be a positive int or None, got 0"):
+        find_alpha(m, data, loss_fn=_loss, progress_bar=False, target_steps=0)

@@ -1,0 +1,94 @@
+"""Running at scale: DDP equals one process on the global batch; sharding strategies are refused."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from callbacks import AlphaRegimeAdvisor, SignalDriftMonitor
+from tests.callbacks.helpers import make_module, make_trainer, scalar_steps
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(out: Path, world: int) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "callbacks" / "ddp_run.py"), str(out), str(world)],
+                          capture_output=True, text=True, timeout=240, env=env, cwd=out)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def _close(a: dict, b: dict, rel: float = 1e-4, abs_: float = 1e-7) -> None:
+    assert set(a) == set(b)
+    for k in a:
+        if k.endswith("skipped_steps"):
+            assert a[k] == b[k], k
+        else:
+            assert math.isclose(a[k], b[k], rel_tol=rel, abs_tol=abs_), (k, a[k], b[k])
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_equal_one_process_on_the_global_batch(tmp_path):
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    single.mkdir()
+    ddp.mkdir()
+    _run(single, 1)
+    _run(ddp, 2)
+    one = json.loads((single / "rank0.json").read_text())
+    r0, r1 = (json.loads((ddp / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert sorted(map(int, one["history"])) == list(range(6))
+    for step, tags in one["history"].items():
+        _close(r0["history"][step], tags)
+        _close(r1["history"][step], tags)  # every rank computed the same numbers, without collectives
+    assert len(one["probes"]) == len(r0["probes"]) == len(r1["probes"]) == 2  # steps 2 and 4 on every rank
+    for p1, p0, q in zip(one["probes"], r0["probes"], r1["probes"]):
+        assert p0["step"] == q["step"] == p1["step"]
+        for a, b, c in zip(p1["losses"], p0["losses"], q["losses"]):
+            assert math.isclose(a, b, rel_tol=1e-5) and math.isclose(a, c, rel_tol=1e-5)
+        assert math.isclose(p0["step_gap"], p1["step_gap"], rel_tol=1e-4)
+    assert r0["verdict"] == r1["verdict"] == one["verdict"]
+    # Logged once, from rank zero: each tag has each step exactly once.
+    steps = scalar_steps(ddp / "tb")
+    assert steps["signaldrift/drift_ratio"] == list(range(6))
+    assert steps["signaldrift/step_gap"] == [2, 4]
+    assert all(len(v) == len(set(v)) for v in steps.values())
+
+
+class FSDPStrategy:  # stands in for Lightning's class of that name (matched by name: no import of torch.distributed.fsdp)
+    pass
+
+
+class DeepSpeedStrategy:
+    pass
+
+
+@pytest.mark.parametrize("strategy", [FSDPStrategy, DeepSpeedStrategy])
+@pytest.mark.parametrize("callback", [SignalDriftMonitor, AlphaRegimeAdvisor])
+def test_sharded_strategies_are_refused_at_setup(strategy, callback):
+    class FakeTrainer:
+        loggers = []
+        world_size = 2
+
+    FakeTrainer.strategy = strategy()
+    with pytest.raises(RuntimeError, match=f"does not support {strategy.__name__}.*Supported: single device and DDP"):
+        callback().setup(FakeTrainer(), make_module(), "fit")
+
+
+def test_lightning_fsdp_is_refused_before_training():
+    pytest.importorskip("torch.distributed.fsdp")
+    from lightning.pytorch.strategies import FSDPStrategy as Real
+
+    module = make_module()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+
+    class T:
+        loggers = []
+        world_size = 1
+        strategy = Real.__new__(Real)
+
+    with pytest.raises(RuntimeError, match="does not support FSDPStrategy"):
+        SignalDriftMonitor().setup(T(), module, "fit")
+    assert all((before[k] == v).all() for k, v in module.state_dict().items())
