@@ -101,7 +101,7 @@ def main(argv=None) -> None:
     table = md_table(["lr", "trials' best alpha", "finder's suggestion", "grid's best alpha", "its mean acc", "ratio", "within 2x",
                       "finder train steps", "finder seconds", "best trial at grid edge"], rows)
     table += (f"\n\nFinder: {steps} steps per trial, suggestion = trials' best x {steps}/{runs[0]['finder']['target_steps']} "
-              "(the grid's run length), held-out loss on {eval_batches} validation batches of {sizes['batch_size']}, alphas "
+              f"(the grid's run length), held-out loss on {eval_batches} validation batches of {sizes['batch_size']}, alphas "
               f"{', '.join(f'{a:g}' for a in runs[0]['finder']['alphas'])}; grid: `alpha_vs_lr.json`, "
               f"{len(grid['runs'])} runs of 63 steps ({grid_steps} training steps, {grid_seconds:.0f} s of training).\n\n"
               f"Within 2x of the grid's best alpha at the same lr: {summary['within_2x']} of {summary['of']}. One finder "
