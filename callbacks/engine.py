@@ -253,15 +253,17 @@ class SignalDriftEngine:
         if step is None:
             return None
         after = {n: (views[n].A.detach().double(), views[n].B.detach().double()) for n in pending if n in views}
-        if step_taken and pending and all(torch.equal(pending[n].A, A) and torch.equal(pending[n].B, B)
-                                          for n, (A, B) in after.items()):
-            step_taken = False  # nothing moved: a skipped step or a zero learning rate
         tags: dict[str, float] = {}
         per_metric: dict[str, list[float]] = {}
         for name, p in pending.items():
             v = views.get(name)
-            if v is None or not step_taken:
-                self._skip(name, "the optimizer did not update it" if v is not None else "it disappeared")
+            if v is None:
+                self._skip(name, "it disappeared")
+                continue
+            A, B = after[name]
+            if not step_taken or (torch.equal(p.A, A) and torch.equal(p.B, B)):
+                # a skipped step (AMP overflow), a zero learning rate, or a layer frozen mid-run
+                self._skip(name, "the optimizer did not update it")
                 continue
             try:
                 split = step_split(p.A, p.B, *after[name], v.scale, self.base_norms.get(name, 0.0))
