@@ -13,6 +13,7 @@ from torch import Tensor
 
 from callbacks._lightning import CallbackBase, log_metrics, rank_mean, refuse_sharded, tensorboard_writers
 from callbacks.engine import PREFIX, check_positive_int, medians_of_views
+from callbacks.tensorboard import mark_restart
 from signaldrift import DEFAULT_TAUS, NonFiniteError, RegimeVerdict, lora_layers, regime_verdict, step_gap_probe, step_split
 
 log = logging.getLogger("signaldrift")
@@ -124,6 +125,11 @@ class AlphaRegimeAdvisor(CallbackBase):
     # ----------------------------------------------------------------- hooks
     def setup(self, trainer, pl_module, stage: str) -> None:
         refuse_sharded(trainer, "AlphaRegimeAdvisor")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.global_step > 0:  # resumed: see callbacks.tensorboard.mark_restart
+            for w in tensorboard_writers(trainer):
+                mark_restart(w, trainer.global_step)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if self.probe_batch is None:

@@ -14,7 +14,7 @@ from callbacks._lightning import (
     world_size,
 )
 from callbacks.engine import LAYER_METRICS, PREFIX, SignalDriftEngine, SignalDriftWarning, check_positive_int, model_tag
-from callbacks.tensorboard import add_custom_layout, add_spectra_figure, add_spectrum_histograms
+from callbacks.tensorboard import add_custom_layout, add_spectra_figure, add_spectrum_histograms, mark_restart
 
 
 class SignalDriftMonitor(CallbackBase):
@@ -103,6 +103,11 @@ class SignalDriftMonitor(CallbackBase):
         self.engine.to_device(pl_module.device)
         for w in tensorboard_writers(trainer):
             add_custom_layout(w, self.engine.names)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.global_step > 0:  # resumed (the loops are restored by now): steps after the checkpoint
+            for w in tensorboard_writers(trainer):  # are trained, and logged, again
+                mark_restart(w, trainer.global_step)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if self._probing and self.engine.probes(trainer.global_step):

@@ -52,3 +52,19 @@ def spectra_figure(spectra: dict[str, Tensor]):
 def add_spectra_figure(writer, spectra: dict[str, Tensor], step: int) -> None:
     if spectra:
         writer.add_figure(f"{PREFIX}/update_spectra", spectra_figure(spectra), global_step=step)
+
+
+def mark_restart(writer, step: int) -> None:
+    """Tell TensorBoard the run restarted at ``step`` (a resume from a checkpoint).
+
+    A ``SessionLog.START`` event makes TensorBoard's readers drop every event of this run at
+    ``step`` or later that an earlier process wrote after its last checkpoint, so steps that are
+    trained again appear once, with their new values. Written once per writer and step.
+    """
+    if getattr(writer, "_signaldrift_restart", None) == step:
+        return
+    from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+    file_writer = writer._get_file_writer() if hasattr(writer, "_get_file_writer") else writer.file_writer
+    file_writer.add_event(Event(step=step, session_log=SessionLog(status=SessionLog.START)))
+    writer._signaldrift_restart = step

@@ -144,14 +144,15 @@ def read_tags(log_dir) -> dict[str, list[str]]:
 
 
 def scalar_steps(log_dir) -> dict[str, list[int]]:
-    """Every scalar event's step per tag, duplicates kept, across all event files under ``log_dir``."""
+    """Every scalar event's step per tag, duplicates kept, as TensorBoard reads each run directory
+    (all its event files in order, so a restart marker purges what it should)."""
     import pathlib
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out: dict[str, list[int]] = {}
-    for events in sorted(pathlib.Path(log_dir).rglob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+    for run in sorted({f.parent for f in pathlib.Path(log_dir).rglob("events.out.tfevents.*")}):
+        acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
         acc.Reload()
         for tag in acc.Tags()["scalars"]:
             out.setdefault(tag, []).extend(ev.step for ev in acc.Scalars(tag))

@@ -129,3 +129,41 @@ def test_amp_skipped_steps_with_a_cpu_grad_scaler():
     assert monitor.history[5]["signaldrift/skipped_steps"] >= 1
     assert any("did not update" in str(w.message) or "non-finite" in str(w.message) for w in drift)
     _one_warning_per_reason(drift)
+
+
+def test_crash_after_a_checkpoint_then_resume_logs_every_step_once(tmp_path):
+    """Steps 3-4 are logged, the run dies at step 5, the resume from step 3 trains 3-4 again:
+    TensorBoard shows each step once (the resumed values) and the probe history carries on."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from tests.callbacks.helpers import read_scalars, scalar_steps
+
+    def crash(pl_module):
+        raise RuntimeError("simulated crash")
+
+    def run(max_steps, extra, ckpt_path=None):
+        monitor = SignalDriftMonitor(every_n_steps=1, probe_every=None, histogram_every=None)
+        advisor = AlphaRegimeAdvisor(gap_every=2)
+        ckpt = L.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=3)
+        trainer = make_trainer(max_steps=max_steps, enable_checkpointing=True, log_every_n_steps=1,
+                               logger=TensorBoardLogger(str(tmp_path), name="tb", version=0),
+                               callbacks=[monitor, advisor, ckpt, *extra])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(make_module(), ckpt_path=ckpt_path)
+        return monitor, advisor
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(8, [_fault_callback(5, crash)])
+    before = read_scalars(tmp_path / "tb")  # what the crashed run wrote
+    assert set(before["signaldrift/drift_ratio"]) == {0, 1, 2, 3, 4}
+    monitor, advisor = run(8, [], ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert sorted(monitor.history) == list(range(8))
+    assert [p["step"] for p in advisor.probes] == [2, 4, 6]  # probe 2 from the checkpoint, 4 and 6 after
+    steps = scalar_steps(tmp_path / "tb")
+    assert len(list((tmp_path / "tb" / "version_0").glob("events.out.tfevents.*"))) == 2
+    for tag in ("signaldrift/drift_ratio", f"signaldrift/{FC1}/drift_ratio", "signaldrift/step_gap"):
+        assert sorted(steps[tag]) == sorted(set(steps[tag])), tag  # no duplicated step
+    assert sorted(steps["signaldrift/drift_ratio"]) == list(range(8))  # none missing
+    after = read_scalars(tmp_path / "tb")["signaldrift/drift_ratio"]
+    assert all(after[s] == pytest.approx(monitor.history[s]["signaldrift/drift_ratio"]) for s in range(8))
