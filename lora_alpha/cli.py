@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--output", default="runs", help="runs are written to OUTPUT/NAME/")
     t.add_argument("--name", default=None, help="run name (default: a timestamp)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run directory of that name")
+    t.add_argument("--checkpoint-every", type=int, default=50,
+                   help="save OUTPUT/NAME/checkpoints/last.ckpt every this many steps (0: never)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run OUTPUT/NAME from its last checkpoint (same logs, same adapter folder)")
     f = sub.add_parser("find-alpha", help="short trials over a log grid of alpha at one lr; suggest alpha, plot loss vs alpha")
     _add_model_args(f)
     f.add_argument("--alphas", default=None, help="comma-separated grid (default: 4, 16, ..., 16384)")
@@ -117,6 +121,12 @@ def _check_args(args) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.alpha is not None and args.alpha < 0:
         raise UsageError(f"--alpha must be > 0 (or 0 for the rule's default), got {args.alpha}")
+    if args.checkpoint_every < 0:
+        raise UsageError(f"--checkpoint-every must be >= 0 (0: no checkpoints), got {args.checkpoint_every}")
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite contradict each other; pass one")
+    if args.resume and not args.name:
+        raise UsageError("--resume needs --name: the run to continue")
 
 
 def _module(args, model_path: str, dm, **extra):
@@ -158,10 +168,7 @@ def find_alpha_cmd(args) -> int:
                      eval_batches=args.eval_batches, progress_bar=not args.no_progress, target_steps=args.target_steps)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "find_alpha.json.tmp"
-    tmp.write_text(json.dumps({**res.as_dict(), "config": {k: v for k, v in vars(args).items() if k != "command"}},
-                              indent=2) + "\n")
-    tmp.replace(out / "find_alpha.json")
+    _write_json(out / "find_alpha.json", {**res.as_dict(), "config": {k: v for k, v in vars(args).items() if k != "command"}})
     res.plot(out / "find_alpha.png")
     lines = [f"alpha finder: {res.steps} steps per trial at lr {res.lr:g} ({res.rule} rule, rank {args.rank})",
              f"{'alpha':>10}  {'held-out loss':>13}  {'drift ratio':>11}"]
@@ -190,7 +197,7 @@ def _trainer_kwargs(args) -> dict:
     devices: int | str = int(args.devices) if str(args.devices).isdigit() else args.devices
     return dict(max_steps=args.max_steps, max_epochs=args.epochs if args.max_steps == -1 else -1,
                 precision=precision, devices=devices, accelerator=args.accelerator, strategy=args.strategy,
-                enable_checkpointing=False, num_sanity_val_steps=0,
+                enable_checkpointing=args.checkpoint_every > 0, num_sanity_val_steps=0,
                 enable_progress_bar=not args.no_progress, log_every_n_steps=10, enable_model_summary=False)
 
 
@@ -205,8 +212,11 @@ def train(args) -> int:
 
     name = args.name or time.strftime("run-%Y%m%d-%H%M%S")
     run_dir = Path(args.output) / name
-    if run_dir.exists() and not args.overwrite:
-        raise UsageError(f"run directory {run_dir} exists; pass another --name or --overwrite")
+    last_ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if args.resume and not last_ckpt.is_file():
+        raise UsageError(f"--resume: {last_ckpt} does not exist (was the run checkpointed? see --checkpoint-every)")
+    if run_dir.exists() and not (args.overwrite or args.resume):
+        raise UsageError(f"run directory {run_dir} exists; pass another --name, --overwrite, or --resume")
     seed_everything(args.seed, verbose=False)
     model_path = args.model or demo_model_path()
     dm = _datamodule(args, model_path)  # reads and checks the data before anything is written
@@ -215,32 +225,49 @@ def train(args) -> int:
     monitor = SignalDriftMonitor(every_n_steps=args.every_n_steps, probe_every=args.probe_every)
     advisor = AlphaRegimeAdvisor(gap_every=args.gap_every)
     logger = TensorBoardLogger(save_dir=str(args.output), name=name, version="", default_hp_metric=False)
+    guard = _interrupt_guard()
+    callbacks = [monitor, advisor, guard]
+    if args.checkpoint_every:
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
+                                         every_n_train_steps=args.checkpoint_every))
     try:
-        trainer = Trainer(callbacks=[monitor, advisor], logger=logger, **_trainer_kwargs(args))
+        trainer = Trainer(callbacks=callbacks, logger=logger, **_trainer_kwargs(args))
     except Exception as err:  # noqa: BLE001 - construction has no side effects; any rejection is the user's input
         raise UsageError(f"Lightning rejected the trainer settings: {str(err).strip().splitlines()[0]}") from None
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
     status_file = run_dir / "run.json"
-    record = {"status": "running", "name": name, "config": {k: v for k, v in vars(args).items() if k != "command"},
-              "lora": str(module.lora_summary)}
-    status_file.write_text(json.dumps(record, indent=2))
+    if args.resume:
+        record = json.loads(status_file.read_text()) if status_file.is_file() else {"name": name}
+        record.update(status="running", resumed=record.get("resumed", 0) + 1)
+    else:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        record = {"status": "running", "name": name, "config": {k: v for k, v in vars(args).items() if k != "command"},
+                  "lora": str(module.lora_summary)}
+    _write_json(status_file, record)
     start = time.time()
     try:
-        trainer.fit(module, datamodule=dm)
-        if trainer.interrupted:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(last_ckpt) if args.resume else None)
+        if trainer.interrupted or guard.interrupted:
             raise KeyboardInterrupt
         val = trainer.validate(module, datamodule=dm, verbose=False)[0]
         test = trainer.test(module, datamodule=dm, verbose=False)[0]
-    except KeyboardInterrupt:
-        record.update(status="interrupted", seconds=round(time.time() - start, 1))
-        status_file.write_text(json.dumps(record, indent=2))
-        print(f"signaldrift: interrupted; {run_dir} is marked as interrupted", file=sys.stderr)
+    except (KeyboardInterrupt, SystemExit) as err:
+        if isinstance(err, SystemExit) and not guard.interrupted:
+            raise
+        # Lightning turns Ctrl-C into a graceful stop and SystemExit(1); the guard saw the interrupt
+        # and wrote the adapter; the last checkpoint is whatever ModelCheckpoint wrote last.
+        record.update(status="interrupted", seconds=round(time.time() - start, 1), steps=trainer.global_step,
+                      last_checkpoint=str(last_ckpt) if last_ckpt.is_file() else None)
+        _write_json(status_file, record)
+        print(f"signaldrift: interrupted at step {trainer.global_step}; {run_dir} is marked as interrupted "
+              f"(resume with: signaldrift train --name {name} --output {args.output} --resume)", file=sys.stderr)
         return 130
     except BaseException:
         record.update(status="failed", seconds=round(time.time() - start, 1))
-        status_file.write_text(json.dumps(record, indent=2))
+        _write_json(status_file, record)
         raise
     seconds = time.time() - start
     verdict = advisor.verdict
@@ -248,10 +275,33 @@ def train(args) -> int:
                   steps=trainer.global_step, precision=str(trainer.precision),
                   verdict=None if verdict is None else {"verdict": verdict.verdict, "evidence": verdict.evidence,
                                                         "suggestion": verdict.suggestion})
-    status_file.write_text(json.dumps(record, indent=2))
+    _write_json(status_file, record)
     if trainer.is_global_zero:
         print(_summary(record, monitor, advisor, run_dir, dm))
     return 0
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Atomic: a reader (or a second Ctrl-C) never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+def _interrupt_guard():
+    """A callback that notes Ctrl-C (Lightning's on_exception with KeyboardInterrupt) and saves the adapter."""
+    from lightning.pytorch import Callback
+
+    class InterruptGuard(Callback):
+        interrupted = False
+
+        def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+            if isinstance(exception, KeyboardInterrupt):
+                self.interrupted = True
+                if trainer.is_global_zero and hasattr(pl_module, "export_adapter"):
+                    pl_module.export_adapter()
+
+    return InterruptGuard()
 
 
 def _floats(d: dict) -> dict:

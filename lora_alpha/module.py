@@ -104,6 +104,8 @@ class LoRAAlphaModule(LightningModule):
         if not isinstance(warmup_steps, int) or warmup_steps < 0:
             raise UsageError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}")
         self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
+        if adapter_dir is not None:  # checkpoints hold plain types only: torch.load(weights_only=True) reads them
+            self.hparams["adapter_dir"] = str(adapter_dir)
         self.task = task
         self.model = load_hf_model(model, task, num_labels) if isinstance(model, str) else model
         if trainable is None:
@@ -179,9 +181,16 @@ class LoRAAlphaModule(LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_fit_end(self) -> None:
-        if self.adapter_dir is not None and self.trainer.is_global_zero:
-            task_type = "SEQ_CLS" if self.task == "sequence-classification" else "CAUSAL_LM"
-            save_adapter(self.model, self.adapter_dir, task_type=task_type)
+        if self.trainer.is_global_zero:
+            self.export_adapter()
+
+    def export_adapter(self) -> Path | None:
+        """Write the adapter (PEFT format) to ``adapter_dir``, if one was given; atomic per file."""
+        if self.adapter_dir is None:
+            return None
+        task_type = "SEQ_CLS" if self.task == "sequence-classification" else "CAUSAL_LM"
+        save_adapter(self.model, self.adapter_dir, task_type=task_type)
+        return self.adapter_dir
 
 
 def _is_lora_dropout(model: nn.Module, module: nn.Module) -> bool:
