@@ -34,7 +34,7 @@ def test_train_then_report(workspace):
     assert "Per-layer diagnosis" in rep.stdout and "Verdict:" in rep.stdout and "drift_ratio" in rep.stdout
     assert (run / "report.png").stat().st_size > 10_000
     again = run_cli(*_train_args(workspace, "--name", "ok"), cwd=workspace)
-    assert again.returncode == 2 and "exists; pass another --name or --overwrite" in again.stderr
+    assert again.returncode == 2 and "exists; pass another --name, --overwrite, or --resume" in again.stderr
 
 
 def _bad(workspace, tmp_path, name):
