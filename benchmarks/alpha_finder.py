@@ -64,6 +64,7 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--eval-batches", type=int, default=4)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--reanalyse", action="store_true", help="recompute the tables from the result file's runs (no training)")
     args = p.parse_args(argv)
     out_dir = args.out or RESULTS
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -77,9 +78,14 @@ def main(argv=None) -> None:
     grid_steps = sum(r["steps"] for r in grid["runs"])
     grid_seconds = sum(r["train_seconds"] for r in grid["runs"])
     rows, runs = [], []
+    name = "alpha_finder" + ("_quick" if args.quick else "")
+    previous = {r["lr"]: r for r in json.loads((out_dir / f"{name}.json").read_text())["runs"]} if args.reanalyse else {}
     for lr in lrs:
-        res, seconds = run_finder(lr, steps, eval_batches, target_steps=grid["config"]["steps"] if not args.quick else 2,
-                                  alphas=alphas, **sizes)
+        if args.reanalyse:
+            res, seconds = previous[lr]["finder"], previous[lr]["seconds"]
+        else:
+            res, seconds = run_finder(lr, steps, eval_batches, target_steps=grid["config"]["steps"] if not args.quick else 2,
+                                      alphas=alphas, **sizes)
         b_alpha, b_acc = best[lr]
         ratio = res["suggestion"] / b_alpha if res["suggestion"] else None
         runs.append({"lr": lr, "finder": res, "seconds": seconds, "grid_best_alpha": b_alpha, "grid_best_acc": b_acc,
@@ -92,6 +98,7 @@ def main(argv=None) -> None:
     lr_slice = {lr: sum(r["train_seconds"] for r in grid["runs"] if r["lr"] == lr) for lr in lrs}
     summary = {
         "within_2x": sum(r["within_2x"] for r in runs), "of": len(runs),
+        "fraction_of_grid_train_steps_per_lr": finder_steps / len(runs) / grid_steps,
         "finder_train_steps_per_lr": finder_steps / len(runs), "grid_train_steps": grid_steps,
         "finder_seconds_per_lr": finder_seconds / len(runs), "grid_train_seconds": grid_seconds,
         "fraction_of_grid_seconds_per_lr": finder_seconds / len(runs) / grid_seconds,
@@ -105,13 +112,15 @@ def main(argv=None) -> None:
               f"{', '.join(f'{a:g}' for a in runs[0]['finder']['alphas'])}; grid: `alpha_vs_lr.json`, "
               f"{len(grid['runs'])} runs of 63 steps ({grid_steps} training steps, {grid_seconds:.0f} s of training).\n\n"
               f"Within 2x of the grid's best alpha at the same lr: {summary['within_2x']} of {summary['of']}. One finder "
-              f"run costs {summary['finder_train_steps_per_lr']:.0f} training steps and {summary['finder_seconds_per_lr']:.0f} s, "
+              f"run costs {summary['finder_train_steps_per_lr']:.0f} training steps (plus {eval_batches} held-out batches "
+              f"per trial), {100 * summary['fraction_of_grid_train_steps_per_lr']:.1f}% of the grid's {grid_steps} training "
+              f"steps; in seconds {summary['finder_seconds_per_lr']:.0f} s, "
               f"{100 * summary['fraction_of_grid_seconds_per_lr']:.1f}% of the grid's training seconds "
               f"(all {len(runs)} finder runs together: {100 * summary['fraction_of_grid_seconds_all_lrs']:.1f}%); "
               "against only that lr's 15 grid runs: "
               + ", ".join(f"lr {float(lr):g}: {100 * f:.0f}%" for lr, f in summary["fraction_of_lr_slice_seconds"].items())
-              + ".\n")
-    name = "alpha_finder" + ("_quick" if args.quick else "")
+              + ". (Seconds are wall-clock on this machine, which ran other benchmarks at the same time; steps are not"
+              " affected by load.)\n")
     write_results(name, {"config": {"steps": steps, "eval_batches": eval_batches, **sizes}, "runs": runs,
                          "summary": summary}, table, out_dir)
     _plot(runs, out_dir / f"{name}.png")
