@@ -113,6 +113,7 @@ def main(argv=None) -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--methods", default=None, help="run only methods whose name contains one of these (comma-separated)")
     args = p.parse_args(argv)
     ranks, seeds = ((8, 32), args.seeds) if not args.quick else ((2,), 1)
     steps, train_size, eval_size, curve_every, curve_size, batch = (
@@ -125,6 +126,8 @@ def main(argv=None) -> None:
     todo = [(seed, rank, m) for seed in range(seeds) for rank in ranks for m in methods(rank, DEFAULT_LR)]
     if args.quick:
         todo = todo[:2]
+    if args.methods:
+        todo = [t for t in todo if any(x in t[2]["method"] for x in args.methods.split(","))]
     config = {"steps": steps, "train_size": train_size, "eval_size": eval_size, "curve_every": curve_every,
               "curve_size": curve_size, "head_lr": 3e-3, "targets": "query,value", "target_acc": TARGET_ACC,
               "lora_alpha_lr": DEFAULT_LR, "usual_lr": USUAL_LR}
