@@ -15,8 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from signaldrift import (
+    FullGradAccumulator,
     NonFiniteError,
-    full_weight_grad,
     grad_split,
     lora_layers,
     spectral_suppression,
@@ -106,7 +106,7 @@ class SignalDriftEngine:
         self._pending: dict[str, _Pending] = {}
         self._pending_step: int | None = None
         self._pending_views: dict[str, LoRAView] = {}
-        self._capture: dict[str, Tensor] = {}
+        self._capture: dict[str, FullGradAccumulator] = {}
         self._handles: list = []
         self._warned: set[str] = set()
 
@@ -160,7 +160,8 @@ class SignalDriftEngine:
 
     # ----------------------------------------------------------------- section 4 capture
     def start_capture(self, model: nn.Module) -> None:
-        """Hook the selected layers to sum ``G = g_out^T x`` over the coming backward passes."""
+        """Hook the selected layers to accumulate ``G = g_out^T x`` over the coming backward passes
+        (as token matrices while they are smaller than G: see :class:`FullGradAccumulator`)."""
         if self._handles:
             return
         for v in self.views(model):
@@ -175,14 +176,13 @@ class SignalDriftEngine:
             x = inputs[0].detach()
 
             def grad_hook(g: Tensor) -> None:
-                G = full_weight_grad(x, g)  # (m, n): allowed on probe steps only
-                self._capture[name] = self._capture[name] + G if name in self._capture else G
+                self._capture.setdefault(name, FullGradAccumulator()).add(x, g)
 
             output.register_hook(grad_hook)
 
         return hook
 
-    def stop_capture(self) -> dict[str, Tensor]:
+    def stop_capture(self) -> dict[str, FullGradAccumulator]:
         for h in self._handles:
             h.remove()
         self._handles = []
@@ -216,7 +216,7 @@ class SignalDriftEngine:
                 self._skip(v.name, "non-finite factors or gradients")
         self._pending_step = step
 
-    def _measure_before(self, v: LoRAView, G: Tensor | None, grad_scale: float,
+    def _measure_before(self, v: LoRAView, G: FullGradAccumulator | None, grad_scale: float,
                         grad: tuple[Tensor | None, Tensor | None]) -> _Pending:
         # One float64 copy of each small factor per step: every function below then computes in
         # float64 without converting again (cheaper than repeated float32 -> float64 casts).
@@ -237,7 +237,7 @@ class SignalDriftEngine:
                 metrics.update(grad_alignment=split.grad_alignment, grad_drift_ratio=split.grad_drift_ratio)
             if G is not None:
                 # G was summed from scaled output gradients too: ||G||^2 / scale^2.
-                sup = spectral_suppression(gA, gB, float(G.double().square().sum()) / grad_scale**2)
+                sup = spectral_suppression(gA, gB, G.sq_norm() / grad_scale**2)
                 metrics.update(spectral_gain=sup.spectral_gain, spectral_suppression=sup.spectral_suppression)
         return _Pending(A=A, B=B, metrics=metrics)  # float64 copies: the step's "before"
 

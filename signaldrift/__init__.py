@@ -21,14 +21,14 @@ from signaldrift.regime import (
 )
 from signaldrift.spectrum import UpdateSpectrum, update_spectrum
 from signaldrift.step_split import StepSplit, step_split
-from signaldrift.suppression import SpectralSuppression, full_grad_sq_norm, full_weight_grad, spectral_suppression
+from signaldrift.suppression import FullGradAccumulator, SpectralSuppression, full_grad_sq_norm, full_weight_grad, spectral_suppression
 from signaldrift.views import LoRAProtocol, LoRAView, lora_layers
 
 __all__ = [
     "ALPHA_FLOOR_FRACTION", "DEFAULT_TAUS", "DRIFT_RATIO_HIGH", "GAP_TOO_AGGRESSIVE", "GAP_TOO_SMALL", "MAX_SUGGESTED_FACTOR",
     "SQRT_LAW_C", "STEP_SIZE_HIGH", "VERDICTS", "GapProbe", "GradSplit", "LoRAProtocol", "LoRAView",
     "LowRankSVD", "NonFiniteError", "RegimeVerdict", "SpectralSuppression", "StepSplit", "UpdateSpectrum",
-    "equivalent_gradient_factors", "frob_inner", "frob_norm", "full_grad_sq_norm", "full_weight_grad", "grad_split",
+    "FullGradAccumulator", "equivalent_gradient_factors", "frob_inner", "frob_norm", "full_grad_sq_norm", "full_weight_grad", "grad_split",
     "lora_layers", "lowrank_svd", "recommended_alpha", "regime_verdict", "spectral_suppression",
     "step_gap_probe", "step_split", "update_factors", "update_spectrum",
 ]

@@ -94,3 +94,41 @@ def full_grad_sq_norm(inputs: Tensor, grad_outputs: Tensor) -> float:
     if T * m * n <= T * T * (m + n):
         return float((Go.T @ X).square().sum())  # (m, n)
     return float(((X @ X.T) * (Go @ Go.T)).sum())  # (T, T)
+
+
+class FullGradAccumulator:
+    """``||G||_F^2`` for ``G`` summed over several backward passes (gradient accumulation), in at most
+    ``min(T (m + n), m n)`` numbers for T tokens.
+
+    The token matrices are kept while they are smaller than one (m, n) matrix, and the norm then
+    comes from their (T, T) Gram form; once they would be larger they are folded into G itself.
+    """
+
+    def __init__(self) -> None:
+        self._X: list[Tensor] = []
+        self._Go: list[Tensor] = []
+        self._G: Tensor | None = None
+        self.tokens = 0
+
+    def add(self, inputs: Tensor, grad_outputs: Tensor) -> None:
+        """One backward pass: (..., n) layer inputs and (..., m) output gradients."""
+        X, Go = _token_matrices(inputs, grad_outputs, compute_dtype(inputs, grad_outputs))
+        self.tokens += X.shape[0]
+        if self._G is not None:
+            self._G += Go.T @ X
+            return
+        self._X.append(X)
+        self._Go.append(Go)
+        m, n = Go.shape[1], X.shape[1]
+        if self.tokens * (m + n) > m * n:
+            self._G = sum(go.T @ x for go, x in zip(self._Go, self._X))  # (m, n): now the smaller form
+            self._X, self._Go = [], []
+
+    def sq_norm(self) -> float:
+        """``||G||_F^2`` (float64 arithmetic). Raises NonFiniteError on NaN or inf; ValueError if empty."""
+        if self._G is not None:
+            check_finite(full_weight_grad=self._G)
+            return float(self._G.double().square().sum())
+        if not self._X:
+            raise ValueError("FullGradAccumulator is empty: add() was never called")
+        return full_grad_sq_norm(torch.cat(self._X), torch.cat(self._Go))

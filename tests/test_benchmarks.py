@@ -74,3 +74,9 @@ def test_lora_alpha_vs_baselines_quick(tmp_path):
     assert len(data["runs"]) == 2 and all(r["curve"] for r in data["runs"])
     assert all({"acc_mean", "acc_std", "steps_to_target"} <= set(v) for v in data["summary"].values())
     assert (tmp_path / "lora_alpha_vs_baselines_quick.png").stat().st_size > 0
+
+
+def test_bench_memory_quick(tmp_path):
+    data = _run("bench_memory.py", tmp_path)
+    assert set(data["runs"]) == {"plain", "sections 1-3", "probe"}
+    assert all({"peak_rss", "engine_bytes"} <= set(v) for v in data["runs"].values())

@@ -134,3 +134,34 @@ def test_full_weight_grad_is_the_dense_gradient():
     gout = _rand(2, 3, 4, seed=8)
     out.backward(gout)
     assert torch.allclose(full_weight_grad(x, gout), lin.weight.grad, atol=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(m=st.integers(1, 12), n=st.integers(1, 12), passes=st.lists(st.integers(1, 9), min_size=1, max_size=4),
+       seed=st.integers(0, 10_000))
+def test_full_grad_accumulator_equals_the_dense_sum_over_passes(m, n, passes, seed):
+    """Token form and folded form (past min(T (m+n), m n)) both equal ||sum_p g_p^T x_p||^2 in float64."""
+    from signaldrift import FullGradAccumulator
+
+    g = torch.Generator().manual_seed(seed)
+    acc = FullGradAccumulator()
+    G = torch.zeros(m, n, dtype=torch.float64)
+    for T in passes:
+        x, go = torch.randn(T, n, generator=g), torch.randn(T, m, generator=g)
+        acc.add(x, go)
+        G += go.double().T @ x.double()
+    assert acc.tokens == sum(passes)
+    assert acc.sq_norm() == pytest.approx(float(G.square().sum()), rel=1e-5, abs=1e-8)
+    folded = sum(passes) * (m + n) > m * n
+    assert (acc._G is not None) == folded and (not acc._X) == folded
+
+
+def test_full_grad_accumulator_bad_input():
+    from signaldrift import FullGradAccumulator
+
+    with pytest.raises(ValueError, match="empty"):
+        FullGradAccumulator().sq_norm()
+    acc = FullGradAccumulator()
+    acc.add(torch.tensor([[math.inf, 1.0]]), torch.ones(1, 30))
+    with pytest.raises(NonFiniteError):
+        acc.sq_norm()
