@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from lora_alpha.layers import LoRALinear, wrappable
+from lora_alpha.layers import LoRALinear, check_dropout, wrappable
 from lora_alpha.scaling import LoRAConfigError, check_rank, check_rule, resolve_alpha, scale
 from signaldrift.views import lora_layers
 
@@ -52,7 +52,14 @@ def name_matches(name: str, pattern: str) -> bool:
 
 
 def _as_patterns(arg: str | Iterable[str], what: str) -> tuple[str, ...]:
-    pats = (arg,) if isinstance(arg, str) else tuple(arg)
+    if isinstance(arg, str):
+        pats = (arg,)
+    elif isinstance(arg, (list, tuple, set, frozenset)):
+        pats = tuple(arg)
+    else:
+        raise LoRAConfigError(f"{what} must be a string or a list of strings, got {arg!r}")
+    if not pats:
+        raise LoRAConfigError(f"{what} is empty; name at least one module pattern")
     if not all(isinstance(p, str) and p for p in pats):
         raise LoRAConfigError(f"{what} must be non-empty strings, got {arg!r}")
     return pats
@@ -163,6 +170,7 @@ def inject(
     check_rank(rank)
     check_rule(rule)
     alpha = resolve_alpha(alpha, rank, rule)
+    check_dropout(dropout)
     names = plan_targets(model, targets)
     keep = _plan_trainable(model, trainable)
     wrappers = {n: LoRALinear(model.get_submodule(n), rank, alpha, rule, dropout) for n in names}

@@ -20,6 +20,13 @@ def wrappable(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or is_conv1d(module)
 
 
+def check_dropout(dropout: float) -> float:
+    """``dropout`` if it is a number in [0, 1), else :class:`LoRAConfigError`."""
+    if isinstance(dropout, bool) or not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
+        raise LoRAConfigError(f"dropout must be in [0, 1), got {dropout!r}")
+    return dropout
+
+
 class LoRALinear(nn.Module):
     """``y = base(x) + s * dropout(x) @ A^T @ B^T`` with ``s = scale(alpha, rank, rule)``.
 
@@ -53,8 +60,7 @@ class LoRALinear(nn.Module):
             )
         check_rule(rule)
         self._alpha = resolve_alpha(alpha, rank, rule)
-        if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
-            raise LoRAConfigError(f"dropout must be in [0, 1), got {dropout!r}")
+        check_dropout(dropout)
         self.rule = rule
         self.in_features, self.out_features = in_f, out_f
         self.base_layer = base

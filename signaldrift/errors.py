@@ -1,6 +1,8 @@
 """Errors and input checks shared by every Signal-Drift function."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -62,12 +64,30 @@ def check_same_shape(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
         )
 
 
+def check_real(name: str, value: float) -> float:
+    """``value`` as a float; ValueError unless it is a real number (not a bool, str or None)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
+            isinstance(value, Tensor) and value.numel() == 1 and value.is_floating_point()):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    return float(value)
+
+
 def check_scale(scale: float) -> float:
-    """Return ``scale`` as a float, or raise if it is not finite."""
-    s = float(scale)
+    """Return ``scale`` as a float, or raise if it is not a finite real number."""
+    s = check_real("scale", scale)
     if s != s or s in (float("inf"), float("-inf")):
         raise NonFiniteError(f"scale must be finite, got {scale}")
     return s
+
+
+def check_base_norm(base_norm: float) -> float:
+    """``||W0||_F`` as a float: a real number >= 0 (NaN and inf refused)."""
+    b = check_real("base_norm", base_norm)
+    if not math.isfinite(b):
+        raise NonFiniteError(f"base_norm must be finite, got {base_norm!r}")
+    if b < 0:
+        raise ValueError(f"base_norm must be >= 0, got {base_norm!r}")
+    return b
 
 
 def compute_dtype(*tensors: Tensor | None) -> torch.dtype:

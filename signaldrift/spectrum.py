@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from signaldrift.errors import check_finite, check_scale
+from signaldrift.errors import check_base_norm, check_finite, check_scale
 from signaldrift.lowrank import LowRankSVD, svd_unchecked, update_factors
 
 
@@ -83,4 +83,4 @@ def update_spectrum(
     check_finite(A=A, B=B, A0=A0, B0=B0)
     L, R = update_factors(A, B, s, A0, B0)
     svd = svd_unchecked(L, R)
-    return spectrum_of(svd, float(base_norm), is_numerically_zero(svd, L, R))
+    return spectrum_of(svd, check_base_norm(base_norm), is_numerically_zero(svd, L, R))

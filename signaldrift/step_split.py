@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from signaldrift.errors import check_factors, check_finite, check_same_shape, check_scale, compute_dtype
+from signaldrift.errors import check_base_norm, check_factors, check_finite, check_same_shape, check_scale, compute_dtype
 
 import torch
 
@@ -66,7 +66,7 @@ def step_split(
     signal = max(float((G_L * G_S).sum()), 0.0) ** 0.5
     drift = max(float((G_L[:r, :r] * G_S[r:, r:]).sum()), 0.0) ** 0.5
     update = max(float((G_L * G_U).sum()), 0.0) ** 0.5
-    base_norm = float(base_norm)
+    base_norm = check_base_norm(base_norm)
     return StepSplit(
         signal_norm=signal,
         drift_norm=drift,

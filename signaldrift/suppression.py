@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from signaldrift.errors import check_finite, check_matrix, compute_dtype
+from signaldrift.errors import check_finite, check_matrix, check_real, compute_dtype
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,8 @@ def spectral_suppression(grad_A: Tensor, grad_B: Tensor, full_grad_sq_norm: floa
     """
     check_matrix("grad_A", grad_A)
     check_matrix("grad_B", grad_B)
-    check_finite(grad_A=grad_A, grad_B=grad_B, full_grad_sq_norm=torch.tensor(float(full_grad_sq_norm)))
-    g2 = float(full_grad_sq_norm)
+    g2 = check_real("full_grad_sq_norm", full_grad_sq_norm)
+    check_finite(grad_A=grad_A, grad_B=grad_B, full_grad_sq_norm=torch.tensor(g2))
     if g2 < 0:
         raise ValueError(f"full_grad_sq_norm must be >= 0, got {g2}")
     factor_sq = float(grad_A.detach().double().square().sum() + grad_B.detach().double().square().sum())
@@ -49,6 +49,11 @@ def spectral_suppression(grad_A: Tensor, grad_B: Tensor, full_grad_sq_norm: floa
 
 def _token_matrices(inputs: Tensor, grad_outputs: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """Inputs (T, n) and output gradients (T, m), all tokens flattened, after checking they pair up."""
+    for name, t in (("inputs", inputs), ("grad_outputs", grad_outputs)):
+        if not isinstance(t, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.ndim < 1 or t.shape[-1] == 0:
+            raise ValueError(f"{name} needs a non-empty feature (last) dimension, got shape {tuple(t.shape)}")
     if inputs.shape[:-1] != grad_outputs.shape[:-1]:
         raise ValueError(
             f"inputs {tuple(inputs.shape)} and grad_outputs {tuple(grad_outputs.shape)} must share "
