@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import io
 import json
 import os
 import random
@@ -232,7 +233,16 @@ def read_records(path: str | os.PathLike, columns: Sequence[str]) -> list[dict[s
                 raise UsageError(f"{path}:{i} is a JSON {type(row).__name__}; each line must be a JSON object")
             rows.append(row)
     else:
-        rows = list(csv.DictReader(text.splitlines()))
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        rows = []
+        try:
+            for row in reader:
+                if None in row:  # csv puts fields beyond the header under the key None
+                    raise UsageError(f"{path}:{reader.line_num} has more fields than the header's "
+                                     f"{len(reader.fieldnames)}; quote fields that contain commas")
+                rows.append(row)
+        except csv.Error as err:
+            raise UsageError(f"{path} is not valid CSV after line {reader.line_num} ({err})") from None
     if not rows:
         raise UsageError(f"{path} has no rows")
     missing = [c for c in columns if not all(c in r for r in rows)]
@@ -240,6 +250,14 @@ def read_records(path: str | os.PathLike, columns: Sequence[str]) -> list[dict[s
         present = sorted(rows[0])
         raise UsageError(f"{path} lacks column(s) {missing} in some rows; its columns are {present}")
     return rows
+
+
+def _label_key(label: str) -> tuple:
+    """Integer labels first, in numeric order; then the rest as text (huge integers included)."""
+    digits = label[1:] if label.startswith("-") else label
+    if digits.isdigit() and len(digits) <= 18:  # int() of thousands of digits is refused by Python
+        return (0, int(label), label)
+    return (1, 0, label)
 
 
 class TextClassificationDataModule(_ClassificationDataModule):
@@ -269,7 +287,7 @@ class TextClassificationDataModule(_ClassificationDataModule):
         if bad:
             raise UsageError(f"label column {self.label_column!r} has {len(bad)} empty or non-scalar value(s), "
                              f"e.g. {bad[0]!r}; every row needs a label")
-        names = sorted({str(v) for v in values}, key=lambda s: (not s.lstrip("-").isdigit(), int(s) if s.lstrip("-").isdigit() else 0, s))
+        names = sorted({str(v) for v in values}, key=_label_key)
         if len(names) < 2:
             raise UsageError(f"label column {self.label_column!r} has a single label {names}; need at least 2")
         if len(names) > 10_000:

@@ -86,3 +86,24 @@ def test_causal_lm_masks_the_prompt(tmp_path):
     assert pc["labels"][:prompt_len] == [-100] * prompt_len and all(y != -100 for y in pc["labels"][prompt_len:])
     with pytest.raises(UsageError, match=r"record 1 needs a string 'text'"):
         CausalLMDataModule(tokenizer_path(), write_jsonl(tmp_path / "x.jsonl", [{"prompt": "only"}]))
+
+
+@pytest.mark.parametrize("content, match", [
+    ('text,label\n"a, b",1\nc, d,0\n', r"d.csv:3 has more fields than the header's 2"),
+    ('text,label\nhi,1\n"x' + "x" * 200_000 + '",1\ny,0\n', r"d.csv is not valid CSV after line \d+ \(field larger than field limit"),
+])
+def test_malformed_csv_lines_name_the_line(tmp_path, content, match):
+    path = tmp_path / "d.csv"
+    path.write_text(content)
+    with pytest.raises(UsageError, match=match):
+        TextClassificationDataModule(tokenizer_path(), path)
+
+
+def test_huge_labels_are_labels(tmp_path):
+    """Integers of thousands of digits (Python refuses int() of them) and megabyte-long label strings."""
+    huge = "9" * 5000
+    rows = [{"text": f"t{i}", "label": v} for i, v in enumerate([huge, "1", huge, "1", "-3", "z" * 100_000])]
+    dm = TextClassificationDataModule(tokenizer_path(), write_jsonl(tmp_path / "d.jsonl", rows))
+    assert dm.labels[:2] == ["-3", "1"] and set(dm.labels[2:]) == {huge, "z" * 100_000}
+    dm.setup()
+    assert sorted({int(r["labels"]) for split in dm.splits.values() for r in split.rows}) <= [0, 1, 2, 3]
