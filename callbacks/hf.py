@@ -1,12 +1,13 @@
 """SignalDriftTrainerCallback: the monitor's measurements inside a Hugging Face ``transformers.Trainer``."""
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 from torch import Tensor
 from transformers import TrainerCallback
 
-from callbacks.engine import SignalDriftEngine
+from callbacks.engine import SignalDriftEngine, SignalDriftWarning
 
 
 class SignalDriftTrainerCallback(TrainerCallback):
@@ -39,6 +40,7 @@ class SignalDriftTrainerCallback(TrainerCallback):
         self._grads: dict[str, dict[str, Tensor]] = {}
         self._hooks: list = []
         self._latest: dict[str, float] = {}
+        self._probing = probe_every is not None
 
     @classmethod
     def attach(cls, trainer, **kwargs) -> SignalDriftTrainerCallback:
@@ -52,6 +54,17 @@ class SignalDriftTrainerCallback(TrainerCallback):
         return self.engine.history
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        sharded = [name for name in ("fsdp", "deepspeed") if getattr(args, name, None)]
+        if sharded:
+            raise RuntimeError(
+                f"SignalDriftTrainerCallback does not support {sharded[0]}: it shards the LoRA factors across ranks, "
+                "so each rank would measure a shard instead of the factor. Supported: one device and DDP; see README, "
+                "'Running at scale'.")
+        self._probing = self.engine.probe_every is not None and int(getattr(args, "world_size", 1) or 1) == 1
+        if self.engine.probe_every is not None and not self._probing:
+            warnings.warn("SignalDriftTrainerCallback: spectral_suppression and spectral_gain (section 4) are not "
+                          "measured under data parallelism (they need the global batch's full-weight gradient)",
+                          SignalDriftWarning, stacklevel=2)
         self.engine.attach(model)
         self._remove_hooks()
         if not getattr(args, "fp16", False):
@@ -66,7 +79,7 @@ class SignalDriftTrainerCallback(TrainerCallback):
         return hook
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
-        if self.engine.probes(state.global_step):
+        if self._probing and self.engine.probes(state.global_step):
             self.engine.start_capture(model)
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):

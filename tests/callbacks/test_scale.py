@@ -92,3 +92,16 @@ def test_lightning_fsdp_is_refused_before_training():
     with pytest.raises(RuntimeError, match="does not support FSDPStrategy"):
         SignalDriftMonitor().setup(T(), module, "fit")
     assert all((before[k] == v).all() for k, v in module.state_dict().items())
+
+
+@pytest.mark.parametrize("field, value", [("fsdp", ["full_shard"]), ("deepspeed", "ds_config.json")])
+def test_hf_callback_refuses_fsdp_and_deepspeed(field, value):
+    from types import SimpleNamespace
+
+    from callbacks.hf import SignalDriftTrainerCallback
+
+    args = SimpleNamespace(fsdp=[], deepspeed=None, fp16=False, world_size=1)
+    setattr(args, field, value)
+    module = make_module()
+    with pytest.raises(RuntimeError, match=f"does not support {field}.*Supported: one device and DDP"):
+        SignalDriftTrainerCallback().on_train_begin(args, None, None, model=module)
