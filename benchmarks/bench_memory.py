@@ -7,7 +7,7 @@ still holds after the steps, against one set of factors ((m + n) r float64) and 
 matrix.
 
     python benchmarks/bench_memory.py            # 11008 x 4096, r = 64, 8 tokens, 3 steps
-    python benchmarks/bench_memory.py --quick    # 1024 x 512, r = 16
+    python benchmarks/bench_memory.py --quick    # 1024 x 512, r = 16, all rows in one process (shape only)
 """
 from __future__ import annotations
 
@@ -86,6 +86,9 @@ def main(argv=None) -> None:
     runs = {}
     for mode in ("plain", "sections 1-3", "probe"):
         key = {"plain": "plain", "sections 1-3": "metrics", "probe": "probe"}[mode]
+        if args.quick:  # one process for all rows: the shape of the output, not a measurement
+            runs[mode] = child(key, m, n, r, steps)
+            continue
         out = subprocess.run([sys.executable, __file__, "--child", key, str(m), str(n), str(r), str(steps)],
                              capture_output=True, text=True, check=True, cwd=ROOT)
         runs[mode] = json.loads(out.stdout.strip().splitlines()[-1])

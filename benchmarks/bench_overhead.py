@@ -4,7 +4,7 @@ Runs alternate between configurations (none, monitor, monitor + advisor + probe)
 noise hits all of them alike; each run is its own process, so its peak resident memory is its own.
 
     python benchmarks/bench_overhead.py           # full: 100 steps x 2 rounds x 3 configurations
-    python benchmarks/bench_overhead.py --quick   # seconds, for the test suite
+    python benchmarks/bench_overhead.py --quick   # seconds, for the test suite (in one process: shape only)
 """
 from __future__ import annotations
 
@@ -77,6 +77,21 @@ def child(cfg: dict, steps: int, train_size: int | None) -> None:
     print("RESULT " + json.dumps({"times": timer.times, "peak_gpu_bytes": peak_gpu}), flush=True)
 
 
+def run_in_process(name: str, steps: int, train_size: int | None) -> dict:
+    """--quick: the child's work in this process (the output's shape, not a measurement)."""
+    import contextlib
+    import io
+    import resource
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        child(CONFIGS[name], steps, train_size)
+    line = next(l for l in buf.getvalue().splitlines() if l.startswith("RESULT "))
+    data = json.loads(line[len("RESULT "):])
+    data["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return data
+
+
 def run_once(name: str, steps: int, train_size: int | None) -> dict:
     cmd = [sys.executable, __file__, "--child", name, "--steps", str(steps)]
     if train_size:
@@ -108,7 +123,7 @@ def main(argv=None) -> None:
     runs: dict[str, list[dict]] = {k: [] for k in CONFIGS}
     for _ in range(rounds):
         for name in CONFIGS:  # alternate configurations within each round
-            runs[name].append(run_once(name, steps, train_size))
+            runs[name].append((run_in_process if args.quick else run_once)(name, steps, train_size))
             print(name, statistics.median(runs[name][-1]["times"][1:] or [0]), flush=True)
     base = runs["none"]
     rows, summary = [], {}
