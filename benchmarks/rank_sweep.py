@@ -100,29 +100,38 @@ def fit_power_law(ranks: list[int], alpha_star: list[float]) -> tuple[float, flo
     return math.exp(my - p * mx), p
 
 
+def c_at_sqrt_law(ranks: list[int], alpha_star: list[float]) -> float:
+    """The least-squares c of log alpha* = log c + 0.5 log r (the exponent fixed at the law's 0.5)."""
+    return math.exp(statistics.fmean(math.log(a) - 0.5 * math.log(r) for r, a in zip(ranks, alpha_star)))
+
+
 def bootstrap(per_rep: dict[int, list[float]], ranks: list[int], n: int = 2000, seed: int = 0):
-    """95% intervals of (c, p), resampling replicates; alpha*(r) is averaged in log space."""
+    """95% intervals of (c, p) and of c at p = 0.5, resampling replicates; alpha*(r) is averaged in log space."""
     rng = random.Random(seed)
     reps = len(next(iter(per_rep.values())))
-    cs, ps = [], []
+    cs, ps, halves = [], [], []
     for _ in range(n):
         pick = [rng.randrange(reps) for _ in range(reps)]
         stars = [math.exp(statistics.fmean(math.log(per_rep[r][k]) for k in pick)) for r in ranks]
         c, p = fit_power_law(ranks, stars)
         cs.append(c)
         ps.append(p)
+        halves.append(c_at_sqrt_law(ranks, stars))
     cs.sort()
     ps.sort()
-    return (cs[int(0.025 * n)], cs[int(0.975 * n)]), (ps[int(0.025 * n)], ps[int(0.975 * n)])
+    halves.sort()
+    lo, hi = int(0.025 * n), int(0.975 * n)
+    return (cs[lo], cs[hi]), (ps[lo], ps[hi]), (halves[lo], halves[hi])
 
 
 def fit_summary(per_rep: dict[int, list[float]], ranks: list[int]) -> dict:
     """alpha*(r) (geometric mean over replicates), the fit and its bootstrap intervals."""
     stars = [math.exp(statistics.fmean(math.log(a) for a in per_rep[r])) for r in ranks]
     c, pw = fit_power_law(ranks, stars)
-    (c_lo, c_hi), (p_lo, p_hi) = bootstrap(per_rep, ranks)
+    (c_lo, c_hi), (p_lo, p_hi), half_ci = bootstrap(per_rep, ranks)
     return {"alpha_star": dict(zip(map(str, ranks), stars)), "per_replicate": {str(r): v for r, v in per_rep.items()},
-            "c": c, "c_ci95": [c_lo, c_hi], "p": pw, "p_ci95": [p_lo, p_hi]}
+            "c": c, "c_ci95": [c_lo, c_hi], "p": pw, "p_ci95": [p_lo, p_hi],
+            "c_at_p_half": c_at_sqrt_law(ranks, stars), "c_at_p_half_ci95": list(half_ci)}
 
 
 def run_synthetic(args, quick: bool) -> dict:
@@ -217,7 +226,9 @@ def _law_table(data: dict) -> list[list]:
     for lr, res in data["results"].items():
         ranks = [int(r) for r in res["alpha_star"]]
         rows.append([data["task"], float(lr), res["c"], f"[{res['c_ci95'][0]:.3g}, {res['c_ci95'][1]:.3g}]", res["p"],
-                     f"[{res['p_ci95'][0]:.3g}, {res['p_ci95'][1]:.3g}]", f"{res['edge_hits']} of {res['fits']}",
+                     f"[{res['p_ci95'][0]:.3g}, {res['p_ci95'][1]:.3g}]",
+                     f"{res['c_at_p_half']:.3g} [{res['c_at_p_half_ci95'][0]:.3g}, {res['c_at_p_half_ci95'][1]:.3g}]",
+                     f"{res['edge_hits']} of {res['fits']}",
                      ", ".join(f"r={r}: {res['alpha_star'][str(r)]:.3g}" for r in ranks)])
     return rows
 
@@ -239,7 +250,7 @@ def cross_check(law: dict, target: dict) -> dict:
 
 def summarise(syn: dict, mini: dict, out_dir: Path, name: str) -> str:
     rows = _law_table(syn) + _law_table(mini)
-    table = md_table(["task", "lr", "c", "c 95% CI", "p", "p 95% CI", "alpha* at grid edge",
+    table = md_table(["task", "lr", "c", "c 95% CI", "p", "p 95% CI", "c at p=0.5 [95% CI]", "alpha* at grid edge",
                       "alpha*(r) (geometric mean over replicates)"], rows)
     mini_res = next(iter(mini["results"].values()))
     syn_lr = min(syn["results"], key=lambda lr: abs(math.log(float(lr) / MINILM_LR)))
@@ -282,17 +293,21 @@ def main(argv=None) -> None:
     syn_name, mini_name, name = f"rank_sweep_synthetic{sfx}", f"rank_sweep_minilm{sfx}", f"rank_sweep{sfx}"
     if args.task in ("synthetic", "both"):
         syn = run_synthetic(args, args.quick)
-        write_results(syn_name, syn, md_table(["task", "lr", "c", "c 95% CI", "p", "p 95% CI", "alpha* at grid edge",
+        write_results(syn_name, syn, md_table(["task", "lr", "c", "c 95% CI", "p", "p 95% CI", "c at p=0.5 [95% CI]", "alpha* at grid edge",
                                                "alpha*(r)"], _law_table(syn)) + "\n\n" + syn["notes"] + ".\n", out_dir)
     if args.task in ("minilm", "both"):
         mini = run_minilm(args, args.quick, out_dir, mini_name)
-        body = (md_table(["task", "lr", "c", "c 95% CI", "p", "p 95% CI", "alpha* at grid edge", "alpha*(r)"], _law_table(mini))
+        body = (md_table(["task", "lr", "c", "c 95% CI", "p", "p 95% CI", "c at p=0.5 [95% CI]", "alpha* at grid edge", "alpha*(r)"], _law_table(mini))
                 + "\n\n" + md_table(["rank", "alpha", "held-out loss", "held-out acc"], mini["cells"])
                 if mini.get("complete") else f"Partial: {len(mini['runs'])} runs done.")
         write_results(mini_name, mini, body + "\n", out_dir)
     syn_path, mini_path = out_dir / f"{syn_name}.json", out_dir / f"{mini_name}.json"
     if syn_path.is_file() and mini_path.is_file():
         syn, mini = json.loads(syn_path.read_text()), json.loads(mini_path.read_text())
+        for res in [*syn["results"].values(), *mini.get("results", {}).values()]:
+            if "c_at_p_half" not in res:  # a result file from before that column: refit (seeded, deterministic)
+                res.update(fit_summary({int(r): v for r, v in res["per_replicate"].items()},
+                                       [int(r) for r in res["per_replicate"]]))
         if mini.get("complete"):
             print(summarise(syn, mini, out_dir, name))
 
