@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
@@ -108,7 +109,7 @@ def _datamodule(args, model_path: str):
 def _check_positive(args, names: tuple[str, ...]) -> None:
     for name in names:
         v = getattr(args, name)
-        if v <= 0:
+        if not math.isfinite(v) or v <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {v}")
 
 
@@ -117,10 +118,11 @@ def _check_args(args) -> None:
     if args.max_steps == 0 or args.max_steps < -1:
         raise UsageError(f"--max-steps must be > 0 (or -1 to train --epochs), got {args.max_steps}")
     for name in ("lr", "head_lr"):
-        if getattr(args, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    if args.alpha is not None and args.alpha < 0:
-        raise UsageError(f"--alpha must be > 0 (or 0 for the rule's default), got {args.alpha}")
+        v = getattr(args, name)
+        if not math.isfinite(v) or v < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
+    if args.alpha is not None and (not math.isfinite(args.alpha) or args.alpha < 0):
+        raise UsageError(f"--alpha must be a finite number > 0 (or 0 for the rule's default), got {args.alpha}")
     if args.checkpoint_every < 0:
         raise UsageError(f"--checkpoint-every must be >= 0 (0: no checkpoints), got {args.checkpoint_every}")
     if args.resume and args.overwrite:

@@ -1,5 +1,6 @@
 """The `signaldrift` command, through a subprocess: success, and one clear line for every bad input."""
 import json
+import math
 
 import pytest
 
@@ -159,3 +160,47 @@ def test_ctrl_c_marks_the_run_interrupted_keeps_checkpoint_and_adapter_then_resu
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "finished" and info["resumed"] == 1
+
+
+NUMERIC_FLAGS = {"--rank": int, "--batch-size": int, "--max-length": int, "--max-steps": int, "--epochs": int,
+                 "--every-n-steps": int, "--probe-every": int, "--gap-every": int, "--checkpoint-every": int,
+                 "--lr": float, "--head-lr": float, "--alpha": float}
+
+
+def test_every_numeric_train_flag_is_checked_before_anything_runs():
+    """Property: any value of any numeric flag either passes the checks (and is then in range) or is refused
+    with one UsageError naming the flag; argparse itself refuses non-numbers (exit 2)."""
+    from hypothesis import given, settings, strategies as st
+
+    from lora_alpha.cli import _check_args, build_parser
+    from lora_alpha.errors import UsageError
+
+    parser = build_parser()
+
+    @settings(max_examples=200, deadline=None)
+    @given(flag=st.sampled_from(sorted(NUMERIC_FLAGS)),
+           value=st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=5)))
+    def check(flag, value):
+        try:
+            args = parser.parse_args(["train", flag, str(value)])
+        except SystemExit as exit_:
+            assert exit_.code == 2
+            return
+        try:
+            _check_args(args)
+        except UsageError as err:
+            assert flag in str(err)
+            return
+        v = getattr(args, flag[2:].replace("-", "_"))
+        if flag in ("--lr", "--head-lr"):
+            assert v >= 0 and math.isfinite(v)
+        elif flag == "--alpha":
+            assert v >= 0 and math.isfinite(v)
+        elif flag == "--max-steps":
+            assert v > 0 or v == -1
+        elif flag == "--checkpoint-every":
+            assert v >= 0
+        else:
+            assert v > 0
+
+    check()
