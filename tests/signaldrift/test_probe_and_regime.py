@@ -128,6 +128,8 @@ def test_verdicts():
     # Below a quarter of c*sqrt(r), with no probe yet.
     v = regime_verdict(2.0, r, 2.0 / r)
     assert v.verdict == "alpha-too-small" and v.suggested_alpha == pytest.approx(alpha, rel=0.05)
+    # ...but once a probe measured a matched step, the measurement outranks the law (c holds at one lr).
+    assert regime_verdict(2.0, r, 2.0 / r, step_gaps=[1.5]).verdict == "in-regime"
     # Under rslora (scale alpha/sqrt r) the same scale gives the same verdict, suggested in rslora's alpha.
     v = regime_verdict((2.0 / r) * math.sqrt(r), r, 2.0 / r)  # rslora alpha for scale 2/r
     assert v.verdict == "alpha-too-small"
