@@ -12,16 +12,23 @@ from dataclasses import dataclass
 # with a bootstrap interval; until that result is committed, treat this value as a prior.
 SQRT_LAW_C: float = 22.0
 
-# Verdict thresholds (signal-drift.md section 6). PROVISIONAL until the calibration benchmark.
+# Verdict thresholds (signal-drift.md section 6).
+# The step_gap thresholds are the contract's values, not fitted: the alpha x lr grid
+# (benchmarks/results/alpha_vs_lr.md) ran without the gap probe. What supports GAP_TOO_SMALL: the demo
+# measured a median step_gap of 31.7 at alpha 62 / lr 1e-4 (README), where the grid shows larger alphas
+# doing better at that lr (0.548 at alpha 64 -> 0.737 at alpha 1024).
 GAP_TOO_SMALL: float = 4.0  # median step_gap at or above this: the step could be much larger
 GAP_TOO_AGGRESSIVE: float = 0.5  # median step_gap below this: the step overshoots
+# No cell of alpha_vs_lr.md came near 0.1 (healthy cells 0.002-0.032; the collapsed cells 0.005-0.013):
+# at this scale the drift ratio did not mark failures, the step size did (STEP_SIZE_HIGH). Kept as a guard.
 DRIFT_RATIO_HIGH: float = 0.1  # median drift_ratio at or above this counts as "high"
 ALPHA_FLOOR_FRACTION: float = 0.25  # alpha below this fraction of c * sqrt(r) is too small
 # A suggestion never multiplies alpha by more than this at once: the probe measures one batch
 # along one step, so a gap of 30 says "much larger", not "exactly 30x". Re-check after changing.
 MAX_SUGGESTED_FACTOR: float = 8.0
-# Evidence only (does not change the verdict): in the pre-study every collapsed run had a mean
-# per-step update-to-weight ratio >= 0.0275 and every healthy one 0.002-0.019.
+# Evidence only (does not change the verdict): in benchmarks/results/alpha_vs_lr.md every cell with a
+# mean per-step update-to-weight ratio >= 0.0278 stayed at the majority class in all seeds, and no other
+# cell exceeded 0.0178 (the pre-study saw the same split at 0.0275 / 0.019).
 STEP_SIZE_HIGH: float = 0.025
 
 VERDICTS = ("alpha-too-small", "too-aggressive", "in-regime")
@@ -121,7 +128,7 @@ def regime_verdict(
     if drift is not None:
         facts.append(f"median drift_ratio {drift:.3g}")
     if step is not None:
-        note = f" (above {STEP_SIZE_HIGH}, where the pre-study's runs collapsed)" if step >= STEP_SIZE_HIGH else ""
+        note = f" (above {STEP_SIZE_HIGH}, where the alpha x lr grid's runs collapsed)" if step >= STEP_SIZE_HIGH else ""
         facts.append(f"median step_size {step:.3g}{note}")
     evidence = "; ".join(facts)
 
