@@ -114,6 +114,8 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--methods", default=None, help="run only methods whose name contains one of these (comma-separated)")
+    p.add_argument("--merge", type=Path, default=None, help="add the runs of another result file (e.g. a parallel run)")
+    p.add_argument("--reanalyse", action="store_true", help="no training: tables and figure from the stored runs")
     args = p.parse_args(argv)
     ranks, seeds = ((8, 32), args.seeds) if not args.quick else ((2,), 1)
     steps, train_size, eval_size, curve_every, curve_size, batch = (
@@ -122,6 +124,9 @@ def main(argv=None) -> None:
     name = "lora_alpha_vs_baselines" + ("_quick" if args.quick else "")
     existing = out_dir / f"{name}.json"
     runs = json.loads(existing.read_text())["runs"] if existing.is_file() and not args.quick else []
+    if args.merge:
+        have = {(r["key"], r["seed"]) for r in runs}
+        runs += [r for r in json.loads(args.merge.read_text())["runs"] if (r["key"], r["seed"]) not in have]
     done = {(r["key"], r["seed"]) for r in runs}
     todo = [(seed, rank, m) for seed in range(seeds) for rank in ranks for m in methods(rank, DEFAULT_LR)]
     if args.quick:
@@ -131,7 +136,7 @@ def main(argv=None) -> None:
     config = {"steps": steps, "train_size": train_size, "eval_size": eval_size, "curve_every": curve_every,
               "curve_size": curve_size, "head_lr": 3e-3, "targets": "query,value", "target_acc": TARGET_ACC,
               "lora_alpha_lr": DEFAULT_LR, "usual_lr": USUAL_LR}
-    for seed, rank, m in todo:
+    for seed, rank, m in ([] if args.reanalyse else todo):
         k = _key(m, rank)
         if (k, seed) in done:
             continue
