@@ -149,6 +149,10 @@ def main(argv=None) -> None:
         table, summary, _ = analyse(runs, ranks, seeds, DEFAULT_LR)
         write_results(name, {"config": config, "runs": runs, "summary": summary}, table, out_dir)
     table, summary, _ = analyse(runs, ranks, seeds, DEFAULT_LR)
+    expected = len(ranks) * len(methods(ranks[0], DEFAULT_LR)) * seeds
+    if len(runs) < expected:
+        table = (f"**Partial: {len(runs)} of {expected} runs** (the seeds column says which cells are short); "
+                 "no verdict from this table until it is complete.\n\n" + table)
     table += (f"\n\nSame budget for all: {steps} steps of batch {batch} on {train_size} snippets, LoRA on query/value, head "
               f"lr 3e-3; held-out accuracy on {eval_size} test snippets; learning curve every {curve_every} steps on "
               f"{curve_size} validation snippets. LoRA-α: alpha = c sqrt(r), lr {DEFAULT_LR:g}; usual lr {USUAL_LR:g}.\n")
