@@ -18,7 +18,8 @@ from lora_alpha.scaling import RULES, LoRAConfigError
 # The embedded default's configuration, chosen by measurement, not by the paper's claims:
 # benchmarks/results/demo_config_150steps.md (5 candidates, one seed: LoRA-α's own defaults led
 # with 0.770) and demo_config_250steps.md (LoRA-α 0.788, standard alpha=16 lr=1e-3 0.798: a gap
-# within seed noise). The demo shows the method, LoRA-α: alpha = c*sqrt(r), a full-fine-tuning-
+# within seed noise), both with the provisional c = 22; with the calibrated c = 270 the demo
+# measured 0.775 (README). The demo shows the method, LoRA-α: alpha = c*sqrt(r), a full-fine-tuning-
 # sized lr for the factors, the fresh classifier head at its own lr.
 DEMO = dict(rank=8, alpha=None, rule="lora-alpha", lr=1e-4, head_lr=3e-3, max_steps=250, batch_size=32, max_length=64)
 
