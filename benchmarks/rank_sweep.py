@@ -30,6 +30,8 @@ import torch
 
 from common import RESULTS, md_table, train_minilm, write_results
 
+from lora_alpha.finder import refine_log_argmin
+
 RANKS = (1, 2, 4, 8, 16, 32, 64)
 MINILM_RANKS = (2, 4, 8, 16, 32)
 MINILM_ALPHAS = (64.0, 256.0, 1024.0, 4096.0, 16384.0)
@@ -80,16 +82,9 @@ def at_edge(alphas: list[float], losses: list[float]) -> bool:
 
 
 def best_alpha(alphas: list[float], losses: list[float]) -> float:
-    """argmin over the log grid, refined by a parabola through the best point and its neighbours."""
-    i = min(range(len(losses)), key=losses.__getitem__)
-    if 0 < i < len(alphas) - 1 and all(math.isfinite(losses[j]) for j in (i - 1, i, i + 1)):
-        x = [math.log(alphas[j]) for j in (i - 1, i, i + 1)]
-        y = [losses[j] for j in (i - 1, i, i + 1)]
-        d1, d2 = (y[1] - y[0]) / (x[1] - x[0]), (y[2] - y[1]) / (x[2] - x[1])
-        a = (d2 - d1) / (x[2] - x[0])
-        if a > 0:
-            return math.exp(min(max((x[0] + x[1]) / 2 - d1 / (2 * a), x[0]), x[2]))
-    return alphas[i]
+    """argmin over the log grid, refined by a parabola through the best point and its neighbours
+    (the alpha finder's own refinement)."""
+    return refine_log_argmin(alphas, losses)
 
 
 def fit_power_law(ranks: list[int], alpha_star: list[float]) -> tuple[float, float]:
