@@ -19,7 +19,7 @@ import time
 import warnings
 from pathlib import Path
 
-from common import RESULTS, md_table, write_results
+from common import RESULTS, md_table, save_figure, write_results
 
 
 def grid_best(alpha_vs_lr: dict) -> dict[float, tuple[float, float]]:
@@ -148,9 +148,7 @@ def _plot(runs: list[dict], path: Path) -> None:
     ax.set_ylabel("held-out loss after the trial")
     ax.set_title("alpha finder: dashed = suggestion, star = grid's best alpha (accuracy)", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,15 @@ def write_results(name: str, payload: dict, table_md: str, out_dir: Path | None 
     return js, md
 
 
+def save_figure(fig, path: Path) -> None:
+    """Lay out, write as PNG and release a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def md_table(header: list[str], rows: list[list]) -> str:
     def cell(v):
         if v is None:

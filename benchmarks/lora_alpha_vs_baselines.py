@@ -25,7 +25,7 @@ import json
 import statistics
 from pathlib import Path
 
-from common import RESULTS, md_table, mean_std, train_minilm, write_results
+from common import RESULTS, md_table, mean_std, save_figure, train_minilm, write_results
 
 USUAL_LR = 5e-4
 TARGET_ACC = 0.70  # between the majority class (0.53) and the best cells of the alpha x lr grid (~0.75)
@@ -101,9 +101,7 @@ def curves_png(runs: list[dict], ranks, path: Path) -> None:
         ax.set_xlabel("step")
         ax.set_ylabel("validation accuracy (mean over seeds)")
         ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from common import RESULTS, md_table, train_minilm, write_results
+from common import RESULTS, md_table, save_figure, train_minilm, write_results
 
 from lora_alpha.finder import refine_log_argmin
 
@@ -323,9 +323,7 @@ def _plot(results: dict, path: Path) -> None:
     ax.set_xlabel("rank r")
     ax.set_ylabel("best alpha (held-out loss)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":
