@@ -16,11 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import random
 import statistics
 from pathlib import Path
 
-from common import RESULTS, md_table, mean_std, train_minilm, write_results
+from common import RESULTS, bootstrap_diff, md_table, mean_std, train_minilm, write_results
 
 ALPHAS = (8.0, 16.0, 64.0, 256.0, 1024.0)
 LRS = (1e-4, 3e-4, 1e-3, 3e-3)
@@ -31,13 +30,6 @@ def _cells(runs: list[dict]) -> dict[tuple[float, float], list[dict]]:
     for r in runs:
         cells.setdefault((r["alpha"], r["lr"]), []).append(r)
     return cells
-
-
-def _bootstrap_diff(a: list[float], b: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
-    rng = random.Random(seed)
-    diffs = sorted(statistics.fmean(rng.choices(a, k=len(a))) - statistics.fmean(rng.choices(b, k=len(b)))
-                   for _ in range(n))
-    return diffs[int(0.025 * n)], diffs[int(0.975 * n)]
 
 
 def _slope(xs: list[float], ys: list[float]) -> float | None:
@@ -72,7 +64,7 @@ def analyse(runs: list[dict], alphas, lrs, seeds: int) -> tuple[str, dict]:
     answers["q1_acc_vs_alpha_at_smallest_lr"] = {a: statistics.fmean(acc[(a, small)]) for a in alphas}
     best_alpha = max(alphas, key=lambda a: statistics.fmean(acc[(a, small)]))
     best_lr = max(lrs, key=lambda lr: statistics.fmean(acc[(16.0, lr)]))
-    lo, hi = _bootstrap_diff(acc[(best_alpha, small)], acc[(16.0, best_lr)])
+    lo, hi = bootstrap_diff(acc[(best_alpha, small)], acc[(16.0, best_lr)])
     answers["q2"] = {"best_alpha_at_small_lr": [best_alpha, small, statistics.fmean(acc[(best_alpha, small)])],
                      "best_lr_at_alpha16": [16.0, best_lr, statistics.fmean(acc[(16.0, best_lr)])],
                      "diff_ci95": [lo, hi]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -82,19 +83,36 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def bootstrap_diff(a: list[float], b: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of mean(a) - mean(b), resampling each list on its own."""
+    rng = random.Random(seed)
+    diffs = sorted(statistics.fmean(rng.choices(a, k=len(a))) - statistics.fmean(rng.choices(b, k=len(b)))
+                   for _ in range(n))
+    return diffs[int(0.025 * n)], diffs[int(0.975 * n)]
+
+
+def bootstrap_paired(diffs: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of the mean of paired differences (one per seed)."""
+    rng = random.Random(seed)
+    means = sorted(statistics.fmean(rng.choices(diffs, k=len(diffs))) for _ in range(n))
+    return means[int(0.025 * n)], means[int(0.975 * n)]
+
+
 def train_minilm(*, rank: int = 8, alpha: float | None = 16.0, rule: str = "standard", lr: float = 3e-3,
                  head_lr: float | None = 3e-3, targets=("query", "key", "value", "dense"), max_steps: int = 150,
                  batch_size: int = 32, train_size: int | None = None, eval_size: int | None = None, seed: int = 0,
                  every_n_steps: int = 5, loraplus_ratio: float | None = None, curve_every: int | None = None,
-                 curve_size: int = 320) -> dict:
+                 curve_size: int = 320, gap_every: int | None = None) -> dict:
     """One seeded MiniLM + Rotten Tomatoes run with the SignalDriftMonitor; held-out (test) accuracy.
 
     With ``curve_every``, validation accuracy on ``curve_size`` snippets every that many steps
-    (the learning curve, ``curve``: [[step, val_acc], ...])."""
+    (the learning curve, ``curve``: [[step, val_acc], ...]). With ``gap_every``, an
+    AlphaRegimeAdvisor probes the step gap every that many steps (``probes``: [[step, step_gap], ...],
+    and its last ``verdict``)."""
     import torch
     from lightning.pytorch import Callback, Trainer, seed_everything
 
-    from callbacks import SignalDriftMonitor
+    from callbacks import AlphaRegimeAdvisor, SignalDriftMonitor
     from lora_alpha.data import RottenTomatoesDataModule, demo_model_path
     from lora_alpha.module import LoRAAlphaModule
 
@@ -105,6 +123,7 @@ def train_minilm(*, rank: int = 8, alpha: float | None = 16.0, rule: str = "stan
     module = LoRAAlphaModule(demo_model_path(), targets=list(targets), rank=rank, alpha=alpha, rule=rule, lr=lr,
                              head_lr=head_lr, loraplus_ratio=loraplus_ratio)
     monitor = SignalDriftMonitor(every_n_steps=every_n_steps, probe_every=None, histogram_every=None)
+    advisor = AlphaRegimeAdvisor(gap_every=gap_every) if gap_every else None
     curve: list[list[float]] = []
 
     class Curve(Callback):
@@ -115,7 +134,7 @@ def train_minilm(*, rank: int = 8, alpha: float | None = 16.0, rule: str = "stan
     extra = dict(val_check_interval=curve_every, check_val_every_n_epoch=None) if curve_every else {}
     trainer = Trainer(max_steps=max_steps, accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                      callbacks=[monitor, Curve()], precision="bf16-mixed" if torch.cuda.is_available() else "32-true",
+                      callbacks=[monitor, Curve(), *([advisor] if advisor else [])], precision="bf16-mixed" if torch.cuda.is_available() else "32-true",
                       **extra)
     import warnings
 
@@ -134,4 +153,6 @@ def train_minilm(*, rank: int = 8, alpha: float | None = 16.0, rule: str = "stan
             "step_size_mean": statistics.fmean(size) if size else None,
             "train_seconds": train_s, "seconds_per_step": train_s / max(trainer.global_step, 1),
             "steps": trainer.global_step, "scale": module.lora_summary.scale, "alpha": module.lora_summary.alpha,
-            **({"curve": curve} if curve_every else {})}
+            **({"curve": curve} if curve_every else {}),
+            **({"probes": [[p["step"], p["step_gap"]] for p in advisor.probes],
+                "verdict": advisor.verdict.verdict if advisor.verdict else None} if advisor else {})}

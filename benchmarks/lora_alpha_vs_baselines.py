@@ -25,7 +25,7 @@ import json
 import statistics
 from pathlib import Path
 
-from common import RESULTS, md_table, mean_std, save_figure, train_minilm, write_results
+from common import RESULTS, bootstrap_paired, md_table, mean_std, save_figure, train_minilm, write_results
 
 USUAL_LR = 5e-4
 TARGET_ACC = 0.70  # between the majority class (0.53) and the best cells of the alpha x lr grid (~0.75)
@@ -55,7 +55,7 @@ def _mean_or_none(values: list) -> float | None:
     return statistics.fmean(vals) if vals else None
 
 
-def analyse(runs: list[dict], ranks, seeds: int, lora_alpha_lr: float) -> tuple[str, dict, list]:
+def analyse(runs: list[dict], ranks, seeds: int, lora_alpha_lr: float) -> tuple[str, dict, dict]:
     by: dict[str, list[dict]] = {}
     for r in runs:
         by.setdefault(r["key"], []).append(r)
@@ -79,7 +79,32 @@ def analyse(runs: list[dict], ranks, seeds: int, lora_alpha_lr: float) -> tuple[
                          summary[k]["drift_ratio"], m.get("loraplus_ratio")])
     table = md_table(["method", "rank", "lr", "alpha (scale)", "seeds", "held-out acc mean +- std",
                       f"steps to val acc {TARGET_ACC} (seeds that reached it)", "drift_ratio", "B lr ratio"], rows)
-    return table, summary, rows
+    text, comparisons = compare(by, ranks, lora_alpha_lr)
+    return table + text, summary, comparisons
+
+
+def compare(by: dict[str, list[dict]], ranks, lora_alpha_lr: float) -> tuple[str, dict]:
+    """LoRA-α minus each baseline in held-out accuracy, paired by seed (same data split and order)."""
+    rows, out = [], {}
+    for rank in ranks:
+        ours_m, *others = methods(rank, lora_alpha_lr)
+        ours = {r["seed"]: r["test_acc"] for r in by.get(_key(ours_m, rank), [])}
+        for m in others:
+            k = _key(m, rank)
+            theirs = {r["seed"]: r["test_acc"] for r in by.get(k, [])}
+            diffs = [ours[s] - theirs[s] for s in sorted(ours.keys() & theirs.keys())]
+            if not diffs:
+                continue
+            lo, hi = bootstrap_paired(diffs)
+            word = "LoRA-α higher" if lo > 0 else "LoRA-α lower" if hi < 0 else "within noise"
+            out[k] = {"diff_mean": statistics.fmean(diffs), "diff_ci95": [lo, hi], "seeds": len(diffs), "reading": word}
+            rows.append([rank, f"{m['method']}, lr {m['lr']:g}", len(diffs), f"{statistics.fmean(diffs):+.3f}",
+                         f"[{lo:+.3f}, {hi:+.3f}]", word])
+    if not rows:
+        return "", out
+    return ("\n\nLoRA-α minus each baseline, held-out accuracy, paired by seed (95% bootstrap interval over seeds; "
+            "with 3 seeds it is coarse):\n\n"
+            + md_table(["rank", "baseline", "seeds", "difference", "95% CI", "reading"], rows)), out
 
 
 def curves_png(runs: list[dict], ranks, path: Path) -> None:
@@ -144,9 +169,9 @@ def main(argv=None) -> None:
         r.update(key=k, method=m["method"], rank=rank, lr=m["lr"], seed=seed, rule=m["rule"])
         runs.append(r)
         print(f"{k} seed={seed}: acc {r['test_acc']:.4f}", flush=True)
-        table, summary, _ = analyse(runs, ranks, seeds, DEFAULT_LR)
-        write_results(name, {"config": config, "runs": runs, "summary": summary}, table, out_dir)
-    table, summary, _ = analyse(runs, ranks, seeds, DEFAULT_LR)
+        table, summary, comparisons = analyse(runs, ranks, seeds, DEFAULT_LR)
+        write_results(name, {"config": config, "runs": runs, "summary": summary, "comparisons": comparisons}, table, out_dir)
+    table, summary, comparisons = analyse(runs, ranks, seeds, DEFAULT_LR)
     expected = len(ranks) * len(methods(ranks[0], DEFAULT_LR)) * seeds
     if len(runs) < expected:
         table = (f"**Partial: {len(runs)} of {expected} runs** (the seeds column says which cells are short); "
@@ -154,7 +179,7 @@ def main(argv=None) -> None:
     table += (f"\n\nSame budget for all: {steps} steps of batch {batch} on {train_size} snippets, LoRA on query/value, head "
               f"lr 3e-3; held-out accuracy on {eval_size} test snippets; learning curve every {curve_every} steps on "
               f"{curve_size} validation snippets. LoRA-α: alpha = c sqrt(r), lr {DEFAULT_LR:g}; usual lr {USUAL_LR:g}.\n")
-    write_results(name, {"config": config, "runs": runs, "summary": summary}, table, out_dir)
+    write_results(name, {"config": config, "runs": runs, "summary": summary, "comparisons": comparisons}, table, out_dir)
     curves_png(runs, ranks, out_dir / f"{name}.png")
     print(table)
 
