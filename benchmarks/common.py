@@ -155,4 +155,5 @@ def train_minilm(*, rank: int = 8, alpha: float | None = 16.0, rule: str = "stan
             "steps": trainer.global_step, "scale": module.lora_summary.scale, "alpha": module.lora_summary.alpha,
             **({"curve": curve} if curve_every else {}),
             **({"probes": [[p["step"], p["step_gap"]] for p in advisor.probes],
-                "verdict": advisor.verdict.verdict if advisor.verdict else None} if advisor else {})}
+                "verdict": advisor.verdict.verdict if advisor.verdict else None, "advisor_window": advisor.window}
+               if advisor else {})}

@@ -87,6 +87,7 @@ def test_lora_alpha_vs_baselines_quick(tmp_path):
     data = _run("lora_alpha_vs_baselines.py", tmp_path)
     assert len(data["runs"]) == 2 and all(r["curve"] for r in data["runs"])
     assert all({"acc_mean", "acc_std", "steps_to_target"} <= set(v) for v in data["summary"].values())
+    assert len(data["comparisons"]) == 1 and set(data["comparisons"]) <= set(data["summary"])
     assert (tmp_path / "lora_alpha_vs_baselines_quick.png").stat().st_size > 0
 
 
@@ -94,3 +95,33 @@ def test_bench_memory_quick(tmp_path):
     data = _run("bench_memory.py", tmp_path)
     assert set(data["runs"]) == {"plain", "sections 1-3", "probe"}
     assert all({"peak_rss", "engine_bytes"} <= set(v) for v in data["runs"].values())
+
+
+def test_gap_calibration_quick(tmp_path):
+    data = _run("gap_calibration.py", tmp_path)
+    assert len(data["runs"]) == 2 and all(r["probes"] for r in data["runs"])
+    assert [w["window"] for w in data["windows"]] == [3, 5, "all"]
+    assert all({"too_small", "too_aggressive", "verdict_matches_label"} <= set(w) for w in data["windows"])
+    assert {"label", "median_gap_window", "verdict"} <= set(data["cells"][0])
+    assert (tmp_path / "gap_calibration_quick.png").stat().st_size > 0
+
+
+def test_gap_calibration_split_and_labels():
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+    from gap_calibration import balanced_accuracy, best_split, grid_labels
+
+    points = [(1.0, False), (2.0, False), (8.0, True), (16.0, True), (3.0, True)]
+    fit = best_split(points)
+    # t between 2 and 3 catches every positive and no negative
+    assert fit == {"threshold_lo": pytest.approx(6 ** 0.5), "threshold_hi": pytest.approx(6 ** 0.5),
+                   "balanced_accuracy": 1.0}
+    # ties: t between 1 and 2 and t between 3 and 4 both reach 3/4
+    tied = best_split([(1.0, False), (2.0, True), (3.0, False), (4.0, True)])
+    assert tied == {"balanced_accuracy": 0.75, "threshold_lo": pytest.approx(2 ** 0.5), "threshold_hi": pytest.approx(12 ** 0.5)}
+    assert balanced_accuracy(points, 4.0) == pytest.approx((2 / 3 + 1) / 2)
+    assert best_split([(1.0, True)]) is None
+    grid = {"runs": [{"alpha": a, "lr": 1e-3, "test_acc": acc} for a, acc in
+                     ((8.0, 0.70), (8.0, 0.72), (64.0, 0.75), (256.0, 0.74), (1024.0, 0.53))]}
+    labels = {k[0]: v["label"] for k, v in grid_labels(grid, margin=0.02).items()}
+    assert labels == {8.0: "alpha-too-small", 64.0: "in-regime", 256.0: "in-regime", 1024.0: "too-aggressive"}
