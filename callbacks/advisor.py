@@ -92,7 +92,10 @@ class AlphaRegimeAdvisor(CallbackBase):
         gap_every: probe every this many optimizer steps (> 0).
         probe_batch: the batch to probe on (default: the first training batch).
         taus: step multiples (must include 1).
-        window: how many recent probes the verdict takes the median of.
+        window: how many recent probes the verdict takes the median of. One probe is one batch along
+            one step, so single probes are noisy; over the alpha x lr grid the median of the last 5
+            named the grid's label in 17 of 20 cells, of the last 3 in 15
+            (benchmarks/results/gap_calibration.md).
         min_probes: probes needed before the step gap counts as evidence.
         loss_fn: optional ``(pl_module, batch) -> loss``.
 
@@ -104,7 +107,7 @@ class AlphaRegimeAdvisor(CallbackBase):
     """
 
     def __init__(self, gap_every: int = 50, probe_batch: Any = None, taus: Sequence[float] = DEFAULT_TAUS,
-                 window: int = 3, min_probes: int = 2, loss_fn: Callable[[Any, Any], Any] | None = None) -> None:
+                 window: int = 5, min_probes: int = 2, loss_fn: Callable[[Any, Any], Any] | None = None) -> None:
         super().__init__()
         check_positive_int("gap_every", gap_every)
         check_positive_int("window", window)
