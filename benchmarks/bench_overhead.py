@@ -26,7 +26,7 @@ CONFIGS = {
 }
 
 
-def child(cfg: dict, steps: int, train_size: int | None) -> None:
+def child(cfg: dict, steps: int, train_size: int | None, batch_size: int = 32) -> None:
     """One training run; prints a JSON line with its step times."""
     sys.path.insert(0, str(ROOT))
     import warnings
@@ -55,7 +55,7 @@ def child(cfg: dict, steps: int, train_size: int | None) -> None:
             self.times.append(time.perf_counter() - self._t)
 
     seed_everything(0, verbose=False)
-    dm = RottenTomatoesDataModule(batch_size=32, train_size=train_size, val_size=32, test_size=32)
+    dm = RottenTomatoesDataModule(batch_size=batch_size, train_size=train_size, val_size=batch_size, test_size=batch_size)
     module = LoRAAlphaModule(demo_model_path(), rank=8, alpha=16, rule="standard", lr=1e-3, head_lr=3e-3)
     timer = Timer()
     cbs = []
@@ -85,7 +85,7 @@ def run_in_process(name: str, steps: int, train_size: int | None) -> dict:
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        child(CONFIGS[name], steps, train_size)
+        child(CONFIGS[name], steps, train_size, batch_size=8)  # shape only: the smallest batch that exercises it
     line = next(l for l in buf.getvalue().splitlines() if l.startswith("RESULT "))
     data = json.loads(line[len("RESULT "):])
     data["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

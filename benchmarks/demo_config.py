@@ -41,7 +41,7 @@ def main(argv=None) -> None:
     for label, rule, alpha, lr, targets in cands:
         for seed in range(args.seeds):
             r = train_minilm(rank=8, alpha=alpha, rule=rule, lr=lr, head_lr=3e-3, targets=targets, max_steps=steps,
-                             batch_size=32 if not args.quick else 16, train_size=train_size, eval_size=eval_size,
+                             batch_size=32 if not args.quick else 8, train_size=train_size, eval_size=eval_size,
                              seed=seed)
             r.update(label=label, rule=rule, lr=lr, targets=list(targets), seed=seed)
             runs.append(r)
