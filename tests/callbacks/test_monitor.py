@@ -91,7 +91,7 @@ def test_resume_continues_snapshot_and_history(tmp_path):
     first = SignalDriftMonitor(every_n_steps=1, probe_every=None)
     make_trainer(max_steps=3, enable_checkpointing=True, callbacks=[first, ckpt]).fit(make_module())
     resumed = SignalDriftMonitor(every_n_steps=1, probe_every=None)
-    make_trainer(max_steps=6, enable_checkpointing=True, callbacks=[resumed]).fit(
+    make_trainer(max_steps=6, enable_checkpointing=True, default_root_dir=tmp_path, callbacks=[resumed]).fit(
         make_module(), ckpt_path=str(tmp_path / "last.ckpt"))
     assert sorted(resumed.history) == list(range(6))
     A0, B0 = first.engine.snapshot[LAYER]
