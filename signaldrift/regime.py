@@ -30,6 +30,10 @@ GAP_TOO_AGGRESSIVE: float = 0.5  # median step_gap below this: the step overshoo
 # No cell of alpha_vs_lr.md came near 0.1 (healthy cells 0.002-0.032; the collapsed cells 0.005-0.013):
 # at this scale the drift ratio did not mark failures, the step size did (STEP_SIZE_HIGH). Kept as a guard.
 DRIFT_RATIO_HIGH: float = 0.1  # median drift_ratio at or above this counts as "high"
+# The floor (used only before any step gap is measured): at the lr c comes from (1e-4), the grid's cells
+# below 0.25 * c * sqrt(8) = 191 (alpha 8, 16, 64) stayed at 0.532-0.548 held-out accuracy against 0.737
+# at alpha 1024; alpha 256 (0.34 of c * sqrt(8)) reached 0.711 (benchmarks/results/alpha_vs_lr.md). A deliberately
+# low floor: the law's constant falls about as 1/lr, so at larger lrs smaller alphas are right.
 ALPHA_FLOOR_FRACTION: float = 0.25  # alpha below this fraction of c * sqrt(r) is too small
 # A suggestion never multiplies alpha by more than this at once: the probe measures one batch
 # along one step, so a gap of 30 says "much larger", not "exactly 30x". Re-check after changing.
