@@ -88,14 +88,14 @@ def separation(cells: list[dict], window: int | None, current: dict) -> dict:
     small = [(g, lab == "alpha-too-small") for g, lab in pts]
     # too aggressive when the gap is *below* the threshold: score on the negated gap
     aggr = [(-g, lab == "too-aggressive") for g, lab in pts]
-    fit_aggr = best_split(aggr)
+    fit_small, fit_aggr = best_split(small), best_split(aggr)
     if fit_aggr is not None:
         fit_aggr = {"balanced_accuracy": fit_aggr["balanced_accuracy"], "threshold_lo": -fit_aggr["threshold_hi"],
                     "threshold_hi": -fit_aggr["threshold_lo"]}
     return {
         "window": window or "all", "cells": len(pts),
-        "too_small": {"fitted": best_split(small), "current_balanced_accuracy":
-                      balanced_accuracy(small, current["GAP_TOO_SMALL"]) if best_split(small) else None},
+        "too_small": {"fitted": fit_small, "current_balanced_accuracy":
+                      balanced_accuracy(small, current["GAP_TOO_SMALL"]) if fit_small else None},
         "too_aggressive": {"fitted": fit_aggr, "current_balanced_accuracy":
                            balanced_accuracy(aggr, -current["GAP_TOO_AGGRESSIVE"]) if fit_aggr else None},
         "verdict_matches_label": sum(verdict_of(g, current) == lab for g, lab in pts),
