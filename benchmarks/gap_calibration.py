@@ -28,7 +28,9 @@ import statistics
 from pathlib import Path
 
 from common import RESULTS, md_table, save_figure, train_minilm, write_results
+from signaldrift.regime import regime_verdict
 
+RANK = 8  # the grid's LoRA rank (standard rule: scale = alpha / r)
 WINDOW = 5  # the advisor's default window: its verdict reads the median of the last 5 probes
 
 
@@ -71,23 +73,18 @@ def balanced_accuracy(points: list[tuple[float, bool]], t: float) -> float:
     return (tpr + tnr) / 2
 
 
-def verdict_of(gap: float, current: dict) -> str:
-    """The verdict's step-gap rule alone (signal-drift.md section 6)."""
-    if gap < current["GAP_TOO_AGGRESSIVE"]:
-        return "too-aggressive"
-    return "alpha-too-small" if gap >= current["GAP_TOO_SMALL"] else "in-regime"
-
-
 def separation(cells: list[dict], window: int | None, current: dict) -> dict:
     """How the median step gap over the last ``window`` probes (None: all) separates the labels."""
     pts = []
     for c in cells:
         gaps = c["gaps"][-window:] if window else c["gaps"]
         if gaps and c["label"]:
-            pts.append((statistics.median(gaps), c["label"]))
-    small = [(g, lab == "alpha-too-small") for g, lab in pts]
+            # the code's verdict on these probes alone (no drift measured: only the step-gap rule can fire)
+            verdict = regime_verdict(c["alpha"], RANK, c["alpha"] / RANK, step_gaps=gaps).verdict
+            pts.append((statistics.median(gaps), c["label"], verdict))
+    small = [(g, lab == "alpha-too-small") for g, lab, _ in pts]
     # too aggressive when the gap is *below* the threshold: score on the negated gap
-    aggr = [(-g, lab == "too-aggressive") for g, lab in pts]
+    aggr = [(-g, lab == "too-aggressive") for g, lab, _ in pts]
     fit_small, fit_aggr = best_split(small), best_split(aggr)
     if fit_aggr is not None:
         fit_aggr = {"balanced_accuracy": fit_aggr["balanced_accuracy"], "threshold_lo": -fit_aggr["threshold_hi"],
@@ -98,7 +95,7 @@ def separation(cells: list[dict], window: int | None, current: dict) -> dict:
                       balanced_accuracy(small, current["GAP_TOO_SMALL"]) if fit_small else None},
         "too_aggressive": {"fitted": fit_aggr, "current_balanced_accuracy":
                            balanced_accuracy(aggr, -current["GAP_TOO_AGGRESSIVE"]) if fit_aggr else None},
-        "verdict_matches_label": sum(verdict_of(g, current) == lab for g, lab in pts),
+        "verdict_matches_label": sum(verdict == lab for _, lab, verdict in pts),
     }
 
 
@@ -189,7 +186,7 @@ def main(argv=None) -> None:
     current = {"GAP_TOO_SMALL": regime.GAP_TOO_SMALL, "GAP_TOO_AGGRESSIVE": regime.GAP_TOO_AGGRESSIVE,
                "margin": args.margin}
     config = {"steps": steps, "train_size": train_size, "eval_size": eval_size, "head_lr": 3e-3,
-              "targets": "query,value", "rank": 8, "rule": "standard", "gap_every": every, "grid": str(args.grid.name)}
+              "targets": "query,value", "rank": RANK, "rule": "standard", "gap_every": every, "grid": str(args.grid.name)}
 
     def save() -> dict:
         text, result = analyse(runs, labels, current)
@@ -201,7 +198,7 @@ def main(argv=None) -> None:
             for a in alphas:
                 if args.reanalyse or (a, lr, seed) in done:
                     continue
-                r = train_minilm(rank=8, alpha=a, rule="standard", lr=lr, head_lr=3e-3, targets=("query", "value"),
+                r = train_minilm(rank=RANK, alpha=a, rule="standard", lr=lr, head_lr=3e-3, targets=("query", "value"),
                                  max_steps=steps, batch_size=32 if not args.quick else 8, train_size=train_size,
                                  eval_size=eval_size, seed=seed, gap_every=every)
                 r.update(lr=lr, seed=seed)
