@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,15 @@ PREFIX = "base_model.model."
 
 class AdapterMismatchError(LoRAConfigError):
     """An adapter on disk does not fit the model it is loaded into."""
+
+
+class AdapterFileError(AdapterMismatchError):
+    """An adapter file or folder cannot be used; the message names the file and what is wrong.
+
+    Loading: a config that is not valid JSON or not a JSON object, a field of the wrong type, an
+    unknown rule, truncated or garbage weights. Saving: a path that is a file or lies under one.
+    Real I/O failures stay ``OSError``.
+    """
 
 
 def _model_name(model: nn.Module) -> str | None:
@@ -45,10 +55,33 @@ def _most_common(values: dict[str, float]) -> float:
     return Counter(values.values()).most_common(1)[0][0]
 
 
-def _atomic_write(directory: Path, files: dict[str, callable]) -> None:
+def _create_temp(directory: Path, name: str) -> Path:
+    """An empty file beside ``name``, created exclusively with mode 0666 less the umask.
+
+    ``tempfile.mkstemp`` would make it 0600, and the rename would carry that mode onto the
+    adapter: files we write must be readable like any other output.
+    """
+    for _ in range(100):
+        tmp = directory / f".{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file for {name} in {directory}")  # pragma: no cover
+
+
+def _atomic_write(directory: Path, files: dict[str, Callable[[Path], object]]) -> None:
+    """Write every file to a temporary file beside it, then rename each onto its name.
+
+    A crash leaves the old file or the whole new one, never a part; temporary files are removed
+    whatever happens.
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = {name: Path(tempfile.mkstemp(dir=directory, prefix=f".{name}.")[1]) for name in files}
+    tmp: dict[str, Path] = {}
     try:
+        for name in files:
+            tmp[name] = _create_temp(directory, name)
         for name, write in files.items():
             write(tmp[name])
         for name, path in tmp.items():
@@ -56,6 +89,19 @@ def _atomic_write(directory: Path, files: dict[str, callable]) -> None:
     finally:
         for path in tmp.values():
             path.unlink(missing_ok=True)
+
+
+def _check_save_folder(directory: Path) -> None:
+    """Refuse, before writing anything, a folder that is a file or lies under one."""
+    for p in (directory, *directory.parents):
+        if p.exists():  # False below a file (ENOTDIR), so the loop climbs to the file itself
+            if not p.is_dir():
+                where = "is a file" if p == directory else f"lies under {p}, which is a file"
+                raise AdapterFileError(f"cannot save an adapter to {directory}: it {where}, not a folder")
+            break
+    for name in (WEIGHTS_NAME, CONFIG_NAME, EXTRA_NAME):
+        if (directory / name).exists() and not (directory / name).is_file():
+            raise AdapterFileError(f"cannot save an adapter to {directory}: {directory / name} is not a file")
 
 
 def save_adapter(model: nn.Module, directory: str | os.PathLike, base_model_name_or_path: str | None = None,
@@ -77,8 +123,9 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, base_model_name
 
     Raises:
         LoRAConfigError: the model has no LoRA layers or layers use different rules.
+        AdapterFileError: ``directory`` is a file or lies under one (nothing is written).
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     layers = dict(lora_modules(model))
     if not layers:
@@ -86,6 +133,8 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, base_model_name
     rules = {m.rule for m in layers.values()}
     if len({r == "rslora" for r in rules}) > 1:
         raise LoRAConfigError(f"layers mix the rslora rule with others ({sorted(rules)}); PEFT stores one rule")
+    directory = Path(directory)
+    _check_save_folder(directory)
     ranks = {n: m.rank for n, m in layers.items()}
     alphas = {n: m.alpha for n, m in layers.items()}
     r, alpha = int(_most_common(ranks)), _most_common(alphas)
@@ -118,9 +167,9 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, base_model_name
         "alpha_pattern": {n: v for n, v in alphas.items() if v != alpha},
     }
     extra = {"rule": rule, "sqrt_law_c": SQRT_LAW_C, "format": "signaldrift-adapter/1"}
-    directory = Path(directory)
     _atomic_write(directory, {
-        WEIGHTS_NAME: lambda p: save_file(tensors, str(p), metadata={"format": "pt"}),
+        # Serialized here and written into our file: safetensors' save_file makes its files 0600.
+        WEIGHTS_NAME: lambda p: p.write_bytes(save(tensors, metadata={"format": "pt"})),
         CONFIG_NAME: lambda p: p.write_text(json.dumps(config, indent=2) + "\n"),
         EXTRA_NAME: lambda p: p.write_text(json.dumps(extra, indent=2) + "\n"),
     })

@@ -116,3 +116,30 @@ def test_save_needs_lora_layers(tmp_path):
     with pytest.raises(ValueError, match="no LoRALinear layers"):
         save_adapter(tiny_bert(), tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_save_to_a_file_or_below_one_is_refused_and_writes_nothing(tmp_path):
+    from lora_alpha.adapters import AdapterFileError
+
+    model = _trained_bert()
+    blocker = tmp_path / "taken"
+    blocker.write_text("keep me")
+    with pytest.raises(AdapterFileError, match=f"cannot save an adapter to {blocker}: it is a file"):
+        save_adapter(model, blocker)
+    with pytest.raises(AdapterFileError, match=f"lies under {blocker}, which is a file"):
+        save_adapter(model, blocker / "adapter")
+    assert blocker.read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_saved_files_get_the_umasks_mode_not_0600(tmp_path, umask, mode):
+    import os
+
+    old = os.umask(umask)
+    try:
+        directory = save_adapter(_trained_bert(), tmp_path / "adapter")
+    finally:
+        os.umask(old)
+    files = sorted(directory.iterdir())
+    assert [p.name for p in files] == ["adapter_config.json", "adapter_model.safetensors", "signaldrift_adapter.json"]
+    assert {p.name: p.stat().st_mode & 0o777 for p in files} == {p.name: mode for p in files}
