@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 from collections import Counter
@@ -12,9 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lora_alpha.inject import _set_module, freeze_all_but_lora, lora_modules
+from lora_alpha.inject import _set_module, _short_list, freeze_all_but_lora, lora_modules
 from lora_alpha.layers import LoRALinear, wrappable
-from lora_alpha.scaling import RULES, SQRT_LAW_C, LoRAConfigError
+from lora_alpha.scaling import RULES, SQRT_LAW_C, LoRAConfigError, resolve_alpha
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -194,31 +195,138 @@ def _pattern_value(name: str, pattern: dict, default: float) -> float:
     return default
 
 
-def load_adapter(model: nn.Module, directory: str | os.PathLike, check_base_model: bool = True) -> list[str]:
+def _read_json_object(path: Path) -> dict:
+    """The JSON object in ``path``; :class:`AdapterFileError` for anything else (OSError passes)."""
+    raw = path.read_bytes()
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise AdapterFileError(f"{path} is not UTF-8 text (byte {e.start}); is the file corrupt?") from None
+    except json.JSONDecodeError as e:
+        raise AdapterFileError(f"{path} is not valid JSON ({e.msg}, line {e.lineno} column {e.colno})") from None
+    if not isinstance(value, dict):
+        raise AdapterFileError(f"{path} holds a JSON {type(value).__name__}, not an object of fields")
+    return value
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_rank(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _is_alpha(v: object) -> bool:
+    return _is_number(v) and math.isfinite(v) and v > 0
+
+
+def _is_names(v: object) -> bool:
+    return v is None or isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))
+
+
+# Fields of adapter_config.json that loading reads, with the type each must have when present.
+_CONFIG_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "peft_type": (lambda v: isinstance(v, str), "a string"),
+    "r": (_is_rank, "a positive integer"),
+    "lora_alpha": (_is_alpha, "a positive finite number"),
+    "use_rslora": (lambda v: v is None or isinstance(v, bool), "true or false"),
+    "use_dora": (lambda v: v is None or isinstance(v, bool), "true or false"),
+    "base_model_name_or_path": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "target_modules": (_is_names, "a string, a list of strings or null"),
+    "modules_to_save": (_is_names, "a list of strings or null"),
+}
+
+
+def _check_config(path: Path, config: dict) -> None:
+    """Refuse a config whose fields have the wrong type, naming the file, the field and its value."""
+    for field, (ok, allowed) in _CONFIG_FIELDS.items():
+        if field in config and not ok(config[field]):
+            raise AdapterFileError(f"{path}: {field!r} must be {allowed}, got {config[field]!r}")
+    for field, ok, allowed in (("rank_pattern", _is_rank, "positive integers"),
+                               ("alpha_pattern", _is_alpha, "positive finite numbers")):
+        pattern = config.get(field)
+        if pattern is None:
+            continue
+        if not isinstance(pattern, dict):
+            raise AdapterFileError(f"{path}: {field!r} must be an object of layer -> value, got {pattern!r}")
+        bad = {k: v for k, v in pattern.items() if not ok(v)}
+        if bad:
+            raise AdapterFileError(f"{path}: {field!r} values must be {allowed}, got {bad!r}")
+
+
+def _read_rule(path: Path, config: dict) -> str:
+    """The scaling rule: ours from ``signaldrift_adapter.json`` if present, else PEFT's flag."""
+    if path.is_file():
+        extra = _read_json_object(path)
+        if "rule" in extra:
+            if extra["rule"] not in RULES:
+                raise AdapterFileError(f"{path}: 'rule' must be one of {', '.join(RULES)}, got {extra['rule']!r}")
+            return extra["rule"]
+    return "rslora" if config.get("use_rslora") else "standard"
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors in a safetensors file; :class:`AdapterFileError` when it is truncated or garbage."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except SafetensorError as e:
+        size = path.stat().st_size
+        raise AdapterFileError(f"{path} is not a readable safetensors file ({size} bytes; {e}); "
+                               "is it truncated or corrupt?") from None
+
+
+def _lora_names_differ(directory: Path, only_adapter: list[str], only_model: list[str]) -> str:
+    parts = []
+    if only_adapter:
+        parts.append(f"the adapter has {len(only_adapter)} layer(s) the model's LoRA lacks: "
+                     f"{_short_list(only_adapter, 5)}")
+    if only_model:
+        parts.append(f"the model has {len(only_model)} LoRA layer(s) the adapter lacks: {_short_list(only_model, 5)}")
+    return (f"adapter {directory} is for other layers than the model's LoRA: {'; '.join(parts)}. Pass "
+            "strict=False to load it anyway (the adapter's other layers are wrapped; the model's others "
+            "keep their factors, alpha and rule)")
+
+
+def load_adapter(model: nn.Module, directory: str | os.PathLike, check_base_model: bool = True,
+                 strict: bool = True) -> list[str]:
     """Load an adapter saved by :func:`save_adapter` or by PEFT's ``save_pretrained``.
 
-    Layers without LoRA are wrapped first (rank, alpha and rule from the config); layers that
-    already carry LoRA must match its shapes. Everything is checked before anything changes.
+    Layers without LoRA are wrapped (rank from the factors, alpha and rule from the adapter).
+    Layers that already carry LoRA must match its shapes; they take the adapter's factors, alpha
+    and rule, so the scale (derived from the three) is the adapter's. Everything is checked
+    before anything changes.
 
     Args:
         model: the base model (or the same model with LoRA already injected).
         directory: the adapter folder.
         check_base_model: refuse an adapter whose recorded base model differs from the model's.
+        strict: when the model already has LoRA layers, refuse an adapter for other layers (the
+            adapter has layers the model's LoRA lacks, or the other way round). With
+            ``strict=False`` the adapter's other layers are wrapped and the model's other LoRA
+            layers are left as they are.
 
     Returns:
         The names of the layers that received LoRA factors.
 
     Raises:
-        AdapterMismatchError: missing files, a non-LoRA adapter, a layer the model lacks,
-            shapes that differ, or a different base model.
+        AdapterFileError: a file is unreadable: not JSON, not a JSON object, a field of the wrong
+            type, an unknown rule, truncated or garbage weights (the message names the file).
+        AdapterMismatchError: missing files, a non-LoRA adapter, a layer the model lacks, layers
+            that differ from the model's LoRA layers (``strict``), shapes that differ, a merged
+            layer, or a different base model.
+        OSError: a file could not be read.
     """
-    from safetensors.torch import load_file
-
     directory = Path(directory)
     for fname in (CONFIG_NAME, WEIGHTS_NAME):
         if not (directory / fname).is_file():
             raise AdapterMismatchError(f"{directory / fname} does not exist; an adapter folder needs {CONFIG_NAME} and {WEIGHTS_NAME}")
-    config = json.loads((directory / CONFIG_NAME).read_text())
+    config_path = directory / CONFIG_NAME
+    config = _read_json_object(config_path)
+    _check_config(config_path, config)
     if config.get("peft_type") != "LORA":
         raise AdapterMismatchError(f"adapter in {directory} is of type {config.get('peft_type')!r}; only LORA is supported")
     if config.get("use_dora"):
@@ -229,11 +337,9 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, check_base_mode
             f"adapter was trained on base model {recorded!r} but the model is {actual!r} "
             "(pass check_base_model=False to load anyway)"
         )
-    extra_path = directory / EXTRA_NAME
-    rule = json.loads(extra_path.read_text()).get("rule") if extra_path.is_file() else None
-    if rule not in RULES:
-        rule = "rslora" if config.get("use_rslora") else "standard"
-    tensors = load_file(str(directory / WEIGHTS_NAME))
+    rule = _read_rule(directory / EXTRA_NAME, config)
+    weights_path = directory / WEIGHTS_NAME
+    tensors = _read_weights(weights_path)
     modules = dict(model.named_modules())
     factors: dict[str, dict[str, torch.Tensor]] = {}
     others: dict[str, torch.Tensor] = {}
@@ -242,12 +348,23 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, check_base_mode
         for part in ("lora_A", "lora_B"):
             suffix = f".{part}.weight"
             if k.endswith(suffix):
+                if value.ndim != 2 or not value.is_floating_point():
+                    raise AdapterFileError(f"{weights_path}: {key!r} is a {value.ndim}-d {value.dtype} tensor; "
+                                           "LoRA factors are 2-d floating point")
                 factors.setdefault(k[: -len(suffix)], {})[part] = value
                 break
         else:
             if "lora_embedding" in k or "lora_magnitude" in k:
                 raise AdapterMismatchError(f"adapter key {key!r} is an embedding/DoRA factor; LoRALinear cannot hold it")
             others[k] = value
+    if not factors:
+        raise AdapterFileError(f"{weights_path} holds no LoRA factors (no '.lora_A.weight'/'.lora_B.weight' keys)")
+    has_lora = sorted(n for n, m in modules.items() if isinstance(m, LoRALinear))
+    if has_lora and strict:
+        only_adapter = sorted(set(factors) - set(has_lora))
+        only_model = sorted(set(has_lora) - set(factors))
+        if only_adapter or only_model:
+            raise AdapterMismatchError(_lora_names_differ(directory, only_adapter, only_model))
     plans: list[_LayerPlan] = []
     for name, pair in factors.items():
         if set(pair) != {"lora_A", "lora_B"}:
@@ -259,6 +376,8 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, check_base_mode
         rank = A.shape[0]
         alpha = float(_pattern_value(name, config.get("alpha_pattern"), config.get("lora_alpha", 8)))
         if isinstance(module, LoRALinear):
+            if module.merged:
+                raise AdapterMismatchError(f"layer {name!r} is merged; unmerge it before loading an adapter into it")
             want_a, want_b = tuple(module.lora_A.shape), tuple(module.lora_B.shape)
         elif wrappable(module):
             w = module.weight
@@ -271,6 +390,7 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, check_base_mode
                 f"layer {name!r}: adapter factors A {tuple(A.shape)}, B {tuple(B.shape)} do not fit the "
                 f"layer, which needs A {want_a}, B {want_b}"
             )
+        resolve_alpha(alpha, rank, rule)  # refused here, not half-way through the changes below
         plans.append(_LayerPlan(name, rank, alpha, A, B))
     params = dict(model.named_parameters())
     for k, v in others.items():
@@ -288,6 +408,9 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, check_base_mode
             layer = model.get_submodule(p.name)
             layer.lora_A.copy_(p.A.to(layer.lora_A.dtype))
             layer.lora_B.copy_(p.B.to(layer.lora_B.dtype))
+            # The adapter's alpha and rule, not the layer's: its scale is derived from these.
+            layer.rule = rule
+            layer.set_alpha(p.alpha)
         live = dict(model.named_parameters())
         for k, v in others.items():
             live[k].copy_(v.to(live[k].dtype))

@@ -118,6 +118,150 @@ def test_save_needs_lora_layers(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+# --- Loading into a model that already has LoRA -------------------------------------------------
+
+def _adapter_for(tmp_path, targets=("query", "value"), alpha=12.0, rule="lora-alpha"):
+    """A saved adapter with random factors (rank 4); the folder."""
+    source = tiny_bert()
+    inject(source, list(targets), rank=4, alpha=alpha, rule=rule)
+    _randomize_factors(source, seed=5)
+    return save_adapter(source, tmp_path / "adapter")
+
+
+def _dense_reference(directory):
+    """tiny_bert with W0 + (alpha / r) B A folded into each layer, from the adapter's own numbers."""
+    from safetensors.torch import load_file
+
+    cfg = json.loads((directory / "adapter_config.json").read_text())
+    tensors = load_file(str(directory / "adapter_model.safetensors"))
+    ref = tiny_bert()
+    with torch.no_grad():
+        for key, A in tensors.items():
+            if key.endswith(".lora_A.weight"):
+                name = key[len("base_model.model."):-len(".lora_A.weight")]
+                B = tensors[key.replace("lora_A", "lora_B")]
+                ref.get_submodule(name).weight.add_(cfg["lora_alpha"] / cfg["r"] * B @ A)
+    return ref
+
+
+@pytest.mark.parametrize("model_rule", ["lora-alpha", "rslora"])
+def test_loading_into_existing_lora_takes_the_adapters_alpha_and_rule(tmp_path, ids, model_rule):
+    directory = _adapter_for(tmp_path, alpha=12.0, rule="lora-alpha")
+    model = tiny_bert()
+    inject(model, ["query", "value"], rank=4, alpha=0.25, rule=model_rule)  # 48x smaller alpha
+    load_adapter(model, directory)
+    ref = _dense_reference(directory)
+    for name in ("bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.1.attention.self.value"):
+        layer = model.get_submodule(name)
+        assert layer.alpha == 12.0 and layer.rule == "lora-alpha"
+        effective = layer.base_layer.weight + layer.delta_weight()
+        assert torch.allclose(effective, ref.get_submodule(name).weight, atol=1e-6)
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, ref(ids).logits, atol=1e-5)
+
+
+def test_adapter_for_other_layers_than_the_models_lora_is_refused_unless_not_strict(tmp_path, ids):
+    directory = _adapter_for(tmp_path, targets=("query", "value"))
+    model = tiny_bert()
+    inject(model, ["query"], rank=4, alpha=12.0)
+    before = _snapshot(model)
+    with pytest.raises(AdapterMismatchError, match=r"the adapter has 2 layer\(s\) the model's LoRA lacks: "
+                                                    r"bert\.encoder\.layer\.0\.attention\.self\.value"):
+        load_adapter(model, directory)
+    after = _snapshot(model)
+    assert before[0] == after[0] and all(torch.equal(before[1][k], after[1][k]) for k in before[1])
+    names = load_adapter(model, directory, strict=False)  # the value layers are wrapped
+    assert len(names) == 4
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, _dense_reference(directory)(ids).logits, atol=1e-5)
+
+
+def test_model_lora_layers_the_adapter_lacks_are_named_with_a_count(tmp_path):
+    directory = _adapter_for(tmp_path, targets=("query", "value"))
+    model = tiny_bert()
+    inject(model, ["query", "key", "value", "dense"], rank=4, alpha=3.0)
+    _randomize_factors(model, seed=9)
+    with pytest.raises(AdapterMismatchError, match=r"the model has 9 LoRA layer\(s\) the adapter lacks: "
+                                                    r"bert\.encoder\.layer\.0\.attention\.output\.dense, .*\(9 in all\)"):
+        load_adapter(model, directory)
+    key = model.get_submodule("bert.encoder.layer.0.attention.self.key")
+    kept = key.lora_B.clone()
+    load_adapter(model, directory, strict=False)
+    assert torch.equal(key.lora_B, kept) and key.alpha == 3.0  # the model's other layers are left alone
+    assert model.get_submodule("bert.encoder.layer.0.attention.self.query").alpha == 12.0
+
+
+def test_loading_into_a_merged_layer_is_refused(tmp_path):
+    from lora_alpha import merge_adapters
+
+    directory = _adapter_for(tmp_path)
+    model = tiny_bert()
+    inject(model, ["query", "value"], rank=4, alpha=12.0)
+    merge_adapters(model)
+    with pytest.raises(AdapterMismatchError, match="is merged"):
+        load_adapter(model, directory)
+
+
+# --- Corrupt files: one clear ValueError naming the file -----------------------------------------
+
+def _rewrite_json(name, change):
+    def corrupt(directory):
+        path = directory / name
+        path.write_text(json.dumps(change(json.loads(path.read_text()))))
+    return corrupt
+
+
+def _write(name, data: bytes):
+    return lambda directory: (directory / name).write_bytes(data)
+
+
+def _truncate(directory):
+    path = directory / "adapter_model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+CORRUPTIONS = {
+    "config-bad-json": ("adapter_config.json", _write("adapter_config.json", b'{"r": 4, '), "not valid JSON"),
+    "config-binary": ("adapter_config.json", _write("adapter_config.json", b"\xff\xfe\x00"), "not UTF-8"),
+    "config-list": ("adapter_config.json", _write("adapter_config.json", b"[1, 2]"), "holds a JSON list"),
+    "config-number": ("adapter_config.json", _write("adapter_config.json", b"4"), "holds a JSON int"),
+    "r-string": ("adapter_config.json", _rewrite_json("adapter_config.json", lambda c: {**c, "r": "4"}),
+                 r"'r' must be a positive integer, got '4'"),
+    "alpha-string": ("adapter_config.json", _rewrite_json("adapter_config.json", lambda c: {**c, "lora_alpha": "12"}),
+                     r"'lora_alpha' must be a positive finite number, got '12'"),
+    "alpha-pattern-list": ("adapter_config.json",
+                           _rewrite_json("adapter_config.json", lambda c: {**c, "alpha_pattern": [1]}),
+                           "'alpha_pattern' must be an object"),
+    "extra-bad-json": ("signaldrift_adapter.json", _write("signaldrift_adapter.json", b"{rule"), "not valid JSON"),
+    "extra-list": ("signaldrift_adapter.json", _write("signaldrift_adapter.json", b'["lora-alpha"]'),
+                   "holds a JSON list"),
+    "extra-rule": ("signaldrift_adapter.json", _rewrite_json("signaldrift_adapter.json", lambda c: {**c, "rule": 7}),
+                   "'rule' must be one of standard, rslora, lora-alpha, got 7"),
+    "weights-truncated": ("adapter_model.safetensors", _truncate, "truncated or corrupt"),
+    "weights-garbage": ("adapter_model.safetensors", _write("adapter_model.safetensors", b"\x07" * 64),
+                        "truncated or corrupt"),
+    "weights-empty": ("adapter_model.safetensors", _write("adapter_model.safetensors", b""), "truncated or corrupt"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CORRUPTIONS))
+def test_corrupt_adapter_files_give_one_error_naming_the_file(tmp_path, case):
+    from lora_alpha.adapters import AdapterFileError
+
+    fname, corrupt, what = CORRUPTIONS[case]
+    directory = _adapter_for(tmp_path)
+    corrupt(directory)
+    model = tiny_bert()
+    before = _snapshot(model)
+    with pytest.raises(AdapterFileError, match=what) as err:
+        load_adapter(model, directory)
+    assert isinstance(err.value, ValueError)
+    assert str(directory / fname) in str(err.value)
+    after = _snapshot(model)
+    assert before[0] == after[0]
+
+
 def test_save_to_a_file_or_below_one_is_refused_and_writes_nothing(tmp_path):
     from lora_alpha.adapters import AdapterFileError
 
