@@ -136,6 +136,7 @@ def test_crash_after_a_checkpoint_then_resume_logs_every_step_once(tmp_path):
     TensorBoard shows each step once (the resumed values) and the probe history carries on."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    from callbacks.report import read_run
     from tests.callbacks.helpers import read_scalars, scalar_steps
 
     def crash(pl_module):
@@ -167,3 +168,6 @@ def test_crash_after_a_checkpoint_then_resume_logs_every_step_once(tmp_path):
     assert sorted(steps["signaldrift/drift_ratio"]) == list(range(8))  # none missing
     after = read_scalars(tmp_path / "tb")["signaldrift/drift_ratio"]
     assert all(after[s] == pytest.approx(monitor.history[s]["signaldrift/drift_ratio"]) for s in range(8))
+    record = read_run(tmp_path / "tb")  # what `signaldrift report` reads: the same, and whole
+    assert record.scalars["signaldrift/drift_ratio"] == after and sorted(record.verdicts) == [2, 4, 6]
+    assert record.complete
