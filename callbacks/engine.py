@@ -191,15 +191,25 @@ class SignalDriftEngine:
 
     # ----------------------------------------------------------------- per step
     def before_step(self, model: nn.Module, step: int, grad_scale: float = 1.0,
-                    grads: dict[str, tuple[Tensor, Tensor]] | None = None) -> None:
+                    grads: dict[str, tuple[Tensor, Tensor]] | None = None, loss_scale: float = 1.0) -> None:
         """Gradients are final for step ``step``: sections 1, 3 (and 4 if captured) on factors at t.
 
+        Two divisors, because the two kinds of gradient are unscaled at different moments under a
+        loss scaler (fp16 AMP): the factor gradients are usually unscaled by the time they are read,
+        the output gradients captured for ``G`` (section 4) never are.
+
         Args:
-            grad_scale: divide gradients by this (an AMP loss scale still applied to them).
+            grad_scale: divide the factor gradients by this (the AMP loss scale still applied to them;
+                1.0 once the trainer has unscaled them).
             grads: ``{layer: (grad_A, grad_B)}`` captured earlier (e.g. before clipping); layers
                 missing from it use the parameters' ``.grad``.
+            loss_scale: divide the captured full-weight gradient ``G`` by this: the scaler's scale
+                during this step's backward passes (1.0 without a loss scaler).
         """
         captured = self.stop_capture()
+        for name, value in (("grad_scale", grad_scale), ("loss_scale", loss_scale)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
         self._pending, self._pending_step, self._pending_views = {}, None, {}
         if not self.measures(step):
             return
@@ -211,13 +221,13 @@ class SignalDriftEngine:
                 continue
             try:
                 grad = (grads or {}).get(v.name) or (v.A.grad, v.B.grad)
-                self._pending[v.name] = self._measure_before(v, captured.get(v.name), grad_scale, grad)
+                self._pending[v.name] = self._measure_before(v, captured.get(v.name), grad_scale, grad, loss_scale)
             except NonFiniteError:
                 self._skip(v.name, "non-finite factors or gradients")
         self._pending_step = step
 
     def _measure_before(self, v: LoRAView, G: FullGradAccumulator | None, grad_scale: float,
-                        grad: tuple[Tensor | None, Tensor | None]) -> _Pending:
+                        grad: tuple[Tensor | None, Tensor | None], loss_scale: float = 1.0) -> _Pending:
         # One float64 copy of each small factor per step: every function below then computes in
         # float64 without converting again (cheaper than repeated float32 -> float64 casts).
         A0, B0 = self.snapshot[v.name]
@@ -236,8 +246,9 @@ class SignalDriftEngine:
             if split is not None:
                 metrics.update(grad_alignment=split.grad_alignment, grad_drift_ratio=split.grad_drift_ratio)
             if G is not None:
-                # G was summed from scaled output gradients too: ||G||^2 / scale^2.
-                sup = spectral_suppression(gA, gB, G.sq_norm() / grad_scale**2)
+                # G was summed from output gradients of the scaled loss (never unscaled): ||G||^2 / scale^2,
+                # whatever divisor the factor gradients needed (signal-drift.md section 4, v2).
+                sup = spectral_suppression(gA, gB, G.sq_norm() / float(loss_scale) ** 2)
                 metrics.update(spectral_gain=sup.spectral_gain, spectral_suppression=sup.spectral_suppression)
         return _Pending(A=A, B=B, metrics=metrics)  # float64 copies: the step's "before"
 

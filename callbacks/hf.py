@@ -10,15 +10,55 @@ from transformers import TrainerCallback
 from callbacks.engine import SignalDriftEngine, SignalDriftWarning
 
 
+def loss_scaler(optimizer):
+    """The enabled AMP GradScaler behind the Trainer's (accelerate-wrapped) optimizer, else None."""
+    scaler = getattr(optimizer, "scaler", None)
+    return scaler if scaler is not None and scaler.is_enabled() else None
+
+
+def unscaled(scaler, optimizer) -> bool:
+    """Whether ``scaler`` has already unscaled this optimizer's gradients in the current step.
+
+    Recent transformers versions always do so before ``on_pre_optimizer_step`` (they compute the
+    gradient norm even without clipping); older ones only when clipping. The stage is read from the
+    scaler's per-optimizer state (no entry yet: not unscaled); where that state cannot be read at
+    all, the gradients count as unscaled, as recent versions leave them.
+    """
+    raw = getattr(optimizer, "optimizer", optimizer)
+    states = getattr(scaler, "_per_optimizer_states", None)
+    if raw is None or not isinstance(states, dict):
+        return True
+    if id(raw) not in states:
+        return False
+    stage = states[id(raw)].get("stage")
+    return getattr(stage, "name", "UNSCALED") != "READY"
+
+
 class SignalDriftTrainerCallback(TrainerCallback):
     """Sections 1-4 of the Signal-Drift contract for a PEFT (or this project's) model trained by ``Trainer``.
 
     The same :class:`~callbacks.engine.SignalDriftEngine` as :class:`callbacks.SignalDriftMonitor`
-    computes the numbers. Gradients are captured when they are final (post-accumulate hooks on the
-    LoRA factors), i.e. before the Trainer clips them; with ``fp16`` (a loss scaler) they are read
-    after clipping, unscaled, at ``on_pre_optimizer_step``. The realized update is read after the
-    optimizer step; steps the optimizer skipped are not counted.
+    computes the numbers. The realized update is read after the optimizer step; steps the
+    optimizer skipped are not counted.
 
+    Where the gradients are read. ``Trainer`` offers no hook between the last backward pass and
+    gradient clipping, so on one process the factor gradients are captured when they are final
+    (post-accumulate hooks on the LoRA factors): before clipping, and, under a loss scaler (``fp16``),
+    still scaled, so they are divided by the scaler's scale. Under data parallelism those hooks would
+    see each rank's own gradients before the all-reduce, so there they are read at
+    ``on_pre_optimizer_step`` instead: all-reduced, unscaled, **and after clipping** (``max_grad_norm``).
+    What clipping after the read means, per metric:
+
+    * sections 1 and 2 (``delta_*``, ranks, ``signal_norm``, ``drift_*``, ``step_size``) use no
+      gradient: unaffected;
+    * section 3 (``grad_alignment``, ``grad_drift_ratio``): ratios of norms of the equivalent gradient,
+      which clipping by the global norm multiplies by one factor: unaffected;
+    * section 4 (``spectral_gain``, ``spectral_suppression``): the captured full-weight gradient is never
+      clipped, so while clipping is active the gain read after it is a lower bound (times the clip
+      factor squared); it is only measured on one process, where the gradients are read before clipping.
+
+    The full-weight gradient ``G`` is summed from output gradients of the scaled loss and is always
+    divided by the scaler's scale, whatever divisor the factor gradients needed.
     Logged through the Trainer's own reporting: at each training log event the latest measurement's
     tags (``signaldrift/<layer>/<metric>``, ``signaldrift/<metric>``, ``signaldrift/<metric>_max``,
     ``signaldrift/skipped_steps``; see :class:`callbacks.SignalDriftMonitor`) are added to the logs,
@@ -41,6 +81,7 @@ class SignalDriftTrainerCallback(TrainerCallback):
         self._hooks: list = []
         self._latest: dict[str, float] = {}
         self._probing = probe_every is not None
+        self._hooked = True  # gradients from post-accumulate hooks (one process) or from .grad (DDP)
 
     @classmethod
     def attach(cls, trainer, **kwargs) -> SignalDriftTrainerCallback:
@@ -67,7 +108,8 @@ class SignalDriftTrainerCallback(TrainerCallback):
                           SignalDriftWarning, stacklevel=2)
         self.engine.attach(model)
         self._remove_hooks()
-        if not getattr(args, "fp16", False):
+        self._hooked = int(getattr(args, "world_size", 1) or 1) == 1  # see the class docstring
+        if self._hooked:
             for v in self.engine.views(model):
                 for key, param in (("A", v.A), ("B", v.B)):
                     self._hooks.append(param.register_post_accumulate_grad_hook(self._grad_hook(v.name, key)))
@@ -82,10 +124,16 @@ class SignalDriftTrainerCallback(TrainerCallback):
         if self._probing and self.engine.probes(state.global_step):
             self.engine.start_capture(model)
 
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+    def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
         grads = {n: (g["A"], g["B"]) for n, g in self._grads.items() if "A" in g and "B" in g}
         self._grads = {}
-        self.engine.before_step(model, state.global_step, grads=grads)
+        scaler = loss_scaler(optimizer)
+        loss_scale = float(scaler.get_scale()) if scaler is not None else 1.0  # the scale of this step's backward
+        if self._hooked:
+            grad_scale = loss_scale  # captured at backward time: still scaled
+        else:
+            grad_scale = loss_scale if scaler is not None and not unscaled(scaler, optimizer) else 1.0
+        self.engine.before_step(model, state.global_step, grad_scale=grad_scale, grads=grads, loss_scale=loss_scale)
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
         result = self.engine.after_step(model)

@@ -116,7 +116,10 @@ class SignalDriftMonitor(CallbackBase):
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         scaler = grad_scaler(trainer)
         self._scale_before = float(scaler.get_scale()) if scaler is not None else None
-        self.engine.before_step(pl_module, trainer.global_step, unscale_divisor(trainer, optimizer))
+        # The factor gradients are unscaled by now (unless the optimizer unscales inside step());
+        # the output gradients captured for G never are: they carry the scale of this step's backward.
+        self.engine.before_step(pl_module, trainer.global_step, unscale_divisor(trainer, optimizer),
+                                loss_scale=self._scale_before or 1.0)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         scaler = grad_scaler(trainer)
