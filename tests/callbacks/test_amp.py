@@ -129,12 +129,18 @@ def _hf_history(tmp_path, scaler=None, max_grad_norm=0.0, optim="adamw_torch"):
     from callbacks.hf import SignalDriftTrainerCallback
 
     torch.manual_seed(0)
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=4, report_to=[],
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=4, fp16=scaler is not None, per_device_train_batch_size=4, report_to=[],
                              use_cpu=True, learning_rate=1e-2, max_grad_norm=max_grad_norm, save_strategy="no",
                              disable_tqdm=True, seed=0, logging_strategy="no", optim=optim)
     trainer = Trainer(model=_Regressor(), args=args, train_dataset=_Data())
-    if scaler is not None:  # accelerate's fp16 loss scaling (backward and optimizer step), without autocast
+    if scaler is not None:
+        # What accelerate sets up for fp16 on a GPU (the scaler scales the loss, the norm computation
+        # unscales the gradients before on_pre_optimizer_step), here on the CPU with autocast off.
+        from accelerate.utils import AutocastKwargs
+
         trainer.accelerator.scaler = scaler
+        trainer.accelerator.native_amp = True
+        trainer.accelerator.autocast_handler = AutocastKwargs(enabled=False)
     drift = SignalDriftTrainerCallback.attach(trainer, every_n_steps=1, probe_every=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -146,7 +152,7 @@ def test_hf_every_metric_under_a_loss_scale_equals_the_unscaled_run(tmp_path):
     ref = _hf_history(tmp_path / "fp32")
     scaler = _scaler()
     got = _hf_history(tmp_path / "scaled", scaler)
-    assert scaler.get_scale() == SCALE
+    assert scaler.get_scale() == SCALE and scaler._per_optimizer_states == {}  # used, and stepped
     assert f"signaldrift/{LAYER}/spectral_gain" in got[1] and f"signaldrift/{LAYER}/grad_alignment" in got[1]
     _same_metrics(ref, got, rel=1e-3)
 
