@@ -62,7 +62,9 @@ def grad_split(
         scale: the layer's live scale ``s``.
         A0, B0: factors at fit start (define ``dW``).
         top_k: subspace size; default r, never more than dW's numerical rank.
-        svd: dW's factored SVD if already computed (section 1), to avoid a second one.
+        svd: dW's factored SVD as section 1 returns it (``update_spectrum(...).svd``), to avoid a
+            second one. It carries section 1's decision that dW is numerically zero (``S`` all
+            zero), which is honoured here: pass that SVD, not a raw ``lowrank_svd`` of dW.
 
     Raises:
         ValueError: shapes do not chain or gradients differ in shape from the factors;

@@ -103,7 +103,9 @@ def update_factors(
     """Factors ``(L, R)`` of the learned update ``dW = s (B A - B0 A0)``.
 
     With no snapshot, or a zero ``B0`` or ``A0`` (the usual init), this is ``(s B, A)`` with
-    inner dimension r; otherwise ``([s B, -s B0], [A; A0])`` with inner dimension 2r.
+    inner dimension r, in float32 at least; otherwise ``([s B, -s B0], [A; A0])`` with inner
+    dimension 2r, always in float64 (the two products cancel to the update: signal-drift.md
+    section 3, v2).
 
     Args:
         A: (r, n), B: (m, r) current factors; A0, B0: the same at fit start.
@@ -117,5 +119,7 @@ def update_factors(
     check_same_shape("B0", B0, "B", B)
     if not bool(B0.any()) or not bool(A0.any()):
         return L, R
+    dt = torch.float64
+    L, R = B.detach().to(dt) * scale, A.detach().to(dt)
     L0, R0 = B0.detach().to(dt) * -scale, A0.detach().to(dt)
     return torch.cat([L, L0], dim=1), torch.cat([R, R0], dim=0)  # (m, 2r), (2r, n)

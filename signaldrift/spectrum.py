@@ -20,8 +20,11 @@ class UpdateSpectrum:
         delta_rel: ``||dW||_F / ||W0||_F`` (None when ``||W0||_F`` is 0).
         stable_rank: ``||dW||_F^2 / sigma_1^2`` (None while dW is zero).
         effective_rank: ``exp(H(p))``, ``p_i = sigma_i / sum_j sigma_j`` (None while dW is zero).
-        singular_values: (k,) descending, float32 or float64, on the CPU.
-        svd: the factored SVD itself (its ``U``/``V`` feed the gradient split).
+        singular_values: (k,) descending, float32 or float64, on the CPU (all zero while dW is
+            numerically zero).
+        svd: the factored SVD itself (its ``U``/``V`` feed the gradient split). While dW is
+            numerically zero its ``S`` is zero too, so every consumer sees rank 0: the round-off
+            singular values of a zero ``s (B A - B0 A0)`` have vectors that are noise.
     """
 
     delta_norm: float
@@ -30,6 +33,11 @@ class UpdateSpectrum:
     effective_rank: float | None
     singular_values: Tensor
     svd: LowRankSVD
+
+    @property
+    def numerically_zero(self) -> bool:
+        """dW is (numerically) zero: nothing learned yet; section 3 is undefined."""
+        return self.delta_norm == 0.0
 
 
 def is_numerically_zero(svd: LowRankSVD, L: Tensor, R: Tensor) -> bool:
@@ -43,10 +51,15 @@ def is_numerically_zero(svd: LowRankSVD, L: Tensor, R: Tensor) -> bool:
 
 
 def spectrum_of(svd: LowRankSVD, base_norm: float, zero: bool) -> UpdateSpectrum:
-    """Statistics from an already computed factored SVD of dW."""
+    """Statistics from an already computed factored SVD of dW.
+
+    ``zero`` is the one decision that dW is numerically zero (:func:`is_numerically_zero`); the
+    returned spectrum carries it in its SVD (``S`` zeroed), which is what consumers receive.
+    """
     S = svd.S
     if zero:
         S = torch.zeros_like(S)
+        svd = LowRankSVD(U=svd.U, S=S, V=svd.V)
     delta_norm = float(torch.linalg.vector_norm(S))
     delta_rel = delta_norm / base_norm if base_norm > 0 else None
     if zero or delta_norm == 0.0:
@@ -73,7 +86,9 @@ def update_spectrum(
         B: (m, r) current up-projection.
         scale: the layer's live scale ``s``.
         base_norm: ``||W0||_F`` of the frozen base weight.
-        A0, B0: factors at fit start (None or zero for the usual ``B0 = 0`` init).
+        A0, B0: factors at fit start (None or zero for the usual ``B0 = 0`` init). With a
+            non-zero snapshot dW is computed in float64 whatever the factors' dtype: ``B A`` and
+            ``B0 A0`` cancel, and float32 would lose an update of 1e-5 relative to them.
 
     Raises:
         ValueError: shapes do not chain or differ from the snapshot.
