@@ -74,7 +74,7 @@ class AlphaRegimeAdvisor(CallbackBase):
     only B, a step unlike the rest), after the step, the loss on one fixed probe batch is
     evaluated at ``theta_t + tau * delta`` for tau in ``taus`` (eval mode, no gradients,
     parameters restored exactly): ``step_gap`` and ``gap_gain`` (section 5). The verdict
-    (section 6) uses the medians of the last ``window`` probes and their steps' drift ratios, once
+    (section 6) counts the last ``window`` probes and their steps' drift ratios, once
     ``min_probes`` probes exist (before that, the configuration alone). When
     alpha is judged too small, one :class:`AlphaRegimeWarning` (rank zero) names the evidence and
     an alpha to try. The probe runs on every rank at the same steps, with no collective call.
@@ -92,9 +92,10 @@ class AlphaRegimeAdvisor(CallbackBase):
         gap_every: probe every this many optimizer steps (> 0).
         probe_batch: the batch to probe on (default: the first training batch).
         taus: step multiples (must include 1).
-        window: how many recent probes the verdict takes the median of. One probe is one batch along
-            one step, so single probes are noisy; over the alpha x lr grid the median of the last 5
-            named the grid's label in 17 of 20 cells, of the last 3 in 15
+        window: how many recent probes the verdict counts (a side of a threshold needs a majority of
+            them: see :func:`signaldrift.regime_verdict`). One probe is one batch along one step, so
+            single probes are noisy; over the alpha x lr grid the median of the last 5 (for an odd
+            window the same rule) named the grid's label in 17 of 20 cells, of the last 3 in 15
             (benchmarks/results/gap_calibration.md).
         min_probes: probes needed before the step gap counts as evidence.
         loss_fn: optional ``(pl_module, batch) -> loss``.

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,17 +47,37 @@ STEP_SIZE_HIGH: float = 0.025
 VERDICTS = ("alpha-too-small", "too-aggressive", "in-regime")
 
 
+def _positive(name: str, value: float) -> float:
+    """``value`` as a float: a positive finite real number (bools refused), else one ValueError."""
+    allowed = f"{name} must be a positive finite number"
+    if isinstance(value, (bool, str)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{allowed} (not a bool or a string), got {value!r}")
+    try:
+        f = float(value)
+    except OverflowError:
+        raise ValueError(f"{allowed} within float range, got {value!r}") from None
+    if not (math.isfinite(f) and f > 0):
+        raise ValueError(f"{allowed}, got {value!r}")
+    return f
+
+
 def recommended_alpha(rank: int, c: float = SQRT_LAW_C) -> float:
     """LoRA-α's alpha for a rank: ``c * sqrt(rank)`` (used with scale = alpha / rank).
 
     Raises:
-        ValueError: rank is not a positive int or c is not a positive finite number.
+        ValueError: rank is not a positive int (bools refused), c is not a positive finite number
+            (bools refused), or ``c * sqrt(rank)`` is not a finite float.
     """
     if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
         raise ValueError(f"rank must be a positive int, got {rank!r}")
-    if not (isinstance(c, (int, float)) and math.isfinite(c) and c > 0):
-        raise ValueError(f"c must be a positive finite number, got {c!r}")
-    return float(c) * math.sqrt(rank)
+    c = _positive("c", c)
+    try:
+        value = c * math.sqrt(rank)
+    except OverflowError:
+        value = math.inf
+    if not math.isfinite(value):
+        raise ValueError(f"c * sqrt(rank) must be a finite float, got c={c!r} and rank={rank!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -65,12 +86,18 @@ class RegimeVerdict:
 
     Attributes:
         verdict: one of ``VERDICTS``.
-        evidence: the numbers behind the verdict, in words.
+        evidence: the numbers behind the verdict, in words, with how many probes agree.
         suggestion: a concrete next step.
         suggested_alpha: an alpha to try under the user's own rule (None when alpha should stay).
         alpha, rank, scale: the (median) configuration judged.
         recommended_alpha: ``c * sqrt(r)`` expressed under the user's rule.
-        step_gap, drift_ratio, step_size: the medians used (None when not measured).
+        step_gap, drift_ratio, step_size: medians of the values given, for display (NaN dropped,
+            inf kept; None when none). The verdict itself counts values, it does not use these.
+        probes: how many step gaps were given (NaN included).
+        agreeing: how many of them are on the verdict's side (below ``GAP_TOO_AGGRESSIVE`` for
+            too-aggressive, at or above ``GAP_TOO_SMALL`` for alpha-too-small, between for
+            in-regime); 0 when the configuration alone decided.
+        dropped: NaN (or None) values dropped from the three series together.
     """
 
     verdict: str
@@ -84,11 +111,75 @@ class RegimeVerdict:
     step_gap: float | None
     drift_ratio: float | None
     step_size: float | None
+    probes: int = 0
+    agreeing: int = 0
+    dropped: int = 0
 
 
-def _median(values: Sequence[float] | None) -> float | None:
-    vals = [float(v) for v in (values or ()) if v is not None and math.isfinite(float(v))]
-    return statistics.median(vals) if vals else None
+@dataclass(frozen=True)
+class _Series:
+    """One kind of evidence: the usable values (finite or +inf, in order) and how many were NaN."""
+
+    name: str
+    values: tuple[float, ...]
+    dropped: int
+
+    @property
+    def total(self) -> int:
+        return len(self.values) + self.dropped
+
+    def count(self, keep) -> int:
+        return sum(1 for v in self.values if keep(v))
+
+    def majority(self, keep) -> bool:
+        """More than half of *all* values given (NaN included) satisfy ``keep``: agreement, not a
+        median of two (signal-drift.md section 6, v2). For an odd count without NaN this is the
+        median's side of the threshold, as before."""
+        return 2 * self.count(keep) > self.total
+
+    def agreed_value(self, largest: bool) -> float:
+        """The value a majority agrees on: the ``total // 2 + 1``-th largest (or smallest). For an
+        odd count without NaN, the median."""
+        need = self.total // 2 + 1
+        return sorted(self.values, reverse=largest)[need - 1]
+
+    def median(self) -> float | None:
+        return statistics.median(self.values) if self.values else None
+
+
+def _series(name: str, values: Sequence[float] | None) -> _Series:
+    kept: list[float] = []
+    dropped = 0
+    for i, v in enumerate(values or ()):
+        if v is None:
+            dropped += 1
+            continue
+        if isinstance(v, (bool, str)):
+            raise ValueError(f"{name}[{i}] must be a number >= 0 (inf allowed; NaN is dropped and counted), got {v!r}")
+        try:
+            f = float(v)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"{name}[{i}] must be a number >= 0 (inf allowed; NaN is dropped and counted), got {v!r}") from None
+        if math.isnan(f):
+            dropped += 1
+        elif f < 0:
+            raise ValueError(f"{name}[{i}] must be a number >= 0 (inf allowed; NaN is dropped and counted), got {v!r}")
+        else:
+            kept.append(f)
+    return _Series(name, tuple(kept), dropped)
+
+
+def _describe(series: _Series, votes: list[tuple[int, str]]) -> str | None:
+    if not series.total:
+        return None
+    median = series.median()
+    shown = ", ".join(f"{v:.3g}" for v in series.values)
+    text = (f"median {series.name} {median:.3g} over {series.total} probes ({shown})" if median is not None
+            else f"{series.name}: none usable over {series.total} probes")
+    counts = [f"{n} of {series.total} {what}" for n, what in votes]
+    if series.dropped:
+        counts.append(f"{series.dropped} NaN dropped")
+    return text + ("; " + ", ".join(counts) if counts else "")
 
 
 def _round2(x: float) -> float:
@@ -114,62 +205,114 @@ def regime_verdict(
     is ``scale * rank``, and suggestions are returned under the user's own rule (scale is
     linear in alpha under every rule).
 
+    How evidence counts (signal-drift.md section 6, v2): a side of a threshold needs a majority
+    of the values given, NaN included (a NaN is dropped as a value but counted as a probe that did
+    not agree): the step could be larger when more than half of the step gaps are
+    ``>= GAP_TOO_SMALL`` and the drift ratio is low in more than half of its values (or was not
+    measured); the step overshoots when more than half are ``< GAP_TOO_AGGRESSIVE``; the drift is
+    high when more than half of the drift ratios are ``>= DRIFT_RATIO_HIGH``, ``inf`` included. For
+    an odd number of values without NaN this is today's median rule; with two values it needs
+    both. When no side has a majority the verdict is ``in-regime`` and the suggestion says the
+    evidence is missing or split instead of "keep alpha" alone.
+
     Args:
         alpha: the alpha the user set (median over layers), under their rule.
         rank: the rank (median over layers).
         scale: the live scale (median over layers).
-        step_gaps: recent ``step_gap`` values (section 5).
-        drift_ratios: recent ``drift_ratio`` values (section 2).
+        step_gaps: recent ``step_gap`` values (section 5); >= 0, inf allowed, NaN counted.
+        drift_ratios: recent ``drift_ratio`` values (section 2); >= 0, inf allowed, NaN counted.
         step_sizes: recent ``step_size`` values (evidence only).
         c: the square-root law's constant.
 
     Raises:
-        ValueError: alpha, rank or scale is not positive and finite.
+        ValueError: alpha, rank, scale or c is not a positive finite number (bools refused); a
+            value in a series is negative or not a number; or the configuration's derived
+            numbers (``scale * rank``, ``c * sqrt(r)`` in alpha's units, the largest suggested
+            alpha) leave the float range.
     """
-    for name, v in (("alpha", alpha), ("rank", rank), ("scale", scale)):
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-            raise ValueError(f"{name} must be a positive finite number, got {v!r}")
-    gap, drift, step = _median(step_gaps), _median(drift_ratios), _median(step_sizes)
-    rec_equiv = float(c) * math.sqrt(rank)  # recommended alpha under scale = alpha / r
+    alpha, rank, scale, c = (_positive(n, v) for n, v in (("alpha", alpha), ("rank", rank), ("scale", scale), ("c", c)))
+    gaps, drifts, sizes = (_series(n, v) for n, v in (("step_gap", step_gaps), ("drift_ratio", drift_ratios),
+                                                      ("step_size", step_sizes)))
+    rec_equiv = c * math.sqrt(rank)  # recommended alpha under scale = alpha / r
     equiv = scale * rank  # the user's alpha, expressed under scale = alpha / r
-    per_equiv = alpha / equiv  # converts a standard-equivalent alpha back to the user's rule
+    per_equiv = alpha / equiv if equiv > 0 else math.inf  # converts a standard-equivalent alpha to the user's rule
     rec_user = rec_equiv * per_equiv
+    for what, value in (("scale * rank", equiv), ("alpha / (scale * rank)", per_equiv), ("c * sqrt(r) in alpha's units", rec_user),
+                        ("the largest suggested alpha", alpha * MAX_SUGGESTED_FACTOR)):
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(
+                f"alpha={alpha!r}, rank={rank!r}, scale={scale!r} and c={c!r} give {what} = {value!r}, outside the "
+                "positive finite floats; allowed: values whose products and quotients stay finite and non-zero "
+                "(e.g. alpha, scale * rank and c * sqrt(r) between 1e-300 and 1e300)")
+
+    small_votes = gaps.count(lambda g: g >= GAP_TOO_SMALL)
+    over_votes = gaps.count(lambda g: g < GAP_TOO_AGGRESSIVE)
+    in_range = gaps.total - gaps.dropped - small_votes - over_votes
+    gap_small = gaps.majority(lambda g: g >= GAP_TOO_SMALL)
+    gap_over = gaps.majority(lambda g: g < GAP_TOO_AGGRESSIVE)
+    drift_high = drifts.majority(lambda d: d >= DRIFT_RATIO_HIGH)
+    drift_low = drifts.total == 0 or drifts.majority(lambda d: d < DRIFT_RATIO_HIGH)
+    gap, drift, step = gaps.median(), drifts.median(), sizes.median()
+
     facts = [f"alpha={alpha:g} at r={rank:g} (scale {scale:.4g}); c*sqrt(r) -> alpha ~ {rec_user:.3g}"]
-    if gap is not None:
-        facts.append(f"median step_gap {gap:.3g}")
-    if drift is not None:
-        facts.append(f"median drift_ratio {drift:.3g}")
-    if step is not None:
-        note = f" (above {STEP_SIZE_HIGH}, where the alpha x lr grid's runs collapsed)" if step >= STEP_SIZE_HIGH else ""
-        facts.append(f"median step_size {step:.3g}{note}")
+    for text in (
+        _describe(gaps, [(small_votes, f">= {GAP_TOO_SMALL:g}"), (over_votes, f"< {GAP_TOO_AGGRESSIVE:g}")]),
+        _describe(drifts, [(drifts.count(lambda d: d >= DRIFT_RATIO_HIGH), f">= {DRIFT_RATIO_HIGH:g}")]),
+        _describe(sizes, [(sizes.count(lambda v: v >= STEP_SIZE_HIGH),
+                           f">= {STEP_SIZE_HIGH:g}, where the alpha x lr grid's runs collapsed")]),
+    ):
+        if text is not None:
+            facts.append(text)
     evidence = "; ".join(facts)
 
-    drift_high = drift is not None and drift >= DRIFT_RATIO_HIGH
     suggested: float | None = None
-    if (gap is not None and gap < GAP_TOO_AGGRESSIVE) or drift_high:
+    agreeing = 0
+    if gap_over or drift_high:
         verdict = "too-aggressive"
-        why = f"the step overshoots (step_gap {gap:.2g})" if gap is not None and gap < GAP_TOO_AGGRESSIVE else (
-            f"drift_ratio {drift:.2g} >= {DRIFT_RATIO_HIGH}")
-        factor = max(gap, 0.1) if gap is not None and gap < GAP_TOO_AGGRESSIVE else 0.5
+        agreeing = over_votes
+        if gap_over:
+            agreed = gaps.agreed_value(largest=False)
+            why = f"{over_votes} of {gaps.total} probes say the step overshoots (step_gap {agreed:.2g} or less)"
+            factor = max(agreed, 0.1)
+        else:
+            high = drifts.count(lambda d: d >= DRIFT_RATIO_HIGH)
+            why = f"drift_ratio >= {DRIFT_RATIO_HIGH} in {high} of {drifts.total} probes"
+            factor = 0.5
         suggestion = f"{why}: lower the learning rate (about {_round2(factor):g}x), not alpha"
-    elif gap is not None and gap >= GAP_TOO_SMALL:
+    elif gap_small and drift_low:
         verdict = "alpha-too-small"
-        suggested = _round2(alpha * min(gap, MAX_SUGGESTED_FACTOR))
-        capped = " (a capped first move; probe again)" if gap > MAX_SUGGESTED_FACTOR else ""
-        suggestion = (f"the step could be ~{gap:.2g}x larger with drift_ratio "
+        agreeing = small_votes
+        agreed = gaps.agreed_value(largest=True)
+        suggested = _round2(alpha * min(agreed, MAX_SUGGESTED_FACTOR))
+        capped = " (a capped first move; probe again)" if agreed > MAX_SUGGESTED_FACTOR else ""
+        suggestion = (f"{small_votes} of {gaps.total} probes say the step could be ~{agreed:.2g}x larger with drift_ratio "
                       f"{'unmeasured' if drift is None else f'{drift:.2g}'}; try alpha ~ {suggested:g}{capped}")
-    elif gap is None and equiv < ALPHA_FLOOR_FRACTION * rec_equiv:
+    elif not gaps.values and equiv < ALPHA_FLOOR_FRACTION * rec_equiv:
         # The law alone, only until a probe has measured the step: c is calibrated at LoRA-α's lr
         # (1e-4), and the best alpha falls about as 1/lr (benchmarks/results/alpha_vs_lr.md), so at a
         # larger lr a measured step_gap in range outranks the law.
         verdict = "alpha-too-small"
         suggested = _round2(rec_user)
-        suggestion = (f"alpha is below {ALPHA_FLOOR_FRACTION:g} of c*sqrt(r); try alpha ~ {suggested:g}")
+        suggestion = (f"alpha is below {ALPHA_FLOOR_FRACTION:g} of c*sqrt(r) (no step_gap measured yet; the law is "
+                      f"a prior); try alpha ~ {suggested:g}")
     else:
         verdict = "in-regime"
-        suggestion = f"keep alpha={alpha:g}"
+        agreeing = in_range
+        if not gaps.values:
+            nan = f" ({gaps.dropped} NaN)" if gaps.dropped else ""
+            suggestion = (f"no step_gap measured yet{nan}: no evidence either way, so no change is supported; "
+                          f"keep alpha={alpha:g} until probes measure the step")
+        elif gap_small:  # the gap says larger, the drift ratio is not low in a majority of probes
+            suggestion = (f"the step gap says larger ({small_votes} of {gaps.total}) but drift_ratio is not low in most "
+                          f"probes: the evidence conflicts; keep alpha={alpha:g} and probe again")
+        elif 2 * in_range <= gaps.total:
+            suggestion = (f"the probes disagree ({small_votes} of {gaps.total} say larger, {over_votes} overshoot, "
+                          f"{gaps.dropped} NaN): no change is supported; keep alpha={alpha:g} and probe again")
+        else:
+            suggestion = f"keep alpha={alpha:g}"
     return RegimeVerdict(
         verdict=verdict, evidence=evidence, suggestion=suggestion, suggested_alpha=suggested,
-        alpha=float(alpha), rank=float(rank), scale=float(scale), recommended_alpha=rec_user,
+        alpha=alpha, rank=rank, scale=scale, recommended_alpha=rec_user,
         step_gap=gap, drift_ratio=drift, step_size=step,
+        probes=gaps.total, agreeing=agreeing, dropped=gaps.dropped + drifts.dropped + sizes.dropped,
     )
