@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import secrets
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lora_alpha.files import atomic_write_many
 from lora_alpha.inject import _set_module, _short_list, freeze_all_but_lora, lora_modules
 from lora_alpha.layers import LoRALinear, wrappable
 from lora_alpha.scaling import RULES, SQRT_LAW_C, LoRAConfigError, resolve_alpha
@@ -54,42 +54,6 @@ def _trainable_modules(model: nn.Module) -> list[str]:
 
 def _most_common(values: dict[str, float]) -> float:
     return Counter(values.values()).most_common(1)[0][0]
-
-
-def _create_temp(directory: Path, name: str) -> Path:
-    """An empty file beside ``name``, created exclusively with mode 0666 less the umask.
-
-    ``tempfile.mkstemp`` would make it 0600, and the rename would carry that mode onto the
-    adapter: files we write must be readable like any other output.
-    """
-    for _ in range(100):
-        tmp = directory / f".{name}.{secrets.token_hex(4)}.tmp"
-        try:
-            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-            return tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"could not create a temporary file for {name} in {directory}")  # pragma: no cover
-
-
-def _atomic_write(directory: Path, files: dict[str, Callable[[Path], object]]) -> None:
-    """Write every file to a temporary file beside it, then rename each onto its name.
-
-    A crash leaves the old file or the whole new one, never a part; temporary files are removed
-    whatever happens.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp: dict[str, Path] = {}
-    try:
-        for name in files:
-            tmp[name] = _create_temp(directory, name)
-        for name, write in files.items():
-            write(tmp[name])
-        for name, path in tmp.items():
-            os.replace(path, directory / name)
-    finally:
-        for path in tmp.values():
-            path.unlink(missing_ok=True)
 
 
 def _check_save_folder(directory: Path) -> None:
@@ -168,7 +132,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, base_model_name
         "alpha_pattern": {n: v for n, v in alphas.items() if v != alpha},
     }
     extra = {"rule": rule, "sqrt_law_c": SQRT_LAW_C, "format": "signaldrift-adapter/1"}
-    _atomic_write(directory, {
+    atomic_write_many(directory, {
         # Serialized here and written into our file: safetensors' save_file makes its files 0600.
         WEIGHTS_NAME: lambda p: p.write_bytes(save(tensors, metadata={"format": "pt"})),
         CONFIG_NAME: lambda p: p.write_text(json.dumps(config, indent=2) + "\n"),
