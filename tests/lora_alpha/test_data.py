@@ -49,7 +49,7 @@ def test_text_classification_csv_and_jsonl(tmp_path):
     (None, "does not exist"),
     ("text,label\n", "has no rows"),
     ("sentence,label\nhi,1\nho,0\n", r"lacks column\(s\) \['text'\].*columns are \['label', 'sentence'\]"),
-    ("text,label\nhi,1\nho,\n", "empty or non-scalar"),
+    ("text,label\nhi,1\nho,\n", r"d.csv:3 has no label in column .label. \(got .."),
     ("text,label\nhi,1\nho,1\n", "single label"),
 ])
 def test_text_classification_bad_files(tmp_path, content, match):
