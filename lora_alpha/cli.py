@@ -5,7 +5,8 @@ import argparse
 import json
 import math
 import os
-import shutil
+import shlex
+import signal
 import statistics
 import sys
 import time
@@ -13,6 +14,19 @@ import warnings
 from pathlib import Path
 
 from lora_alpha.errors import UsageError
+from lora_alpha.files import atomic_write, atomic_write_json
+from lora_alpha.runs import (
+    RECORD_NAME,
+    RunDir,
+    check_output_dir,
+    check_run_name,
+    default_run_name,
+    live_status,
+    new_record,
+    process_info,
+    read_record,
+    write_record,
+)
 from lora_alpha.scaling import RULES, LoRAConfigError
 
 # The embedded default's configuration, chosen by measurement, not by the paper's claims:
@@ -41,7 +55,6 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-column", default="label")
     p.add_argument("--targets", default="query,key,value,dense", help="comma-separated LoRA target patterns")
     p.add_argument("--rank", type=int, default=DEMO["rank"])
-    p.add_argument("--alpha", type=float, default=DEMO["alpha"], help="default: the rule's own (lora-alpha: c*sqrt(r); standard: 2r; rslora: 16)")
     p.add_argument("--rule", default=DEMO["rule"], choices=list(RULES))
     p.add_argument("--lr", type=float, default=DEMO["lr"])
     p.add_argument("--head-lr", type=float, default=DEMO["head_lr"], help="learning rate of the classifier head")
@@ -54,10 +67,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="signaldrift", description="LoRA fine-tuning that tells you whether alpha is right.")
+    p = argparse.ArgumentParser(prog="signaldrift", description="LoRA fine-tuning that tells you whether alpha is right.",
+                                allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="fine-tune with LoRA, the SignalDriftMonitor and the AlphaRegimeAdvisor attached")
+    t = sub.add_parser("train", allow_abbrev=False, help="fine-tune with LoRA, the SignalDriftMonitor and the AlphaRegimeAdvisor attached")
     _add_model_args(t)
+    t.add_argument("--alpha", type=float, default=DEMO["alpha"],
+                   help="LoRA alpha, > 0 (default: the rule's own; lora-alpha: c*sqrt(r); standard: 2r; rslora: 16)")
     t.add_argument("--loraplus-ratio", type=float, default=None, help="LoRA+: B's learning rate = lr * ratio")
     t.add_argument("--weight-decay", type=float, default=0.0)
     t.add_argument("--warmup-steps", type=int, default=0)
@@ -72,13 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--probe-every", type=int, default=50, help="full-gradient probe cadence (section 4)")
     t.add_argument("--gap-every", type=int, default=50, help="optimization-gap probe cadence (section 5)")
     t.add_argument("--output", default="runs", help="runs are written to OUTPUT/NAME/")
-    t.add_argument("--name", default=None, help="run name (default: a timestamp)")
+    t.add_argument("--name", default=None,
+                   help="run name: letters, digits, '-', '_', '.' (default: run-<date>-<time>-<random>)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run directory of that name")
     t.add_argument("--checkpoint-every", type=int, default=50,
                    help="save OUTPUT/NAME/checkpoints/last.ckpt every this many steps (0: never)")
     t.add_argument("--resume", action="store_true",
-                   help="continue the run OUTPUT/NAME from its last checkpoint (same logs, same adapter folder)")
-    f = sub.add_parser("find-alpha", help="short trials over a log grid of alpha at one lr; suggest alpha, plot loss vs alpha")
+                   help="continue the interrupted run OUTPUT/NAME from its last checkpoint, with its recorded "
+                        "configuration (other flags may be omitted; given ones must agree)")
+    f = sub.add_parser("find-alpha", allow_abbrev=False, help="short trials over a log grid of alpha at one lr; suggest alpha, plot loss vs alpha")
     _add_model_args(f)
     f.add_argument("--alphas", default=None, help="comma-separated grid (default: 4, 16, ..., 16384)")
     f.add_argument("--steps", type=int, default=16, help="optimizer steps per trial")
@@ -87,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the length of the run you plan; the trials' best alpha is scaled by steps/target-steps "
                         "(default: --steps, no scaling)")
     f.add_argument("--output", default="runs/find-alpha", help="folder for find_alpha.json and find_alpha.png")
-    r = sub.add_parser("report", help="print a run's per-layer diagnosis and verdict; write report.png")
+    r = sub.add_parser("report", allow_abbrev=False, help="print a run's per-layer diagnosis and verdict; write report.png")
     r.add_argument("run_dir")
     r.add_argument("--window", type=int, default=10, help="recent measurements to take the median over")
     return p
@@ -102,9 +120,11 @@ def _datamodule(args, model_path: str):
         return RottenTomatoesDataModule(model_path, args.batch_size, args.max_length, train_size=args.train_size,
                                         val_size=args.eval_size, test_size=args.eval_size, seed=args.seed)
     if args.task == "causal-lm":
-        return CausalLMDataModule(model_path, args.data, args.val_data, args.batch_size, args.max_length, seed=args.seed)
+        return CausalLMDataModule(model_path, args.data, args.val_data, args.batch_size, args.max_length, seed=args.seed,
+                                  test_file=args.test_data, train_size=args.train_size, eval_size=args.eval_size)
     return TextClassificationDataModule(model_path, args.data, args.val_data, args.test_data, args.text_column,
-                                        args.label_column, args.batch_size, args.max_length, seed=args.seed)
+                                        args.label_column, args.batch_size, args.max_length, seed=args.seed,
+                                        train_size=args.train_size, eval_size=args.eval_size)
 
 
 def _check_positive(args, names: tuple[str, ...]) -> None:
@@ -114,22 +134,44 @@ def _check_positive(args, names: tuple[str, ...]) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {v}")
 
 
-def _check_args(args) -> None:
+# Flags that apply only to some data sources or tasks: given where they do not apply, they are refused.
+_NOT_FOR_EMBEDDED = ("val_data", "test_data", "text_column", "label_column")
+_NOT_FOR_CAUSAL_LM = ("text_column", "label_column", "head_lr")
+
+
+def _refuse_inapplicable(args, given: set[str]) -> None:
+    def refuse(names, why):
+        for name in names:
+            if name in given:
+                raise UsageError(f"--{name.replace('_', '-')} does not apply {why}")
+
+    if args.data == "rotten-tomatoes":
+        refuse(_NOT_FOR_EMBEDDED, "to the embedded Rotten Tomatoes data (pass --data FILE to use your own)")
+    if args.task == "causal-lm":
+        refuse(_NOT_FOR_CAUSAL_LM, "to --task causal-lm (records hold 'text', or 'prompt' and 'completion'; no head)")
+    if getattr(args, "max_steps", -1) != -1:
+        refuse(("epochs",), "unless --max-steps -1 (training stops at --max-steps)")
+
+
+def _check_args(args, given: set[str] = frozenset()) -> None:
     _check_positive(args, ("rank", "batch_size", "max_length", "every_n_steps", "probe_every", "gap_every", "epochs"))
     if args.max_steps == 0 or args.max_steps < -1:
         raise UsageError(f"--max-steps must be > 0 (or -1 to train --epochs), got {args.max_steps}")
-    for name in ("lr", "head_lr"):
+    for name in ("lr", "head_lr", "weight_decay"):
         v = getattr(args, name)
         if not math.isfinite(v) or v < 0:
             raise UsageError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
-    if args.alpha is not None and (not math.isfinite(args.alpha) or args.alpha < 0):
-        raise UsageError(f"--alpha must be a finite number > 0 (or 0 for the rule's default), got {args.alpha}")
-    if args.checkpoint_every < 0:
-        raise UsageError(f"--checkpoint-every must be >= 0 (0: no checkpoints), got {args.checkpoint_every}")
-    if args.resume and args.overwrite:
-        raise UsageError("--resume and --overwrite contradict each other; pass one")
-    if args.resume and not args.name:
-        raise UsageError("--resume needs --name: the run to continue")
+    if args.alpha is not None and (not math.isfinite(args.alpha) or args.alpha <= 0):
+        raise UsageError(f"--alpha must be a finite number > 0 (omit it for the rule's default), got {args.alpha}")
+    if args.loraplus_ratio is not None:
+        _check_positive(args, ("loraplus_ratio",))
+    for name in ("checkpoint_every", "warmup_steps"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    for name in ("train_size", "eval_size"):
+        if getattr(args, name) is not None:
+            _check_positive(args, (name,))
+    _refuse_inapplicable(args, given)
 
 
 def _module(args, model_path: str, dm, **extra):
@@ -137,7 +179,7 @@ def _module(args, model_path: str, dm, **extra):
 
     return LoRAAlphaModule(
         model_path, task=args.task, targets=[t.strip() for t in args.targets.split(",") if t.strip()],
-        rank=args.rank, alpha=args.alpha or None, rule=args.rule, lr=args.lr, head_lr=args.head_lr,
+        rank=args.rank, alpha=getattr(args, "alpha", None), rule=args.rule, lr=args.lr, head_lr=args.head_lr,
         num_labels=getattr(dm, "num_labels", 2), **extra)
 
 
@@ -150,13 +192,18 @@ def _parse_alphas(text: str | None) -> list[float] | None:
         raise UsageError(f"--alphas must be comma-separated numbers, got {text!r}") from None
 
 
-def find_alpha_cmd(args) -> int:
+def find_alpha_cmd(args, given: set[str] = frozenset()) -> int:
     """`signaldrift find-alpha`: the finder on the embedded default (or --model/--data); JSON + PNG."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _check_positive(args, ("rank", "batch_size", "max_length", "steps", "eval_batches", "lr"))
+    _check_positive(args, ("rank", "batch_size", "max_length", "steps", "eval_batches", "lr", "head_lr"))
+    for name in ("train_size", "eval_size"):
+        if getattr(args, name) is not None:
+            _check_positive(args, (name,))
+    _refuse_inapplicable(args, given)
     if args.target_steps is not None:
         _check_positive(args, ("target_steps",))
     alphas = _parse_alphas(args.alphas)
+    out = check_output_dir(args.output)  # before any trial runs
     from lightning.pytorch import seed_everything
 
     from lora_alpha.data import demo_model_path
@@ -169,10 +216,9 @@ def find_alpha_cmd(args) -> int:
     module = _module(args, model_path, dm)
     res = find_alpha(module, dm, alphas=alphas, steps=args.steps, lr=args.lr, head_lr=args.head_lr,
                      eval_batches=args.eval_batches, progress_bar=not args.no_progress, target_steps=args.target_steps)
-    out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "find_alpha.json", {**res.as_dict(), "config": {k: v for k, v in vars(args).items() if k != "command"}})
-    res.plot(out / "find_alpha.png")
+    atomic_write_json(out / "find_alpha.json", {**res.as_dict(), "config": {k: v for k, v in vars(args).items() if k != "command"}})
+    atomic_write(out / "find_alpha.png", res.plot)
     lines = [f"alpha finder: {res.steps} steps per trial at lr {res.lr:g} ({res.rule} rule, rank {args.rank})",
              f"{'alpha':>10}  {'held-out loss':>13}  {'drift ratio':>11}"]
     for a, l, d in zip(res.alphas, res.losses, res.drift_ratio):
@@ -204,31 +250,113 @@ def _trainer_kwargs(args) -> dict:
                 enable_progress_bar=not args.no_progress, log_every_n_steps=10, enable_model_summary=False)
 
 
-def train(args) -> int:
+# Flags that may differ on --resume: they change how a run is shown, not what it computes.
+SESSION_FLAGS = ("no_progress", "resume", "overwrite", "name", "output", "command")
+
+
+def _config(args) -> dict:
+    return {k: v for k, v in vars(args).items() if k not in SESSION_FLAGS}
+
+
+def _resume_args(args, given: set[str], record: dict) -> argparse.Namespace:
+    """The interrupted run's recorded configuration; a flag given now must agree with it."""
+    recorded = record.get("config")
+    if not isinstance(recorded, dict):
+        raise UsageError(f"{Path(args.output) / args.name / RECORD_NAME} has no recorded configuration to resume")
+    merged = vars(args).copy()
+    for key, value in recorded.items():
+        if key not in merged or key in SESSION_FLAGS:
+            continue
+        if key in given and merged[key] != value:
+            flag = "--" + key.replace("_", "-")
+            raise UsageError(f"{flag} {merged[key]!r} contradicts the run's recorded {flag} {value!r}; "
+                             f"--resume continues the run as it was configured (drop {flag}, or start a new run)")
+        merged[key] = value
+    return argparse.Namespace(**merged)
+
+
+def _check_resume_state(run_dir: Path, record: dict) -> Path:
+    status = live_status(record)
+    if status == "finished":
+        raise UsageError(f"run {run_dir} finished; there is nothing to resume")
+    if status == "running":
+        raise UsageError(f"run {run_dir} is still running (pid {record.get('pid')} on {record.get('host')}); "
+                         "stop it first")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise UsageError(f"--resume: {last} does not exist (the run stopped before its first checkpoint; "
+                         "see --checkpoint-every); start it again with --overwrite")
+    return last
+
+
+def _check_checkpoint(path: Path, module) -> None:
+    """The checkpoint loads and holds this run's LoRA layers, with the same shapes (one line otherwise)."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - truncated or foreign files raise many types
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"checkpoint {path} cannot be read (truncated or not a checkpoint): {first[:200]}") from None
+    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise UsageError(f"checkpoint {path} has no model state; it is not a checkpoint of this tool")
+    want = {k: tuple(v.shape) for k, v in module.state_dict().items() if "lora_" in k}
+    have = {k: tuple(v.shape) for k, v in state.items() if "lora_" in k}
+    if want.keys() != have.keys():
+        extra, missing = sorted(have.keys() - want.keys()), sorted(want.keys() - have.keys())
+        raise UsageError(f"checkpoint {path} does not match this run's LoRA layers: "
+                         f"{len(missing)} missing (e.g. {missing[:2]}), {len(extra)} unexpected (e.g. {extra[:2]})")
+    for k, shape in want.items():
+        if have[k] != shape:
+            raise UsageError(f"checkpoint {path} does not match this run: {k} has shape {have[k]} "
+                             f"in the checkpoint, {shape} in the run (another --rank or model?)")
+
+
+def train(args, given: set[str] = frozenset()) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _check_args(args)
+    if args.resume:
+        if args.name is None:
+            raise UsageError("--resume needs --name: the run to continue")
+        if args.overwrite:
+            raise UsageError("--resume and --overwrite contradict each other; pass one")
+        check_run_name(args.name)
+        record = read_record(Path(args.output) / args.name)
+        args = _resume_args(args, given, record)
+    _check_args(args, given)
+    name = check_run_name(args.name) if args.name is not None else default_run_name()
+    output = check_output_dir(args.output)
+    run_dir = output / name
+    last_ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if args.resume:
+        last_ckpt = _check_resume_state(run_dir, record)
+    elif run_dir.exists() and not args.overwrite:
+        raise UsageError(f"run directory {run_dir} exists; pass another --name, --overwrite, or --resume")
+    with StopSignals() as stop:
+        return _train(args, name, output, run_dir, last_ckpt, record if args.resume else None, stop)
+
+
+def _train(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resumed: dict | None, stop) -> int:
     from lightning.pytorch import Trainer, seed_everything
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from callbacks import AlphaRegimeAdvisor, SignalDriftMonitor
     from lora_alpha.data import demo_model_path
+    from lora_alpha.module import check_model_path
 
-    name = args.name or time.strftime("run-%Y%m%d-%H%M%S")
-    run_dir = Path(args.output) / name
-    last_ckpt = run_dir / "checkpoints" / "last.ckpt"
-    if args.resume and not last_ckpt.is_file():
-        raise UsageError(f"--resume: {last_ckpt} does not exist (was the run checkpointed? see --checkpoint-every)")
-    if run_dir.exists() and not (args.overwrite or args.resume):
-        raise UsageError(f"run directory {run_dir} exists; pass another --name, --overwrite, or --resume")
     seed_everything(args.seed, verbose=False)
     model_path = args.model or demo_model_path()
-    dm = _datamodule(args, model_path)  # reads and checks the data before anything is written
+    check_model_path(model_path)
+    dm = _datamodule(args, model_path)
+    dm.setup("fit")  # tokenize now: bad data is refused before anything is written
     module = _module(args, model_path, dm, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
                      schedule=args.schedule, loraplus_ratio=args.loraplus_ratio, adapter_dir=run_dir / "adapter")
+    if resumed is not None:
+        _check_checkpoint(last_ckpt, module)
     monitor = SignalDriftMonitor(every_n_steps=args.every_n_steps, probe_every=args.probe_every)
     advisor = AlphaRegimeAdvisor(gap_every=args.gap_every)
-    logger = TensorBoardLogger(save_dir=str(args.output), name=name, version="", default_hp_metric=False)
-    guard = _interrupt_guard()
+    logger = TensorBoardLogger(save_dir=str(output), name=name, version="", default_hp_metric=False)
+    guard = _lifecycle_callback(stop, last_ckpt)
     callbacks = [monitor, advisor, guard]
     if args.checkpoint_every:
         from lightning.pytorch.callbacks import ModelCheckpoint
@@ -236,75 +364,163 @@ def train(args) -> int:
         callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                                          every_n_train_steps=args.checkpoint_every))
     try:
-        trainer = Trainer(callbacks=callbacks, logger=logger, **_trainer_kwargs(args))
+        trainer = Trainer(callbacks=callbacks, logger=logger, plugins=[_atomic_checkpoint_io()],
+                          **_trainer_kwargs(args))
     except Exception as err:  # noqa: BLE001 - construction has no side effects; any rejection is the user's input
         raise UsageError(f"Lightning rejected the trainer settings: {str(err).strip().splitlines()[0]}") from None
-    status_file = run_dir / "run.json"
-    if args.resume:
-        record = json.loads(status_file.read_text()) if status_file.is_file() else {"name": name}
-        record.update(status="running", resumed=record.get("resumed", 0) + 1)
+    # Every input has been checked: only now is anything on disk created or replaced.
+    if resumed is not None:
+        record = dict(resumed, status="running", resumed=resumed.get("resumed", 0) + 1, **process_info())
+        target = RunDir(run_dir)
     else:
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
-        record = {"status": "running", "name": name, "config": {k: v for k, v in vars(args).items() if k != "command"},
-                  "lora": str(module.lora_summary)}
-    _write_json(status_file, record)
+        target = RunDir.create(output, name, args.overwrite)
+        record = new_record(name, _config(args), str(module.lora_summary))
+    write_record(target.build_path, record)
+    target.swap_in()
+    guard.on_first_step = target.commit
     start = time.time()
+    stop.in_fit = True
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=str(last_ckpt) if args.resume else None)
-        if trainer.interrupted or guard.interrupted:
-            raise KeyboardInterrupt
-        val = trainer.validate(module, datamodule=dm, verbose=False)[0]
-        test = trainer.test(module, datamodule=dm, verbose=False)[0]
+        trainer.fit(module, datamodule=dm, ckpt_path=str(last_ckpt) if resumed is not None else None)
+        stop.in_fit = False
+        if stop.signum is None and (trainer.interrupted or guard.interrupted):
+            stop.signum = signal.SIGINT
+        if stop.signum is None:
+            val = trainer.validate(module, datamodule=dm, verbose=False)[0]
+            test = trainer.test(module, datamodule=dm, verbose=False)[0]
     except (KeyboardInterrupt, SystemExit) as err:
-        if isinstance(err, SystemExit) and not guard.interrupted:
+        if isinstance(err, SystemExit) and not (guard.interrupted or stop.signum is not None):
             raise
-        # Lightning turns Ctrl-C into a graceful stop and SystemExit(1); the guard saw the interrupt
-        # and wrote the adapter; the last checkpoint is whatever ModelCheckpoint wrote last.
-        record.update(status="interrupted", seconds=round(time.time() - start, 1), steps=trainer.global_step,
-                      last_checkpoint=str(last_ckpt) if last_ckpt.is_file() else None)
-        _write_json(status_file, record)
-        print(f"signaldrift: interrupted at step {trainer.global_step}; {run_dir} is marked as interrupted "
-              f"(resume with: signaldrift train --name {name} --output {args.output} --resume)", file=sys.stderr)
-        return 130
+        stop.signum = stop.signum or signal.SIGINT
     except BaseException:
-        record.update(status="failed", seconds=round(time.time() - start, 1))
-        _write_json(status_file, record)
+        if not guard.stepped and resumed is not None:
+            write_record(run_dir, resumed)  # nothing was trained: the run stays as it was
+        elif not guard.stepped:
+            target.abort()  # nothing was trained: the old run (if any) is back, unchanged
+        else:
+            record.update(status="failed", seconds=round(time.time() - start, 1), steps=trainer.global_step)
+            write_record(run_dir, record)
         raise
-    seconds = time.time() - start
+    finally:
+        stop.in_fit = False
+    if stop.signum is not None:
+        return _interrupted(args, name, run_dir, last_ckpt, record, trainer, target, guard, stop.signum, start)
+    target.commit()
     verdict = advisor.verdict
-    record.update(status="finished", seconds=round(seconds, 1), val=_floats(val), test=_floats(test),
+    record.update(status="finished", seconds=round(time.time() - start, 1), val=_floats(val), test=_floats(test),
                   steps=trainer.global_step, precision=str(trainer.precision),
                   verdict=None if verdict is None else {"verdict": verdict.verdict, "evidence": verdict.evidence,
                                                         "suggestion": verdict.suggestion})
-    _write_json(status_file, record)
+    write_record(run_dir, record)
     if trainer.is_global_zero:
         print(_summary(record, monitor, advisor, run_dir, dm))
     return 0
 
 
-def _write_json(path: Path, data: dict) -> None:
-    """Atomic: a reader (or a second Ctrl-C) never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
+def _interrupted(args, name, run_dir, last_ckpt, record, trainer, target, guard, signum: int, start: float) -> int:
+    code = 128 + int(signum)
+    what = signal.Signals(signum).name
+    if not guard.stepped and target.old is not None:
+        target.abort()
+        print(f"signaldrift: {what} before the first training step; the existing run {run_dir} is unchanged",
+              file=sys.stderr)
+        return code
+    target.commit()
+    record.update(status="interrupted", signal=what, seconds=round(time.time() - start, 1), steps=trainer.global_step,
+                  last_checkpoint=str(last_ckpt) if last_ckpt.is_file() else None)
+    write_record(run_dir, record)
+    again = f"signaldrift train --name {shlex.quote(name)} --output {shlex.quote(str(args.output))} --resume"
+    if last_ckpt.is_file():
+        how = f"resume with: {again}"
+    else:
+        how = "no checkpoint was written yet, so it cannot be resumed; start it again with --overwrite"
+    print(f"signaldrift: {what} at step {trainer.global_step}; {run_dir} is marked as interrupted ({how})",
+          file=sys.stderr)
+    return code
 
 
-def _interrupt_guard():
-    """A callback that notes Ctrl-C (Lightning's on_exception with KeyboardInterrupt) and saves the adapter."""
+class StopSignals:
+    """Ctrl-C (SIGINT) and SIGTERM stop a run at the end of the current training step.
+
+    The first signal during training asks for a graceful stop: the step finishes, a checkpoint
+    and the adapter are written, ``run.json`` says ``interrupted``. A second signal, or one outside
+    training, stops at once (KeyboardInterrupt). The previous handlers are restored on exit.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.in_fit = False
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignals:
+        for sig in self.SIGNALS:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals to whoever owns them
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        first = self.signum is None
+        self.signum = self.signum or signum
+        if not (first and self.in_fit):
+            raise KeyboardInterrupt
+
+
+def _lifecycle_callback(stop: StopSignals, last_ckpt: Path):
+    """Stops at a step's end on a signal (checkpoint first), saves the adapter on any interrupt."""
     from lightning.pytorch import Callback
 
-    class InterruptGuard(Callback):
+    class RunLifecycle(Callback):
         interrupted = False
+        stepped = False
+        saved = False
+        on_first_step = None
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if not self.stepped:
+                self.stepped = True
+                if self.on_first_step is not None:
+                    self.on_first_step()  # the new run has trained: an overwritten old run may go now
+            if stop.signum is not None and not self.saved:
+                self._save(trainer)
+                trainer.should_stop = True
+
+        def _save(self, trainer) -> None:
+            last_ckpt.parent.mkdir(parents=True, exist_ok=True)
+            trainer.save_checkpoint(last_ckpt)
+            self.saved = True
 
         def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-            if isinstance(exception, KeyboardInterrupt):
+            from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+            if isinstance(exception, SIGTERMException) and self.stepped and not self.saved:
+                self._save(trainer)  # Lightning raises it between steps: the state is whole
+            if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
                 self.interrupted = True
-                if trainer.is_global_zero and hasattr(pl_module, "export_adapter"):
+                if self.stepped and trainer.is_global_zero and hasattr(pl_module, "export_adapter"):
                     pl_module.export_adapter()
 
-    return InterruptGuard()
+    return RunLifecycle()
+
+
+def _atomic_checkpoint_io():
+    """Lightning's checkpoint writer, through a temporary file and a rename, readable like any output."""
+    import torch
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+
+    return AtomicCheckpointIO()
 
 
 def _floats(d: dict) -> dict:
@@ -347,28 +563,56 @@ def report(args) -> int:
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise UsageError(f"run directory {run_dir} does not exist")
-    try:
-        record = read_run(run_dir)
-    except FileNotFoundError as err:
-        raise UsageError(str(err)) from None
-    status = run_dir / "run.json"
-    if status.is_file():
-        info = json.loads(status.read_text())
-        print(f"Run {info.get('name')}: {info.get('status')}; {info.get('lora', '')}")
-        if "test" in info and "test_acc" in info["test"]:
-            print(f"Held-out accuracy: {info['test']['test_acc']:.4f}")
+    info = read_record(run_dir) if (run_dir / RECORD_NAME).exists() else None  # corrupt: one line, exit 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            record = read_run(run_dir)
+        except FileNotFoundError as err:
+            raise UsageError(str(err)) from None
+    for w in caught:
+        print(f"signaldrift: warning: {w.message}", file=sys.stderr)
+    if info is not None:
+        status = live_status(info)
+        note = {"stale": f" (its process, pid {info.get('pid')} on {info.get('host')}, is gone: it died without "
+                         "a word; resume it with --resume)",
+                "running": " (still training)"}.get(status, "")
+        print(f"Run {info.get('name')}: {status}{note}; {info.get('lora', '')}")
+        test = info.get("test")
+        if isinstance(test, dict) and isinstance(test.get("test_acc"), (int, float)):
+            print(f"Held-out accuracy: {test['test_acc']:.4f}")
+    incomplete = getattr(record, "incomplete", None)
+    if incomplete:
+        files = ", ".join(f"{Path(f).name} ({n} records read)" for f, n in incomplete.items())
+        print(f"INCOMPLETE: {len(incomplete)} event file(s) were cut short or damaged: {files}; "
+              "the numbers below are from the records before the damage")
     print(format_report(record, args.window))
-    png = write_report_png(record, run_dir / "report.png")
+    png = atomic_write(run_dir / "report.png", lambda tmp: write_report_png(record, tmp))
     print(f"\nWrote {png}")
     return 0
 
 
+def given_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The destinations of the options written on the command line (abbreviations are off)."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
+    command = next((x for x in argv if x in sub.choices), None)
+    if command is None:
+        return set()
+    words = {x.split("=", 1)[0] for x in argv if x.startswith("-")}
+    return {a.dest for a in sub.choices[command]._actions if words & set(a.option_strings)}  # noqa: SLF001
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    given = given_flags(parser, argv)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # a Lightning-internal deprecation, not the user's
     try:
-        return {"train": train, "find-alpha": find_alpha_cmd, "report": report}[args.command](args)
+        if args.command == "report":
+            return report(args)
+        return {"train": train, "find-alpha": find_alpha_cmd}[args.command](args, given)
     except (UsageError, LoRAConfigError) as err:
         return _fail(str(err))
 

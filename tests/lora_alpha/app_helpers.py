@@ -65,3 +65,36 @@ def run_cli(*args: str, cwd: Path, env_extra: dict | None = None, timeout: int =
     env.update(extra)
     cmd = [sys.executable, "-c", "import sys; from lora_alpha.cli import main; sys.exit(main())", *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+_MANY = """
+import contextlib, io, json, sys
+from lora_alpha.cli import main
+results = []
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main(argv)
+        except SystemExit as exit_:
+            code = exit_.code
+    results.append([code, err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+def run_cli_many(argvs: list[list[str]], cwd: Path, timeout: int = 240) -> list[tuple[int, str]]:
+    """Several invocations of the command's entry point in one subprocess (one import of torch):
+    ``[(exit code, stderr)]``, for cases that are refused before any model loads."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore",
+               PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", _MANY, json.dumps(argvs)], cwd=cwd, env=env, capture_output=True,
+                         text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return [tuple(r) for r in json.loads(out.stdout.strip().splitlines()[-1])]
+
+
+def tree_state(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``folder`` with its bytes and mtime: equal before and after means untouched."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}

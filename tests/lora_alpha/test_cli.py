@@ -121,54 +121,6 @@ def test_find_alpha_bad_input(workspace, tmp_path, extra, message):
     assert not (tmp_path / "fa").exists()
 
 
-def test_ctrl_c_marks_the_run_interrupted_keeps_checkpoint_and_adapter_then_resumes(workspace):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from lora_alpha import load_adapter
-    from tests.lora_alpha.app_helpers import ROOT
-
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore",
-               PYTHONPATH=str(ROOT))
-    args = _train_args(workspace, "--name", "cc", "--checkpoint-every", "2")
-    args[args.index("--max-steps") + 1] = "100000"
-    # A suite started in the background (`make test &`, nohup) inherits SIGINT as ignored, and Python then installs
-    # no Ctrl-C handler in the child: give the child the default disposition, as in a terminal.
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from lora_alpha.cli import main; sys.exit(main())", *args],
-                            cwd=workspace, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    run = workspace / "runs" / "cc"
-    deadline = time.time() + 180
-    while not (run / "checkpoints" / "last.ckpt").is_file() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
-    try:
-        out, err = proc.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise AssertionError("the run did not stop after Ctrl-C") from None
-    assert proc.returncode == 130, err[-3000:]
-    assert "is marked as interrupted" in err and "Traceback" not in err
-    info = json.loads((run / "run.json").read_text())
-    assert info["status"] == "interrupted" and info["steps"] >= 2 and info["last_checkpoint"]
-    import torch
-
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert ckpt["global_step"] >= 2 and "SignalDriftMonitor" in str(list(ckpt["callbacks"]))
-    from transformers import AutoModelForSequenceClassification
-
-    model = AutoModelForSequenceClassification.from_pretrained(workspace / "bert")
-    load_adapter(model, run / "adapter")  # the adapter written at the interrupt loads
-    resumed = run_cli(*_train_args(workspace, "--name", "cc", "--resume", "--checkpoint-every", "2"), cwd=workspace)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    info = json.loads((run / "run.json").read_text())
-    assert info["status"] == "finished" and info["resumed"] == 1
-
-
 NUMERIC_FLAGS = {"--rank": int, "--batch-size": int, "--max-length": int, "--max-steps": int, "--epochs": int,
                  "--every-n-steps": int, "--probe-every": int, "--gap-every": int, "--checkpoint-every": int,
                  "--lr": float, "--head-lr": float, "--alpha": float}
@@ -202,7 +154,7 @@ def test_every_numeric_train_flag_is_checked_before_anything_runs():
         if flag in ("--lr", "--head-lr"):
             assert v >= 0 and math.isfinite(v)
         elif flag == "--alpha":
-            assert v >= 0 and math.isfinite(v)
+            assert v > 0 and math.isfinite(v)
         elif flag == "--max-steps":
             assert v > 0 or v == -1
         elif flag == "--checkpoint-every":

@@ -1,0 +1,196 @@
+"""Run directories: safe names, exclusive creation, overwrite by swap, and the ``run.json`` record.
+
+Guarantees (README, "What happens when things go wrong"):
+- a run name is one path component, so a run directory always lies inside ``--output``;
+- nothing of an existing run is touched before every input has been checked, and an overwrite
+  that fails before its first training step leaves the old run as it was;
+- ``run.json`` is written atomically and records the process (pid, host), so a run whose process
+  died without a word reads ``stale``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lora_alpha.errors import UsageError
+from lora_alpha.files import atomic_write_json
+
+RECORD_NAME = "run.json"
+STATUSES = ("running", "finished", "interrupted", "failed")
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def check_run_name(name: str) -> str:
+    """A run name is one path component: letters, digits, ``-``, ``_``, ``.``; not ``.`` or ``..``."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in (".", "..") or len(name) > 200:
+        raise UsageError(f"--name {name!r} is not a run name: use letters, digits, '-', '_' and '.' "
+                         "(one folder name, not '.' or '..', at most 200 characters)")
+    return name
+
+
+def default_run_name() -> str:
+    """``run-YYYYmmdd-HHMMSS-xxxxxx``: unique even for two runs started in the same second."""
+    return time.strftime("run-%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+def check_output_dir(output: str | os.PathLike, flag: str = "--output") -> Path:
+    """Prove that ``output`` is, or can become, a writable folder; create nothing.
+
+    Called before any model loads, so that a bad ``--output`` costs the user nothing.
+    """
+    out = Path(output)
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "is a file" if existing == out else f"lies under {str(existing)!r}, which is a file"
+        raise UsageError(f"{flag} {str(out)!r} {what}; pass a folder")
+    try:
+        probe = existing / f".write-test-{secrets.token_hex(4)}"
+        probe.touch(exist_ok=False)
+        probe.unlink()
+    except OSError as err:
+        raise UsageError(f"{flag} {str(out)!r} is not writable ({err.strerror or err}); pass a folder you can "
+                         "write to") from None
+    return out
+
+
+@dataclass
+class RunDir:
+    """A run directory being created: ``path`` is where the run lives once :meth:`commit` ran.
+
+    A new run is created exclusively at ``path``. An overwrite builds the new run in a fresh
+    hidden folder beside the old one; :meth:`swap_in` moves the old run aside and the new one in
+    (two renames), :meth:`commit` deletes the old run (after the first training step), and
+    :meth:`abort` restores the old run.
+    """
+
+    path: Path
+    staged: Path | None = None  # the new run while it is being built beside the old one
+    old: Path | None = None  # the old run, moved aside until commit
+    created: bool = False  # this process made ``path`` (abort may remove it); False for a resumed run
+
+    @classmethod
+    def create(cls, output: Path, name: str, overwrite: bool) -> RunDir:
+        output.mkdir(parents=True, exist_ok=True)
+        path = output / name
+        if overwrite and path.exists():
+            staged = Path(_mkdtemp(output, f".{name}.new-"))
+            return cls(path, staged=staged, created=True)
+        try:
+            path.mkdir()
+        except FileExistsError:
+            raise UsageError(f"run directory {path} exists; pass another --name, --overwrite, or --resume") from None
+        return cls(path, created=True)
+
+    @property
+    def build_path(self) -> Path:
+        """Where files go before :meth:`swap_in`."""
+        return self.staged if self.staged is not None else self.path
+
+    def swap_in(self) -> None:
+        if self.staged is None:
+            return
+        self.old = Path(_mkdtemp(self.path.parent, f".{self.path.name}.old-"))
+        os.replace(self.path, self.old / "run")  # the old run, kept whole until commit
+        os.replace(self.staged, self.path)
+        self.staged = None
+
+    def commit(self) -> None:
+        if self.old is not None:
+            shutil.rmtree(self.old, ignore_errors=True)
+            self.old = None
+
+    def abort(self) -> None:
+        """Undo: the new run's files go, the old run (if any) is back where it was."""
+        if self.staged is not None:
+            shutil.rmtree(self.staged, ignore_errors=True)
+            self.staged = None
+        elif self.old is not None:
+            trash = Path(_mkdtemp(self.path.parent, f".{self.path.name}.failed-"))
+            os.replace(self.path, trash / "run")
+            os.replace(self.old / "run", self.path)
+            shutil.rmtree(trash, ignore_errors=True)
+            shutil.rmtree(self.old, ignore_errors=True)
+            self.old = None
+        elif self.created:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _mkdtemp(parent: Path, prefix: str) -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(dir=parent, prefix=prefix)
+
+
+# ----------------------------------------------------------------------------- run.json
+def new_record(name: str, config: dict[str, Any], lora: str) -> dict[str, Any]:
+    return {"status": "running", "name": name, "config": config, "lora": lora, **process_info()}
+
+
+def process_info() -> dict[str, Any]:
+    pid = os.getpid()
+    return {"pid": pid, "pid_start": _start_ticks(pid), "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def write_record(run_dir: Path, record: dict[str, Any]) -> None:
+    atomic_write_json(run_dir / RECORD_NAME, record)
+
+
+def read_record(run_dir: Path) -> dict[str, Any]:
+    """``run.json`` as a dict; a missing, unreadable or corrupt file is one UsageError naming it."""
+    path = Path(run_dir) / RECORD_NAME
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{path} does not exist; is {run_dir} a run directory?") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"cannot read {path}: {err}") from None
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{path} is corrupt (not JSON: {err.msg} at line {err.lineno}); "
+                         "the run's logs and adapter are still there") from None
+    if not isinstance(record, dict) or record.get("status") not in STATUSES:
+        raise UsageError(f"{path} is corrupt: expected a JSON object with a status in {list(STATUSES)}")
+    return record
+
+
+def live_status(record: dict[str, Any]) -> str:
+    """The recorded status, except that ``running`` whose process is gone on this host reads ``stale``."""
+    status = record.get("status")
+    if status != "running":
+        return str(status)
+    pid, host = record.get("pid"), record.get("host")
+    if host != socket.gethostname() or not isinstance(pid, int):
+        return "running"  # another machine's process (or an older record): cannot tell from here
+    if not _alive(pid):
+        return "stale"
+    recorded, now = record.get("pid_start"), _start_ticks(pid)
+    return "stale" if recorded is not None and now is not None and recorded != now else "running"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _start_ticks(pid: int) -> int | None:
+    """The process's start time (Linux), so that a reused pid is not taken for the run's process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rpartition(")")[2].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
