@@ -99,9 +99,13 @@ def test_spectral_suppression_against_dense_chain_rule():
     ref = float((gA * gA).sum() + (gB * gB).sum()) / float((G * G).sum())
     assert math.isclose(got.spectral_gain, ref, rel_tol=1e-12)
     assert math.isclose(got.spectral_suppression, 1 / ref, rel_tol=1e-12)
-    # Gain scales with s^2 at fixed factors.
-    got2 = spectral_suppression(2 * gA, 2 * gB, g2)
+    # Gain scales with s^2 at fixed factors: the factor gradients at scale 2s, by autograd on the
+    # LoRA path (not the reference's own formula), against the same G.
+    Ap, Bp = A.clone().requires_grad_(), B.clone().requires_grad_()
+    (Gout * (2 * s * X @ Ap.T @ Bp.T)).sum().backward()
+    got2 = spectral_suppression(Ap.grad, Bp.grad, g2)
     assert math.isclose(got2.spectral_gain, 4 * got.spectral_gain, rel_tol=1e-12)
+    assert math.isclose(got2.spectral_suppression, got.spectral_suppression / 4, rel_tol=1e-12)
 
 
 def test_full_grad_norm_both_forms_agree():
