@@ -1,5 +1,5 @@
 """lora_alpha: LoRA layers with the scaling rule in one place, injection, and PEFT-format adapters."""
-from lora_alpha.adapters import AdapterMismatchError, load_adapter, save_adapter
+from lora_alpha.adapters import AdapterFileError, AdapterMismatchError, load_adapter, save_adapter
 from lora_alpha.finder import AlphaFinderResult, find_alpha
 from lora_alpha.inject import (
     InjectSummary,
@@ -13,7 +13,7 @@ from lora_alpha.layers import LoRALinear
 from lora_alpha.scaling import RULES, SQRT_LAW_C, LoRAConfigError, default_alpha, recommended_alpha, scale
 
 __all__ = [
-    "RULES", "SQRT_LAW_C", "AdapterMismatchError", "AlphaFinderResult", "InjectSummary", "LoRAConfigError", "LoRALinear",
+    "RULES", "SQRT_LAW_C", "AdapterFileError", "AdapterMismatchError", "AlphaFinderResult", "InjectSummary", "LoRAConfigError", "LoRALinear",
     "adapters_disabled", "default_alpha", "find_alpha", "inject", "load_adapter", "lora_layers", "merge_adapters",
     "recommended_alpha", "save_adapter", "scale", "unmerge_adapters",
 ]

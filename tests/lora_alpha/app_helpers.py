@@ -72,23 +72,23 @@ import contextlib, io, json, sys
 from lora_alpha.cli import main
 results = []
 for argv in json.loads(sys.argv[1]):
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         try:
             code = main(argv)
         except SystemExit as exit_:
             code = exit_.code
-    results.append([code, err.getvalue()])
+    results.append([code, [err.getvalue(), out.getvalue()] if sys.argv[2] == "1" else err.getvalue()])
 print(json.dumps(results))
 """
 
 
-def run_cli_many(argvs: list[list[str]], cwd: Path, timeout: int = 240) -> list[tuple[int, str]]:
+def run_cli_many(argvs: list[list[str]], cwd: Path, timeout: int = 240, capture_stdout: bool = False) -> list[tuple]:
     """Several invocations of the command's entry point in one subprocess (one import of torch):
-    ``[(exit code, stderr)]``, for cases that are refused before any model loads."""
+    ``[(exit code, stderr)]`` (``[(exit code, (stderr, stdout))]`` with ``capture_stdout``)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore",
                PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, "-c", _MANY, json.dumps(argvs)], cwd=cwd, env=env, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", _MANY, json.dumps(argvs), "1" if capture_stdout else "0"], cwd=cwd, env=env, capture_output=True,
                          text=True, timeout=timeout)
     assert out.returncode == 0, out.stderr[-3000:]
     return [tuple(r) for r in json.loads(out.stdout.strip().splitlines()[-1])]

@@ -107,3 +107,42 @@ def test_huge_labels_are_labels(tmp_path):
     assert dm.labels[:2] == ["-3", "1"] and set(dm.labels[2:]) == {huge, "z" * 100_000}
     dm.setup()
     assert sorted({int(r["labels"]) for split in dm.splits.values() for r in split.rows}) <= [0, 1, 2, 3]
+
+
+def test_integer_valued_labels_are_one_class_and_missing_labels_name_the_line(tmp_path):
+    from lora_alpha.data import TextClassificationDataModule
+    from tests.lora_alpha.app_helpers import tokenizer_path
+
+    csv_path = tmp_path / "d.csv"
+    csv_path.write_text("text,label\na,0\nb,0.0\nc,1\nd,1.00\ne, 1 \n")
+    dm = TextClassificationDataModule(tokenizer_path(), csv_path)
+    assert dm.labels == ["0", "1"]
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text('{"text": "a", "label": 0}\n{"text": "b", "label": 1.0}\n{"text": "c", "label": 0.0}\n')
+    assert TextClassificationDataModule(tokenizer_path(), jsonl).labels == ["0", "1"]
+    for content, line, shown in (('{"text": "a", "label": 0}\n\n{"text": "b", "label": null}\n', 3, "None"),
+                                 ('{"text": "a", "label": 0}\n{"text": "b", "label": NaN}\n', 2, "nan")):
+        jsonl.write_text(content)
+        with pytest.raises(UsageError, match=rf"d.jsonl:{line} has no label in column 'label' \(got {shown}\)"):
+            TextClassificationDataModule(tokenizer_path(), jsonl)
+    csv_path.write_text("text,label\na,0\nb,NaN\n")
+    with pytest.raises(UsageError, match=r"d.csv:3 has no label"):
+        TextClassificationDataModule(tokenizer_path(), csv_path)
+
+
+def test_sizes_cap_file_splits_and_causal_lm_takes_a_test_file(tmp_path):
+    import json
+
+    from lora_alpha.data import CausalLMDataModule, TextClassificationDataModule
+    from tests.lora_alpha.app_helpers import tokenizer_path, write_csv
+
+    write_csv(tmp_path / "d.csv", n=40)
+    dm = TextClassificationDataModule(tokenizer_path(), tmp_path / "d.csv", train_size=5, eval_size=2)
+    dm.setup()
+    assert {k: len(v) for k, v in dm.splits.items()} == {"train": 5, "val": 2, "test": 2}
+    lines = "\n".join(json.dumps({"text": f"line number {i} of the play"}) for i in range(20))
+    (tmp_path / "lm.jsonl").write_text(lines)
+    (tmp_path / "t.jsonl").write_text(json.dumps({"text": "the test line"}) + "\n")
+    lm = CausalLMDataModule(tokenizer_path(), tmp_path / "lm.jsonl", test_file=tmp_path / "t.jsonl", train_size=7)
+    lm.setup()
+    assert len(lm.splits["train"]) == 7 and len(lm.splits["test"]) == 1 and len(lm.splits["val"]) == 2

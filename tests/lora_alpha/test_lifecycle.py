@@ -327,3 +327,30 @@ def test_report_says_stale_for_a_dead_process_and_refuses_a_corrupt_record(works
     assert results[0][0] == 2 and f"{corrupt / 'run.json'} is corrupt (not JSON" in results[0][1]
     assert results[1][0] == 2 and f"{listed / 'run.json'} is corrupt: expected a JSON object" in results[1][1]
     assert all(err.count("signaldrift: error:") == 1 and "Traceback" not in err for _, err in results)
+
+
+def test_report_shows_a_dead_run_as_stale_and_a_damaged_event_file_as_incomplete(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    from lora_alpha.runs import process_info
+
+    runs = {}
+    for name in ("stale", "cut"):
+        run = tmp_path / name
+        writer = SummaryWriter(str(run))
+        for step in range(1, 21):
+            writer.add_scalar("signaldrift/layer.q/drift_ratio", 0.01 * step, step)
+        writer.close()
+        (run / "run.json").write_text(json.dumps({"status": "running", "name": name, **process_info(),
+                                                   "pid": dead.pid}))
+        runs[name] = run
+    events = next(runs["cut"].glob("events.out.tfevents.*"))
+    data = events.read_bytes()
+    events.write_bytes(data[: len(data) - 30])
+    (stale, stale_err), (cut, cut_err) = run_cli_many([["report", str(runs["stale"])], ["report", str(runs["cut"])]],
+                                                      cwd=tmp_path, capture_stdout=True)
+    assert stale == 0 and "Run stale: stale (its process" in stale_err[1] and "INCOMPLETE" not in stale_err[1]
+    assert cut == 0 and "INCOMPLETE: 1 event file(s) were cut short or damaged" in cut_err[1]
+    assert f"signaldrift: warning: event file {events}" in cut_err[0]
