@@ -14,12 +14,11 @@ can be run in pieces.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 from pathlib import Path
 
-from common import RESULTS, bootstrap_diff, md_table, mean_std, train_minilm, write_results
+from common import RESULTS, bootstrap_diff, md_table, mean_std, stored_runs, train_minilm, write_results
 
 ALPHAS = (8.0, 16.0, 64.0, 256.0, 1024.0)
 LRS = (1e-4, 3e-4, 1e-3, 3e-3)
@@ -121,9 +120,7 @@ def main(argv=None) -> None:
     steps, train_size, eval_size = (args.steps, args.train_size, args.eval_size) if not args.quick else (2, 32, 16)
     name = "alpha_vs_lr" + ("_quick" if args.quick else "")
     out_dir = args.out or RESULTS
-    existing = out_dir / f"{name}.json"
-    runs = json.loads(existing.read_text())["runs"] if existing.is_file() and not args.quick else []
-    done = {(r["alpha"], r["lr"], r["seed"]) for r in runs}
+    runs, done = stored_runs(out_dir, name, lambda r: (r["alpha"], r["lr"], r["seed"]), fresh=args.quick)
     config = {"steps": steps, "train_size": train_size, "eval_size": eval_size, "head_lr": args.head_lr,
               "targets": args.targets, "rank": 8, "rule": "standard"}
     for seed in range(seeds):  # seed-major: a partial grid still covers every cell once

@@ -9,6 +9,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Hashable, Iterable
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -55,6 +56,22 @@ def write_results(name: str, payload: dict, table_md: str, out_dir: Path | None 
               f"{', ' + m['cuda'] if m['cuda'] else ''}; {m['date']}, commit {m['commit']}.\n\n")
     md.write_text(header + table_md.rstrip() + "\n")
     return js, md
+
+
+def stored_runs(out_dir: Path, name: str, key: Callable[[dict], Hashable], *, fresh: bool = False,
+                extra: Iterable[dict] = ()) -> tuple[list[dict], set]:
+    """The runs already in ``out_dir/<name>.json`` and the set of their ``key``s, so a rerun skips those cells.
+
+    ``fresh``: ignore the file (quick modes start empty). ``extra``: runs from elsewhere (another result
+    file, a grid that ran the same cells) added where their key is not stored yet."""
+    path = out_dir / f"{name}.json"
+    runs = json.loads(path.read_text())["runs"] if path.is_file() and not fresh else []
+    done = {key(r) for r in runs}
+    for r in extra:
+        if key(r) not in done:
+            runs.append(r)
+            done.add(key(r))
+    return runs, done
 
 
 def save_figure(fig, path: Path) -> None:

@@ -27,7 +27,7 @@ import math
 import statistics
 from pathlib import Path
 
-from common import RESULTS, md_table, save_figure, train_minilm, write_results
+from common import RESULTS, md_table, save_figure, stored_runs, train_minilm, write_results
 from signaldrift.regime import regime_verdict
 
 RANK = 8  # the grid's LoRA rank (standard rule: scale = alpha / r)
@@ -180,9 +180,7 @@ def main(argv=None) -> None:
     steps, train_size, eval_size, every = (63, 2000, 1000, args.gap_every) if not args.quick else (3, 16, 8, 1)
     name = "gap_calibration" + ("_quick" if args.quick else "")
     out_dir = args.out or RESULTS
-    existing = out_dir / f"{name}.json"
-    runs = json.loads(existing.read_text())["runs"] if existing.is_file() and not args.quick else []
-    done = {(r["alpha"], r["lr"], r["seed"]) for r in runs}
+    runs, done = stored_runs(out_dir, name, lambda r: (r["alpha"], r["lr"], r["seed"]), fresh=args.quick)
     current = {"GAP_TOO_SMALL": regime.GAP_TOO_SMALL, "GAP_TOO_AGGRESSIVE": regime.GAP_TOO_AGGRESSIVE,
                "margin": args.margin}
     config = {"steps": steps, "train_size": train_size, "eval_size": eval_size, "head_lr": 3e-3,

@@ -25,7 +25,7 @@ import json
 import statistics
 from pathlib import Path
 
-from common import RESULTS, bootstrap_paired, md_table, mean_std, save_figure, train_minilm, write_results
+from common import RESULTS, bootstrap_paired, md_table, mean_std, save_figure, stored_runs, train_minilm, write_results
 
 USUAL_LR = 5e-4
 TARGET_ACC = 0.70  # between the majority class (0.53) and the best cells of the alpha x lr grid (~0.75)
@@ -145,12 +145,8 @@ def main(argv=None) -> None:
         (63, 2000, 1000, 9, 320, 32) if not args.quick else (2, 16, 16, 1, 8, 8))
     out_dir = args.out or RESULTS
     name = "lora_alpha_vs_baselines" + ("_quick" if args.quick else "")
-    existing = out_dir / f"{name}.json"
-    runs = json.loads(existing.read_text())["runs"] if existing.is_file() and not args.quick else []
-    if args.merge:
-        have = {(r["key"], r["seed"]) for r in runs}
-        runs += [r for r in json.loads(args.merge.read_text())["runs"] if (r["key"], r["seed"]) not in have]
-    done = {(r["key"], r["seed"]) for r in runs}
+    runs, done = stored_runs(out_dir, name, lambda r: (r["key"], r["seed"]), fresh=args.quick,
+                             extra=json.loads(args.merge.read_text())["runs"] if args.merge else ())
     todo = [(seed, rank, m) for seed in range(seeds) for rank in ranks for m in methods(rank, DEFAULT_LR)]
     if args.quick:
         todo = todo[:2]

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from common import RESULTS, md_table, save_figure, train_minilm, write_results
+from common import RESULTS, md_table, save_figure, stored_runs, train_minilm, write_results
 
 from lora_alpha.finder import refine_log_argmin
 
@@ -175,11 +175,8 @@ def run_minilm(args, quick: bool, out_dir: Path, name: str) -> dict:
     alphas = list(MINILM_ALPHAS) if not quick else [64.0, 1024.0]
     seeds = args.minilm_seeds if not quick else 1
     steps, train_size, eval_size = (63, 2000, 1000) if not quick else (2, 32, 16)
-    existing = out_dir / f"{name}.json"
-    runs = json.loads(existing.read_text())["runs"] if existing.is_file() and not quick else []
-    if not quick and not runs:
-        runs = _reused_cells(seeds)
-    done = {(r["rank"], r["alpha"], r["seed"]) for r in runs}
+    runs, done = stored_runs(out_dir, name, lambda r: (r["rank"], r["alpha"], r["seed"]), fresh=quick,
+                             extra=() if quick else _reused_cells(seeds))
     config = {"steps": steps, "train_size": train_size, "eval_size": eval_size, "head_lr": 3e-3, "lr": MINILM_LR,
               "targets": "query,value", "rule": "standard", "alphas": alphas, "ranks": ranks, "seeds": seeds}
     for seed in range(seeds):
