@@ -1,4 +1,4 @@
-"""signaldrift: the Signal-Drift math (the project's definitions, see README "The numbers") as pure torch functions.
+"""signaldrift: the Signal-Drift math (the project's definitions: docs/metrics.md) as pure torch functions.
 
 Tensors in, small frozen dataclasses out; no Lightning, no logging, no printing.
 """

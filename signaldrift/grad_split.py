@@ -1,4 +1,4 @@
-"""Section 3: the factor gradients in weight space, split along the learned task subspace."""
+"""docs/metrics.md §3: the factor gradients in weight space, split along the learned task subspace."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -55,15 +55,15 @@ def grad_split(
     top_k: int | None = None,
     svd: LowRankSVD | None = None,
 ) -> GradSplit | None:
-    """Section 3 for one layer; None while dW is numerically zero (nothing learned yet).
+    """docs/metrics.md §3 for one layer; None while dW is numerically zero (nothing learned yet).
 
     Args:
         A: (r, n), B: (m, r) current factors; grad_A, grad_B: their gradients (same shapes).
         scale: the layer's live scale ``s``.
         A0, B0: factors at fit start (define ``dW``).
         top_k: subspace size; default r, never more than dW's numerical rank.
-        svd: dW's factored SVD as section 1 returns it (``update_spectrum(...).svd``), to avoid a
-            second one. It carries section 1's decision that dW is numerically zero (``S`` all
+        svd: dW's factored SVD as docs/metrics.md §1 returns it (``update_spectrum(...).svd``), to avoid a
+            second one. It carries §1's decision that dW is numerically zero (``S`` all
             zero), which is honoured here: pass that SVD, not a raw ``lowrank_svd`` of dW.
 
     Raises:

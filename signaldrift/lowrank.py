@@ -1,4 +1,4 @@
-"""Section 0: the factored SVD and Frobenius algebra of low-rank products ``L @ R``.
+"""docs/metrics.md §0: the factored SVD and Frobenius algebra of low-rank products ``L @ R``.
 
 Every quantity in this package is a product with a small inner dimension k (at most 2r).
 These helpers never form the (m, n) product: cost O((m + n) k^2 + k^3).
@@ -104,8 +104,8 @@ def update_factors(
 
     With no snapshot, or a zero ``B0`` or ``A0`` (the usual init), this is ``(s B, A)`` with
     inner dimension r, in float32 at least; otherwise ``([s B, -s B0], [A; A0])`` with inner
-    dimension 2r, always in float64 (the two products cancel to the update: signal-drift.md
-    section 3, v2).
+    dimension 2r, always in float64 (the two products cancel to the update: docs/metrics.md
+    §0).
 
     Args:
         A: (r, n), B: (m, r) current factors; A0, B0: the same at fit start.

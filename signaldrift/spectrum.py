@@ -1,4 +1,4 @@
-"""Section 1: the spectrum of the learned update ``dW = s (B A - B0 A0)`` of one layer."""
+"""docs/metrics.md §1: the spectrum of the learned update ``dW = s (B A - B0 A0)`` of one layer."""
 from __future__ import annotations
 
 import math
@@ -36,7 +36,7 @@ class UpdateSpectrum:
 
     @property
     def numerically_zero(self) -> bool:
-        """dW is (numerically) zero: nothing learned yet; section 3 is undefined."""
+        """dW is (numerically) zero: nothing learned yet; docs/metrics.md §3 is undefined."""
         return self.delta_norm == 0.0
 
 
@@ -79,7 +79,7 @@ def update_spectrum(
     A0: Tensor | None = None,
     B0: Tensor | None = None,
 ) -> UpdateSpectrum:
-    """Section 1 for one layer, by the factored SVD of ``dW = s (B A - B0 A0)``.
+    """docs/metrics.md §1 for one layer, by the factored SVD of ``dW = s (B A - B0 A0)``.
 
     Args:
         A: (r, n) current down-projection.

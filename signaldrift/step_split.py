@@ -1,4 +1,4 @@
-"""Section 2: one optimizer step split into task signal ``S`` and bilinear drift ``D``."""
+"""docs/metrics.md §2: one optimizer step split into task signal ``S`` and bilinear drift ``D``."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,4 @@
-"""Section 4: spectral suppression, how much of the full-weight gradient LoRA's factors pass on."""
+"""docs/metrics.md §4: spectral suppression, how much of the full-weight gradient LoRA's factors pass on."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,7 +23,7 @@ class SpectralSuppression:
 
 
 def spectral_suppression(grad_A: Tensor, grad_B: Tensor, full_grad_sq_norm: float) -> SpectralSuppression:
-    """Section 4 from the factor gradients and ``||G||_F^2`` of the full-weight gradient.
+    """docs/metrics.md §4 from the factor gradients and ``||G||_F^2`` of the full-weight gradient.
 
     Args:
         grad_A: (r, n) gradient of A (``s B^T G``).
