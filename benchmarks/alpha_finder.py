@@ -122,7 +122,7 @@ def main(argv=None) -> None:
               + ". (Seconds are wall-clock on this machine, which ran other benchmarks at the same time; steps are not"
               " affected by load.)\n")
     write_results(name, {"config": {"steps": steps, "eval_batches": eval_batches, **sizes}, "runs": runs,
-                         "summary": summary}, table, out_dir)
+                         "summary": summary}, table, out_dir, reanalysis=args.reanalyse)
     _plot(runs, out_dir / f"{name}.png")
     print(table)
 

@@ -9,6 +9,7 @@ Cells are saved as they finish; a rerun skips the cells already in the result fi
 can be run in pieces.
 
     python benchmarks/alpha_vs_lr.py                 # full grid: 5 alphas x 4 lrs x 3 seeds
+    python benchmarks/alpha_vs_lr.py --reanalyse     # tables and figure from the stored runs, no training
     python benchmarks/alpha_vs_lr.py --quick         # seconds, for the test suite
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import math
 import statistics
 from pathlib import Path
 
-from common import RESULTS, bootstrap_diff, md_table, mean_std, stored_runs, train_minilm, write_results
+from common import RESULTS, bootstrap_diff, md_table, mean_std, save_figure, stored_runs, train_minilm, write_results
 
 ALPHAS = (8.0, 16.0, 64.0, 256.0, 1024.0)
 LRS = (1e-4, 3e-4, 1e-3, 3e-3)
@@ -100,9 +101,7 @@ def heatmap(runs: list[dict], alphas, lrs, path: Path) -> None:
     ax.set_ylabel("alpha (standard rule, r=8)")
     ax.set_title("held-out accuracy (mean over seeds)")
     fig.colorbar(im)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> None:
@@ -115,6 +114,7 @@ def main(argv=None) -> None:
     p.add_argument("--head-lr", type=float, default=3e-3, help="the classifier head's own lr (0: same as the factors)")
     p.add_argument("--targets", default="query,value")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--reanalyse", action="store_true", help="no training: tables and figure from the stored runs")
     args = p.parse_args(argv)
     alphas, lrs, seeds = (ALPHAS, LRS, args.seeds) if not args.quick else ((16.0, 64.0), (1e-3,), 1)
     steps, train_size, eval_size = (args.steps, args.train_size, args.eval_size) if not args.quick else (2, 32, 16)
@@ -126,7 +126,7 @@ def main(argv=None) -> None:
     for seed in range(seeds):  # seed-major: a partial grid still covers every cell once
         for a in alphas:
             for lr in lrs:
-                if (a, lr, seed) in done:
+                if args.reanalyse or (a, lr, seed) in done:
                     continue
                 r = train_minilm(rank=8, alpha=a, rule="standard", lr=lr, head_lr=args.head_lr or lr,
                                  targets=tuple(args.targets.split(",")), max_steps=steps, batch_size=32 if not args.quick else 16,
@@ -137,7 +137,7 @@ def main(argv=None) -> None:
                 text, answers = analyse(runs, alphas, lrs, seeds)
                 write_results(name, {"config": config, "runs": runs, "answers": answers}, text, args.out)
     text, answers = analyse(runs, alphas, lrs, seeds)
-    write_results(name, {"config": config, "runs": runs, "answers": answers}, text, args.out)
+    write_results(name, {"config": config, "runs": runs, "answers": answers}, text, args.out, reanalysis=args.reanalyse)
     heatmap(runs, alphas, lrs, out_dir / f"{name}.png")
     print(text)
 

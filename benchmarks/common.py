@@ -45,15 +45,25 @@ def _git(*args: str) -> str | None:
         return None
 
 
-def write_results(name: str, payload: dict, table_md: str, out_dir: Path | None = None) -> tuple[Path, Path]:
+def write_results(name: str, payload: dict, table_md: str, out_dir: Path | None = None, *,
+                  reanalysis: bool = False) -> tuple[Path, Path]:
+    """Write ``<name>.json`` (``payload`` with the machine) and ``<name>.md`` (a machine line, then ``table_md``).
+
+    ``reanalysis``: the tables were recomputed from the stored runs, so the files keep the machine, date
+    and commit that measured them and add where the tables were recomputed."""
     out_dir = out_dir or RESULTS
     out_dir.mkdir(parents=True, exist_ok=True)
     js, md = out_dir / f"{name}.json", out_dir / f"{name}.md"
-    payload = {"machine": machine(), **payload}
+    m = machine()
+    if reanalysis and js.is_file():
+        here = {"date": m["date"], "commit": m["commit"]}
+        m = {k: v for k, v in json.loads(js.read_text())["machine"].items() if k != "reanalysed"} | {"reanalysed": here}
+    payload = {"machine": m, **payload}
     js.write_text(json.dumps(payload, indent=2) + "\n")
     m = payload["machine"]
+    again = f"; tables recomputed {m['reanalysed']['date']}, commit {m['reanalysed']['commit']}" if "reanalysed" in m else ""
     header = (f"# {name}\n\nMachine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}"
-              f"{', ' + m['cuda'] if m['cuda'] else ''}; {m['date']}, commit {m['commit']}.\n\n")
+              f"{', ' + m['cuda'] if m['cuda'] else ''}; {m['date']}, commit {m['commit']}{again}.\n\n")
     md.write_text(header + table_md.rstrip() + "\n")
     return js, md
 

@@ -188,7 +188,8 @@ def main(argv=None) -> None:
 
     def save() -> dict:
         text, result = analyse(runs, labels, current)
-        write_results(name, {"config": config, "thresholds": current, "runs": runs, **result}, text, args.out)
+        write_results(name, {"config": config, "thresholds": current, "runs": runs, **result}, text, args.out,
+                      reanalysis=args.reanalyse)
         return result
 
     for seed in range(seeds):

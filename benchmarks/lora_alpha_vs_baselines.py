@@ -175,7 +175,8 @@ def main(argv=None) -> None:
     table += (f"\n\nSame budget for all: {steps} steps of batch {batch} on {train_size} snippets, LoRA on query/value, head "
               f"lr 3e-3; held-out accuracy on {eval_size} test snippets; learning curve every {curve_every} steps on "
               f"{curve_size} validation snippets. LoRA-α: alpha = c sqrt(r), lr {DEFAULT_LR:g}; usual lr {USUAL_LR:g}.\n")
-    write_results(name, {"config": config, "runs": runs, "summary": summary, "comparisons": comparisons}, table, out_dir)
+    write_results(name, {"config": config, "runs": runs, "summary": summary, "comparisons": comparisons}, table, out_dir,
+                  reanalysis=args.reanalyse)
     curves_png(runs, ranks, out_dir / f"{name}.png")
     print(table)
 

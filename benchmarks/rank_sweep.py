@@ -15,6 +15,7 @@ because c depends on the task's units (lr, width) while p is what the square-roo
 
     python benchmarks/rank_sweep.py --task synthetic   # ~12 min
     python benchmarks/rank_sweep.py --task minilm      # ~50 min, resumable
+    python benchmarks/rank_sweep.py --reanalyse        # fits and tables from the stored results, no training
     python benchmarks/rank_sweep.py --quick            # seconds, both halves tiny, for the test suite
 """
 from __future__ import annotations
@@ -157,6 +158,14 @@ def run_synthetic(args, quick: bool) -> dict:
                       f"{teachers} teachers x {seeds} seeds")}
 
 
+def refit_synthetic(stored: dict) -> dict:
+    """The synthetic half's fits again from its stored per-replicate alpha* (no training)."""
+    results = {lr: {**res, **fit_summary({int(r): v for r, v in res["per_replicate"].items()},
+                                         [int(r) for r in res["per_replicate"]])}
+               for lr, res in stored["results"].items()}
+    return {k: v for k, v in stored.items() if k != "machine"} | {"results": results}
+
+
 def _reused_cells(seeds: int) -> list[dict]:
     """r=8 cells of the committed alpha x lr grid that match this sweep's configuration exactly."""
     path = RESULTS / "alpha_vs_lr.json"
@@ -182,7 +191,7 @@ def run_minilm(args, quick: bool, out_dir: Path, name: str) -> dict:
     for seed in range(seeds):
         for r in ranks:
             for a in alphas:
-                if (r, a, seed) in done:
+                if args.reanalyse or (r, a, seed) in done:
                     continue
                 res = train_minilm(rank=r, alpha=a, rule="standard", lr=MINILM_LR, head_lr=3e-3, targets=("query", "value"),
                                    max_steps=steps, batch_size=32 if not quick else 16, train_size=train_size,
@@ -240,7 +249,7 @@ def cross_check(law: dict, target: dict) -> dict:
             "p_law_inside_target_ci": target["p_ci95"][0] <= law["p"] <= target["p_ci95"][1]}
 
 
-def summarise(syn: dict, mini: dict, out_dir: Path, name: str) -> str:
+def summarise(syn: dict, mini: dict, out_dir: Path, name: str, reanalysis: bool = False) -> str:
     rows = _law_table(syn) + _law_table(mini)
     table = md_table(["task", "lr", "c", "c 95% CI", "p", "p 95% CI", "c at p=0.5 [95% CI]", "alpha* at grid edge",
                       "alpha*(r) (geometric mean over replicates)"], rows)
@@ -263,7 +272,7 @@ def summarise(syn: dict, mini: dict, out_dir: Path, name: str) -> str:
                  f"[{chk['p_target_ci95'][0]:.2f}, {chk['p_target_ci95'][1]:.2f}]: "
                  + ("inside" if chk["p_law_inside_target_ci"] else "outside") + " its interval.\n")
     write_results(name, {"synthetic": {k: v for k, v in syn.items() if k != "notes"}, "minilm_law": mini_res,
-                         "cross_check": checks}, text, out_dir)
+                         "cross_check": checks}, text, out_dir, reanalysis=reanalysis)
     _plot({f"synthetic lr {float(lr):g}": res for lr, res in syn["results"].items()} | {f"MiniLM lr {MINILM_LR:g}": mini_res},
           out_dir / f"{name}.png")
     return text
@@ -279,20 +288,23 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", type=int, default=2, help="synthetic seeds per teacher")
     p.add_argument("--minilm-seeds", type=int, default=2)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--reanalyse", action="store_true", help="no training: fits, tables and figure from the stored results")
     args = p.parse_args(argv)
     out_dir = args.out or RESULTS
     sfx = "_quick" if args.quick else ""
     syn_name, mini_name, name = f"rank_sweep_synthetic{sfx}", f"rank_sweep_minilm{sfx}", f"rank_sweep{sfx}"
     if args.task in ("synthetic", "both"):
-        syn = run_synthetic(args, args.quick)
+        syn = (refit_synthetic(json.loads((out_dir / f"{syn_name}.json").read_text())) if args.reanalyse
+               else run_synthetic(args, args.quick))
         write_results(syn_name, syn, md_table(["task", "lr", "c", "c 95% CI", "p", "p 95% CI", "c at p=0.5 [95% CI]", "alpha* at grid edge",
-                                               "alpha*(r)"], _law_table(syn)) + "\n\n" + syn["notes"] + ".\n", out_dir)
+                                               "alpha*(r)"], _law_table(syn)) + "\n\n" + syn["notes"] + ".\n", out_dir,
+                      reanalysis=args.reanalyse)
     if args.task in ("minilm", "both"):
         mini = run_minilm(args, args.quick, out_dir, mini_name)
         body = (md_table(["task", "lr", "c", "c 95% CI", "p", "p 95% CI", "c at p=0.5 [95% CI]", "alpha* at grid edge", "alpha*(r)"], _law_table(mini))
                 + "\n\n" + md_table(["rank", "alpha", "held-out loss", "held-out acc"], mini["cells"])
                 if mini.get("complete") else f"Partial: {len(mini['runs'])} runs done.")
-        write_results(mini_name, mini, body + "\n", out_dir)
+        write_results(mini_name, mini, body + "\n", out_dir, reanalysis=args.reanalyse)
     syn_path, mini_path = out_dir / f"{syn_name}.json", out_dir / f"{mini_name}.json"
     if syn_path.is_file() and mini_path.is_file():
         syn, mini = json.loads(syn_path.read_text()), json.loads(mini_path.read_text())
@@ -301,7 +313,7 @@ def main(argv=None) -> None:
                 res.update(fit_summary({int(r): v for r, v in res["per_replicate"].items()},
                                        [int(r) for r in res["per_replicate"]]))
         if mini.get("complete"):
-            print(summarise(syn, mini, out_dir, name))
+            print(summarise(syn, mini, out_dir, name, reanalysis=args.reanalyse))
 
 
 def _plot(results: dict, path: Path) -> None:
