@@ -82,12 +82,6 @@ def at_edge(alphas: list[float], losses: list[float]) -> bool:
     return i in (0, len(alphas) - 1)
 
 
-def best_alpha(alphas: list[float], losses: list[float]) -> float:
-    """argmin over the log grid, refined by a parabola through the best point and its neighbours
-    (the alpha finder's own refinement)."""
-    return refine_log_argmin(alphas, losses)
-
-
 def fit_power_law(ranks: list[int], alpha_star: list[float]) -> tuple[float, float]:
     """Least squares of log alpha* = log c + p log r; returns (c, p)."""
     xs, ys = [math.log(r) for r in ranks], [math.log(a) for a in alpha_star]
@@ -147,7 +141,7 @@ def run_synthetic(args, quick: bool) -> dict:
             for seed in range(seeds):
                 for r in ranks:
                     losses = [trial(W0, Delta, r, a, lr, steps, seed) for a in alphas]
-                    per_rep[r].append(best_alpha(alphas, losses))
+                    per_rep[r].append(refine_log_argmin(alphas, losses))
                     edges += at_edge(alphas, losses)
         results[str(lr)] = {**fit_summary(per_rep, ranks), "edge_hits": edges, "fits": teachers * seeds * len(ranks)}
         print(f"synthetic lr={lr:g}: c={results[str(lr)]['c']:.3g} p={results[str(lr)]['p']:.3g}", flush=True)
@@ -211,7 +205,7 @@ def run_minilm(args, quick: bool, out_dir: Path, name: str) -> dict:
     for s in range(seeds):
         for r in ranks:
             losses = [by[(r, a, s)]["test_loss"] for a in alphas]
-            per_rep[r].append(best_alpha(alphas, losses))
+            per_rep[r].append(refine_log_argmin(alphas, losses))
             edges += at_edge(alphas, losses)
             accs = [by[(r, a, s)]["test_acc"] for a in alphas]
             per_rep_acc[r].append(alphas[max(range(len(alphas)), key=accs.__getitem__)])
@@ -308,10 +302,6 @@ def main(argv=None) -> None:
     syn_path, mini_path = out_dir / f"{syn_name}.json", out_dir / f"{mini_name}.json"
     if syn_path.is_file() and mini_path.is_file():
         syn, mini = json.loads(syn_path.read_text()), json.loads(mini_path.read_text())
-        for res in [*syn["results"].values(), *mini.get("results", {}).values()]:
-            if "c_at_p_half" not in res:  # a result file from before that column: refit (seeded, deterministic)
-                res.update(fit_summary({int(r): v for r, v in res["per_replicate"].items()},
-                                       [int(r) for r in res["per_replicate"]]))
         if mini.get("complete"):
             print(summarise(syn, mini, out_dir, name, reanalysis=args.reanalyse))
 
