@@ -2,6 +2,7 @@
 
 Tensors in, small frozen dataclasses out; no Lightning, no logging, no printing.
 """
+from signaldrift.batched import BatchedStep, LayerState
 from signaldrift.errors import NonFiniteError
 from signaldrift.gap_probe import DEFAULT_TAUS, GapProbe, step_gap_probe
 from signaldrift.grad_split import GradSplit, equivalent_gradient_factors, grad_split
@@ -25,7 +26,7 @@ from signaldrift.suppression import FullGradAccumulator, SpectralSuppression, fu
 from signaldrift.views import LoRAProtocol, LoRAView, lora_layers
 
 __all__ = [
-    "ALPHA_FLOOR_FRACTION", "DEFAULT_TAUS", "DRIFT_RATIO_HIGH", "GAP_TOO_AGGRESSIVE", "GAP_TOO_SMALL", "MAX_SUGGESTED_FACTOR",
+    "ALPHA_FLOOR_FRACTION", "BatchedStep", "DEFAULT_TAUS", "LayerState", "DRIFT_RATIO_HIGH", "GAP_TOO_AGGRESSIVE", "GAP_TOO_SMALL", "MAX_SUGGESTED_FACTOR",
     "SQRT_LAW_C", "STEP_SIZE_HIGH", "VERDICTS", "GapProbe", "GradSplit", "LoRAProtocol", "LoRAView",
     "LowRankSVD", "NonFiniteError", "RegimeVerdict", "SpectralSuppression", "StepSplit", "UpdateSpectrum",
     "FullGradAccumulator", "equivalent_gradient_factors", "frob_inner", "frob_norm", "full_grad_sq_norm", "full_weight_grad", "grad_split",

@@ -42,6 +42,15 @@ def test_bench_lowrank_svd_quick(tmp_path):
     assert data["metric_set"]["metric_set_ms"] > 0
 
 
+def test_bench_scale_quick(tmp_path):
+    data = _run("bench_scale.py", tmp_path)
+    assert data["layers"] == 14 and data["exact_route_layers"] == 0
+    assert data["per_layer_median_s"] > 0 and data["batched_median_s"] > 0 and data["speedup"] > 0
+    assert data["max_rel_diff_batched_vs_per_layer"] < 1e-9  # the same numbers, not just a time
+    assert data["held_over_factors"] < 2.0
+    assert 0 < data["gpu_projection"]["fraction"] < 1
+
+
 @pytest.mark.slow
 def test_demo_config_quick(tmp_path):
     data = _run("demo_config.py", tmp_path)
