@@ -19,7 +19,9 @@ import math
 import statistics
 from pathlib import Path
 
-from common import RESULTS, bootstrap_diff, md_table, mean_std, save_figure, stored_runs, train_minilm, write_results
+from scipy.stats import linregress
+
+from common import RESULTS, bootstrap_ci, md_table, mean_std, save_figure, stored_runs, train_minilm, write_results
 
 ALPHAS = (8.0, 16.0, 64.0, 256.0, 1024.0)
 LRS = (1e-4, 3e-4, 1e-3, 3e-3)
@@ -33,12 +35,11 @@ def _cells(runs: list[dict]) -> dict[tuple[float, float], list[dict]]:
 
 
 def _slope(xs: list[float], ys: list[float]) -> float | None:
+    """Least-squares slope of log y against log x over the positive points (None with fewer than two x's)."""
     pts = [(math.log(x), math.log(y)) for x, y in zip(xs, ys) if x > 0 and y and y > 0]
-    if len(pts) < 2:
+    if len({x for x, _ in pts}) < 2:
         return None
-    mx, my = statistics.fmean(p[0] for p in pts), statistics.fmean(p[1] for p in pts)
-    den = sum((p[0] - mx) ** 2 for p in pts)
-    return sum((p[0] - mx) * (p[1] - my) for p in pts) / den if den else None
+    return float(linregress(*zip(*pts)).slope)
 
 
 def analyse(runs: list[dict], alphas, lrs, seeds: int) -> tuple[str, dict]:
@@ -64,7 +65,8 @@ def analyse(runs: list[dict], alphas, lrs, seeds: int) -> tuple[str, dict]:
     answers["q1_acc_vs_alpha_at_smallest_lr"] = {a: statistics.fmean(acc[(a, small)]) for a in alphas}
     best_alpha = max(alphas, key=lambda a: statistics.fmean(acc[(a, small)]))
     best_lr = max(lrs, key=lambda lr: statistics.fmean(acc[(16.0, lr)]))
-    lo, hi = bootstrap_diff(acc[(best_alpha, small)], acc[(16.0, best_lr)])
+    lo, hi = bootstrap_ci(lambda x, y: statistics.fmean(x) - statistics.fmean(y),
+                          acc[(best_alpha, small)], acc[(16.0, best_lr)])
     answers["q2"] = {"best_alpha_at_small_lr": [best_alpha, small, statistics.fmean(acc[(best_alpha, small)])],
                      "best_lr_at_alpha16": [16.0, best_lr, statistics.fmean(acc[(16.0, best_lr)])],
                      "diff_ci95": [lo, hi]}

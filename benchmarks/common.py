@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import random
 import statistics
 import subprocess
 import sys
@@ -110,19 +109,21 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def bootstrap_diff(a: list[float], b: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% bootstrap interval of mean(a) - mean(b), resampling each list on its own."""
-    rng = random.Random(seed)
-    diffs = sorted(statistics.fmean(rng.choices(a, k=len(a))) - statistics.fmean(rng.choices(b, k=len(b)))
-                   for _ in range(n))
-    return diffs[int(0.025 * n)], diffs[int(0.975 * n)]
+def bootstrap_ci(statistic: Callable, *samples, paired: bool = False, n: int = 2000, seed: int = 0):
+    """95% percentile bootstrap interval (low, high) of ``statistic(*samples)``, by ``scipy.stats.bootstrap``.
 
+    Each sample is resampled on its own, or with ``paired`` by one index shared by all (replicates
+    measured together). ``statistic`` takes one 1-D array per sample and returns a number or a vector;
+    the ends have its shape. A sample of one value has nothing to resample: both ends are the value."""
+    import numpy as np
+    from scipy import stats
 
-def bootstrap_paired(diffs: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% bootstrap interval of the mean of paired differences (one per seed)."""
-    rng = random.Random(seed)
-    means = sorted(statistics.fmean(rng.choices(diffs, k=len(diffs))) for _ in range(n))
-    return means[int(0.025 * n)], means[int(0.975 * n)]
+    if min(len(s) for s in samples) < 2:
+        value = statistic(*(np.asarray(s, dtype=float) for s in samples))
+        return value, value
+    ci = stats.bootstrap(samples, statistic, n_resamples=n, paired=paired, vectorized=False, method="percentile",
+                         random_state=np.random.default_rng(seed)).confidence_interval
+    return ci.low, ci.high
 
 
 def train_minilm(*, rank: int = 8, alpha: float | None = 16.0, rule: str = "standard", lr: float = 3e-3,

@@ -25,7 +25,7 @@ import json
 import statistics
 from pathlib import Path
 
-from common import RESULTS, bootstrap_paired, md_table, mean_std, save_figure, stored_runs, train_minilm, write_results
+from common import RESULTS, bootstrap_ci, md_table, mean_std, save_figure, stored_runs, train_minilm, write_results
 
 USUAL_LR = 5e-4
 TARGET_ACC = 0.70  # between the majority class (0.53) and the best cells of the alpha x lr grid (~0.75)
@@ -95,7 +95,7 @@ def compare(by: dict[str, list[dict]], ranks, lora_alpha_lr: float) -> tuple[str
             diffs = [ours[s] - theirs[s] for s in sorted(ours.keys() & theirs.keys())]
             if not diffs:
                 continue
-            lo, hi = bootstrap_paired(diffs)
+            lo, hi = bootstrap_ci(statistics.fmean, diffs)
             word = "LoRA-α higher" if lo > 0 else "LoRA-α lower" if hi < 0 else "within noise"
             out[k] = {"diff_mean": statistics.fmean(diffs), "diff_ci95": [lo, hi], "seeds": len(diffs), "reading": word}
             rows.append([rank, f"{m['method']}, lr {m['lr']:g}", len(diffs), f"{statistics.fmean(diffs):+.3f}",

@@ -23,13 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import random
 import statistics
 from pathlib import Path
 
+import numpy as np
 import torch
+from scipy.stats import linregress
 
-from common import RESULTS, md_table, save_figure, stored_runs, train_minilm, write_results
+from common import RESULTS, bootstrap_ci, md_table, save_figure, stored_runs, train_minilm, write_results
 
 from lora_alpha.finder import refine_log_argmin
 
@@ -84,44 +85,29 @@ def at_edge(alphas: list[float], losses: list[float]) -> bool:
 
 def fit_power_law(ranks: list[int], alpha_star: list[float]) -> tuple[float, float]:
     """Least squares of log alpha* = log c + p log r; returns (c, p)."""
-    xs, ys = [math.log(r) for r in ranks], [math.log(a) for a in alpha_star]
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    p = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
-    return math.exp(my - p * mx), p
+    fit = linregress([math.log(r) for r in ranks], [math.log(a) for a in alpha_star])
+    return math.exp(fit.intercept), float(fit.slope)
 
 
-def c_at_sqrt_law(ranks: list[int], alpha_star: list[float]) -> float:
-    """The least-squares c of log alpha* = log c + 0.5 log r (the exponent fixed at the law's 0.5)."""
-    return math.exp(statistics.fmean(math.log(a) - 0.5 * math.log(r) for r, a in zip(ranks, alpha_star)))
-
-
-def bootstrap(per_rep: dict[int, list[float]], ranks: list[int], n: int = 2000, seed: int = 0):
-    """95% intervals of (c, p) and of c at p = 0.5, resampling replicates; alpha*(r) is averaged in log space."""
-    rng = random.Random(seed)
-    reps = len(next(iter(per_rep.values())))
-    cs, ps, halves = [], [], []
-    for _ in range(n):
-        pick = [rng.randrange(reps) for _ in range(reps)]
-        stars = [math.exp(statistics.fmean(math.log(per_rep[r][k]) for k in pick)) for r in ranks]
-        c, p = fit_power_law(ranks, stars)
-        cs.append(c)
-        ps.append(p)
-        halves.append(c_at_sqrt_law(ranks, stars))
-    cs.sort()
-    ps.sort()
-    halves.sort()
-    lo, hi = int(0.025 * n), int(0.975 * n)
-    return (cs[lo], cs[hi]), (ps[lo], ps[hi]), (halves[lo], halves[hi])
+def c_at_exponent(ranks: list[int], alpha_star: list[float], p: float) -> float:
+    """The least-squares c of log alpha* = log c + p log r with the exponent held at ``p``."""
+    return math.exp(statistics.fmean(math.log(a) - p * math.log(r) for r, a in zip(ranks, alpha_star)))
 
 
 def fit_summary(per_rep: dict[int, list[float]], ranks: list[int]) -> dict:
-    """alpha*(r) (geometric mean over replicates), the fit and its bootstrap intervals."""
-    stars = [math.exp(statistics.fmean(math.log(a) for a in per_rep[r])) for r in ranks]
-    c, pw = fit_power_law(ranks, stars)
-    (c_lo, c_hi), (p_lo, p_hi), half_ci = bootstrap(per_rep, ranks)
+    """alpha*(r) (geometric mean over replicates), the fit (c, p), c at p = 0.5, and their 95% intervals
+    from resampling the replicates (one shared index across ranks)."""
+
+    def law(*log_stars: np.ndarray) -> np.ndarray:  # one array per rank: log alpha* of each replicate
+        stars = [math.exp(statistics.fmean(x)) for x in log_stars]
+        return np.array([*fit_power_law(ranks, stars), c_at_exponent(ranks, stars, 0.5)])
+
+    log_stars = [[math.log(a) for a in per_rep[r]] for r in ranks]
+    (c, pw, half), (lo, hi) = law(*log_stars), bootstrap_ci(law, *log_stars, paired=True)
+    stars = [math.exp(statistics.fmean(x)) for x in log_stars]
     return {"alpha_star": dict(zip(map(str, ranks), stars)), "per_replicate": {str(r): v for r, v in per_rep.items()},
-            "c": c, "c_ci95": [c_lo, c_hi], "p": pw, "p_ci95": [p_lo, p_hi],
-            "c_at_p_half": c_at_sqrt_law(ranks, stars), "c_at_p_half_ci95": list(half_ci)}
+            "c": float(c), "c_ci95": [float(lo[0]), float(hi[0])], "p": float(pw), "p_ci95": [float(lo[1]), float(hi[1])],
+            "c_at_p_half": float(half), "c_at_p_half_ci95": [float(lo[2]), float(hi[2])]}
 
 
 def run_synthetic(args, quick: bool) -> dict:
@@ -234,8 +220,7 @@ def cross_check(law: dict, target: dict) -> dict:
     ranks = [int(r) for r in target["alpha_star"]]
     meas = [target["alpha_star"][str(r)] for r in ranks]
     raw = [law["c"] * r ** law["p"] for r in ranks]
-    lr_, lm = [math.log(r) for r in ranks], [math.log(m) for m in meas]
-    c_shape = math.exp(statistics.fmean(m - law["p"] * x for x, m in zip(lr_, lm)))
+    c_shape = c_at_exponent(ranks, meas, law["p"])
     shape = [c_shape * r ** law["p"] for r in ranks]
     return {"ranks": ranks, "measured": meas, "predicted": raw, "predicted_ratio": [p / m for p, m in zip(raw, meas)],
             "shape_ratio": [p / m for p, m in zip(shape, meas)],
