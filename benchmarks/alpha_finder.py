@@ -40,9 +40,9 @@ def run_finder(lr: float, steps: int, eval_batches: int, train_size: int, eval_s
     import torch
     from lightning.pytorch import seed_everything
 
-    from lora_alpha.data import RottenTomatoesDataModule, demo_model_path
-    from lora_alpha.finder import find_alpha
-    from lora_alpha.module import LoRAAlphaModule
+    from lora_alpha.train.data import RottenTomatoesDataModule, demo_model_path
+    from lora_alpha.train.finder import find_alpha
+    from lora_alpha.train.module import LoRAAlphaModule
 
     torch.set_num_threads(min(os.cpu_count() or 1, 16))
     seed_everything(seed, verbose=False)

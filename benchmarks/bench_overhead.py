@@ -35,8 +35,8 @@ def child(cfg: dict, steps: int, train_size: int | None, batch_size: int = 32) -
     from lightning.pytorch import Callback, Trainer, seed_everything
 
     from callbacks import AlphaRegimeAdvisor, SignalDriftMonitor
-    from lora_alpha.data import RottenTomatoesDataModule, demo_model_path
-    from lora_alpha.module import LoRAAlphaModule
+    from lora_alpha.train.data import RottenTomatoesDataModule, demo_model_path
+    from lora_alpha.train.module import LoRAAlphaModule
 
     warnings.simplefilter("ignore")
 

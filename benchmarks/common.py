@@ -141,8 +141,8 @@ def train_minilm(*, rank: int = 8, alpha: float | None = 16.0, rule: str = "stan
     from lightning.pytorch import Callback, Trainer, seed_everything
 
     from callbacks import AlphaRegimeAdvisor, SignalDriftMonitor
-    from lora_alpha.data import RottenTomatoesDataModule, demo_model_path
-    from lora_alpha.module import LoRAAlphaModule
+    from lora_alpha.train.data import RottenTomatoesDataModule, demo_model_path
+    from lora_alpha.train.module import LoRAAlphaModule
 
     torch.set_num_threads(min(os.cpu_count() or 1, 16))
     seed_everything(seed, verbose=False)

@@ -2,7 +2,7 @@
 
 Same step budget for every method (63 steps of batch 32 on 2,000 snippets, LoRA on query/value, head
 lr 3e-3), ranks 8 and 32, 3 seeds. LoRA-α uses the code's defaults (alpha = c * sqrt(r) with
-``signaldrift.regime.SQRT_LAW_C``, lr ``lora_alpha.module.DEFAULT_LR``). The baselines run at their
+``signaldrift.regime.SQRT_LAW_C``, lr ``lora_alpha.train.module.DEFAULT_LR``). The baselines run at their
 usual learning rate, 5e-4 (the LoRA paper's RoBERTa-base GLUE setting), and at LoRA-α's:
 
 | method | alpha | scale |
@@ -130,7 +130,7 @@ def curves_png(runs: list[dict], ranks, path: Path) -> None:
 
 
 def main(argv=None) -> None:
-    from lora_alpha.module import DEFAULT_LR
+    from lora_alpha.train.module import DEFAULT_LR
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
