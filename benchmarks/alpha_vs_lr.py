@@ -23,8 +23,8 @@ from scipy.stats import linregress
 
 from common import RESULTS, bootstrap_ci, md_table, mean_std, save_figure, stored_runs, train_minilm, write_results
 
-ALPHAS = (8.0, 16.0, 64.0, 256.0, 1024.0)
-LRS = (1e-4, 3e-4, 1e-3, 3e-3)
+ALPHAS = (8.0, 16.0, 64.0, 256.0, 1024.0)  # the grid's alphas (standard rule, r=8): results/alpha_vs_lr.md
+LRS = (1e-4, 3e-4, 1e-3, 3e-3)  # the grid's factor learning rates: results/alpha_vs_lr.md
 
 
 def _cells(runs: list[dict]) -> dict[tuple[float, float], list[dict]]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from common import ROOT, md_table, write_results
 
+# The configurations compared, alternating within each round: results/bench_overhead.md
 CONFIGS = {
     "none": {},
     "monitor (every step, all layers)": {"monitor": True},

@@ -2,7 +2,7 @@
 
 Each candidate trains MiniLM-L6 + LoRA on the embedded Rotten Tomatoes data for the demo's step
 budget and reports held-out accuracy, mean drift ratio and step size, and time. The demo's
-defaults in lora_alpha/cli.py cite this file's result.
+defaults in lora_alpha/train/cli.py cite this file's result.
 
     python benchmarks/demo_config.py            # full: 150 steps, all candidates
     python benchmarks/demo_config.py --quick    # seconds, for the test suite (checks shapes only)
@@ -14,9 +14,9 @@ from pathlib import Path
 
 from common import md_table, train_minilm, write_results
 
-QKVD = ("query", "key", "value", "dense")
+QKVD = ("query", "key", "value", "dense")  # every linear layer of MiniLM, the demo's targets
+# (label, rule, alpha, lr, targets): results/demo_config_150steps.md and demo_config_250steps.md
 CANDIDATES = [
-    # (label, rule, alpha, lr, targets)
     ("standard a=16 lr=3e-3 qkvd", "standard", 16.0, 3e-3, QKVD),
     ("standard a=16 lr=3e-3 qv", "standard", 16.0, 3e-3, ("query", "value")),
     ("standard a=16 lr=1e-3 qkvd", "standard", 16.0, 1e-3, QKVD),

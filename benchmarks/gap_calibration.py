@@ -30,8 +30,9 @@ from pathlib import Path
 from common import RESULTS, md_table, save_figure, stored_runs, train_minilm, write_results
 from signaldrift.regime import regime_verdict
 
-RANK = 8  # the grid's LoRA rank (standard rule: scale = alpha / r)
-WINDOW = 5  # the advisor's default window: its verdict reads the median of the last 5 probes
+RANK = 8  # the grid's LoRA rank (standard rule: scale = alpha / r): results/alpha_vs_lr.md
+WINDOW = 5  # AlphaRegimeAdvisor's default window, the probes its verdict reads: results/gap_calibration.md
+STORED_WINDOW = 3  # the advisor's window in runs stored without "advisor_window": results/gap_calibration.json
 
 
 def grid_labels(alpha_vs_lr: dict, margin: float) -> dict[tuple[float, float], dict]:
@@ -109,8 +110,7 @@ def analyse(runs: list[dict], labels: dict, current: dict) -> tuple[str, dict]:
                 "verdict": r.get("verdict"), "test_acc": r["test_acc"], "step_size_mean": r.get("step_size_mean"),
                 **lab}
         cells.append(cell)
-        # the first full run predates the stored key; it ran with the then-default window of 3
-        verdict = f"{r.get('verdict')} ({r.get('advisor_window', 3)})"
+        verdict = f"{r.get('verdict')} ({r.get('advisor_window', STORED_WINDOW)})"
         rows.append([r["alpha"], r["lr"], cell["label"], cell["grid_acc"], r["test_acc"],
                      ", ".join(f"{g:.3g}" for g in gaps) or "n/a", cell["median_gap_window"], verdict,
                      r.get("step_size_mean")])

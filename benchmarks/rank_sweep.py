@@ -34,10 +34,10 @@ from common import RESULTS, bootstrap_ci, md_table, save_figure, stored_runs, tr
 
 from lora_alpha.finder import refine_log_argmin
 
-RANKS = (1, 2, 4, 8, 16, 32, 64)
-MINILM_RANKS = (2, 4, 8, 16, 32)
-MINILM_ALPHAS = (64.0, 256.0, 1024.0, 4096.0, 16384.0)
-MINILM_LR = 1e-4  # LoRA-α's default learning rate: the c fitted here is the one the code uses
+RANKS = (1, 2, 4, 8, 16, 32, 64)  # the synthetic task's ranks: results/rank_sweep_synthetic.md
+MINILM_RANKS = (2, 4, 8, 16, 32)  # MiniLM's ranks: results/rank_sweep_minilm.md
+MINILM_ALPHAS = (64.0, 256.0, 1024.0, 4096.0, 16384.0)  # MiniLM's x4 alpha grid: results/rank_sweep_minilm.md
+MINILM_LR = 1e-4  # LoRA-α's default lr, so the c fitted here is the one the code uses: results/rank_sweep.md
 
 
 def make_teacher(n: int, target_rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
