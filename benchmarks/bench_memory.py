@@ -40,11 +40,11 @@ def child(mode: str, m: int, n: int, r: int, steps: int) -> dict:
     x = torch.randn(8, n)
     engine = None
     if mode != "plain":
-        engine = SignalDriftEngine(every_n_steps=1, probe_every=1 if mode == "probe" else None)
+        engine = SignalDriftEngine(every_n_steps=1, full_grad_every=1 if mode == "probe" else None)
         engine.attach(model)
 
     def step(t: int) -> None:
-        if engine is not None and engine.probes(t):
+        if engine is not None and engine.captures_full_grad(t):
             engine.start_capture(model)
         loss = model(x).square().mean()
         opt.zero_grad(set_to_none=True)

@@ -23,7 +23,7 @@ from common import ROOT, md_table, write_results
 CONFIGS = {
     "none": {},
     "monitor (every step, all layers)": {"monitor": True},
-    "monitor + advisor (gap_every=50) + probe (probe_every=50)": {"monitor": True, "advisor": True, "probe": True},
+    "monitor + advisor (gap_every=50) + probe (full_grad_every=50)": {"monitor": True, "advisor": True, "probe": True},
 }
 
 
@@ -61,7 +61,7 @@ def child(cfg: dict, steps: int, train_size: int | None, batch_size: int = 32) -
     timer = Timer()
     cbs = []
     if cfg.get("monitor"):
-        cbs.append(SignalDriftMonitor(every_n_steps=1, probe_every=50 if cfg.get("probe") else None))
+        cbs.append(SignalDriftMonitor(every_n_steps=1, full_grad_every=50 if cfg.get("probe") else None))
     if cfg.get("advisor"):
         cbs.append(AlphaRegimeAdvisor(gap_every=50))
     cbs.append(timer)  # last: its end hook runs after the callbacks' own end-of-batch work

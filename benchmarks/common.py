@@ -150,7 +150,7 @@ def train_minilm(*, rank: int = 8, alpha: float | None = 16.0, rule: str = "stan
                                   val_size=curve_size if curve_every else eval_size, test_size=eval_size, seed=seed)
     module = LoRAAlphaModule(demo_model_path(), targets=list(targets), rank=rank, alpha=alpha, rule=rule, lr=lr,
                              head_lr=head_lr, loraplus_ratio=loraplus_ratio)
-    monitor = SignalDriftMonitor(every_n_steps=every_n_steps, probe_every=None, histogram_every=None)
+    monitor = SignalDriftMonitor(every_n_steps=every_n_steps, full_grad_every=None, histogram_every=None)
     advisor = AlphaRegimeAdvisor(gap_every=gap_every) if gap_every else None
     curve: list[list[float]] = []
 
@@ -172,8 +172,8 @@ def train_minilm(*, rank: int = 8, alpha: float | None = 16.0, rule: str = "stan
         trainer.fit(module, datamodule=dm)
         train_s = time.time() - t0
         test = trainer.test(module, datamodule=dm, verbose=False)[0]
-    drift = [h["signaldrift/drift_ratio"] for h in monitor.history.values() if "signaldrift/drift_ratio" in h]
-    size = [h["signaldrift/step_size"] for h in monitor.history.values() if "signaldrift/step_size" in h]
+    drift = [v for m in monitor.history.values() if (v := m.summary("drift_ratio")) is not None]
+    size = [v for m in monitor.history.values() if (v := m.summary("step_size")) is not None]
     labels = [int(r["labels"]) for r in dm.splits["test"].rows]
     return {"test_acc": float(test["test_acc"]), "test_loss": float(test["test_loss"]),
             "majority_acc": max(sum(labels), len(labels) - sum(labels)) / len(labels),

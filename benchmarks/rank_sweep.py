@@ -32,7 +32,7 @@ from scipy.stats import linregress
 
 from common import RESULTS, bootstrap_ci, md_table, save_figure, stored_runs, train_minilm, write_results
 
-from lora_alpha.finder import refine_log_argmin
+from signaldrift.gap_probe import refine_log_argmin
 
 RANKS = (1, 2, 4, 8, 16, 32, 64)  # the synthetic task's ranks: results/rank_sweep_synthetic.md
 MINILM_RANKS = (2, 4, 8, 16, 32)  # MiniLM's ranks: results/rank_sweep_minilm.md

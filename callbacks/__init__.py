@@ -1,7 +1,21 @@
-"""callbacks: the Lightning edge. When to measure and where to log; the math is in signaldrift."""
-from callbacks.advisor import AlphaRegimeAdvisor, AlphaRegimeWarning
+"""callbacks: when to measure and where to log; the math is in signaldrift.
+
+The engine (:mod:`callbacks.engine`) is framework-free; the Lightning callbacks load Lightning and
+the Hugging Face callback (:mod:`callbacks.hf`) loads transformers, each only when imported, so
+either works without the other installed.
+"""
 from callbacks.engine import NoLoRALayersError, SignalDriftEngine, SignalDriftWarning
-from callbacks.monitor import SignalDriftMonitor
+
+_LIGHTNING = {"AlphaRegimeAdvisor": "callbacks.advisor", "AlphaRegimeWarning": "callbacks.advisor",
+              "SignalDriftMonitor": "callbacks.monitor"}
 
 __all__ = ["AlphaRegimeAdvisor", "AlphaRegimeWarning", "NoLoRALayersError", "SignalDriftEngine",
            "SignalDriftMonitor", "SignalDriftWarning"]
+
+
+def __getattr__(name: str):
+    if name in _LIGHTNING:
+        import importlib
+
+        return getattr(importlib.import_module(_LIGHTNING[name]), name)
+    raise AttributeError(f"module 'callbacks' has no attribute {name!r}")

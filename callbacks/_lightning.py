@@ -1,10 +1,6 @@
 """Lightning compatibility: one callback class that both Lightning namespaces accept."""
 from __future__ import annotations
 
-import logging
-
-log = logging.getLogger("signaldrift")
-
 
 def callback_bases() -> tuple[type, ...]:
     """``Callback`` of ``lightning.pytorch`` and of ``pytorch_lightning``, whichever are installed.

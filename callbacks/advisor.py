@@ -1,4 +1,4 @@
-"""AlphaRegimeAdvisor: the optimization-gap probe (section 5) and the alpha-regime verdict (section 6)."""
+"""AlphaRegimeAdvisor: the optimization-gap probe (docs/metrics.md §5) and the alpha-regime verdict (§6)."""
 from __future__ import annotations
 
 import contextlib
@@ -12,7 +12,9 @@ import torch
 from torch import Tensor
 
 from callbacks._lightning import CallbackBase, log_metrics, rank_mean, refuse_sharded, tensorboard_writers
-from callbacks.engine import PREFIX, check_positive_int, medians_of_views
+from callbacks.batches import map_tensors, move_to_device
+from callbacks.engine import check_positive_int, medians_of_views
+from callbacks.measurements import PREFIX, summary_tag
 from callbacks.tensorboard import mark_restart
 from signaldrift import DEFAULT_TAUS, NonFiniteError, RegimeVerdict, lora_layers, regime_verdict, step_gap_probe, step_split
 
@@ -23,22 +25,6 @@ VERDICT_CODES = {"alpha-too-small": -1.0, "in-regime": 0.0, "too-aggressive": 1.
 
 class AlphaRegimeWarning(UserWarning):
     """The advisor judged alpha too small (raised once per fit, on rank zero)."""
-
-
-def map_tensors(batch: Any, fn: Callable[[Tensor], Tensor]) -> Any:
-    """Apply ``fn`` to every tensor in nested dicts (BatchEncoding too), lists and (named) tuples."""
-    if isinstance(batch, Tensor):
-        return fn(batch)
-    if isinstance(batch, dict) or (hasattr(batch, "keys") and hasattr(batch, "items")):
-        return {k: map_tensors(v, fn) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        items = [map_tensors(v, fn) for v in batch]
-        return type(batch)(*items) if hasattr(batch, "_fields") else type(batch)(items)
-    return batch
-
-
-def move_to_device(batch: Any, device: torch.device) -> Any:
-    return map_tensors(batch, lambda t: t.to(device))
 
 
 def _detached(batch: Any) -> Any:
@@ -73,8 +59,8 @@ class AlphaRegimeAdvisor(CallbackBase):
     Every ``gap_every`` optimizer steps (not at step 0: from ``B0 = 0`` Adam's first step moves
     only B, a step unlike the rest), after the step, the loss on one fixed probe batch is
     evaluated at ``theta_t + tau * delta`` for tau in ``taus`` (eval mode, no gradients,
-    parameters restored exactly): ``step_gap`` and ``gap_gain`` (section 5). The verdict
-    (section 6) counts the last ``window`` probes and their steps' drift ratios, once
+    parameters restored exactly): ``step_gap`` and ``gap_gain`` (§5). The verdict
+    (§6) counts the last ``window`` probes and their steps' drift ratios, once
     ``min_probes`` probes exist (before that, the configuration alone). When
     alpha is judged too small, one :class:`AlphaRegimeWarning` (rank zero) names the evidence and
     an alpha to try. The probe runs on every rank at the same steps, with no collective call.
@@ -107,7 +93,7 @@ class AlphaRegimeAdvisor(CallbackBase):
         advisor.verdict.verdict, advisor.verdict.suggestion
     """
 
-    def __init__(self, gap_every: int = 50, probe_batch: Any = None, taus: Sequence[float] = DEFAULT_TAUS,
+    def __init__(self, gap_every: int = 50, *, probe_batch: Any = None, taus: Sequence[float] = DEFAULT_TAUS,
                  window: int = 5, min_probes: int = 2, loss_fn: Callable[[Any, Any], Any] | None = None) -> None:
         super().__init__()
         check_positive_int("gap_every", gap_every)
@@ -162,9 +148,9 @@ class AlphaRegimeAdvisor(CallbackBase):
         record["step"] = step
         self.probes.append(record)
         self._update_verdict(pl_module, views)
-        metrics = {f"{PREFIX}/step_gap": record["step_gap"], f"{PREFIX}/verdict_code": VERDICT_CODES[self.verdict.verdict]}
+        metrics = {summary_tag("step_gap"): record["step_gap"], summary_tag("verdict_code"): VERDICT_CODES[self.verdict.verdict]}
         if record.get("gap_gain") is not None:
-            metrics[f"{PREFIX}/gap_gain"] = record["gap_gain"]
+            metrics[summary_tag("gap_gain")] = record["gap_gain"]
         log_metrics(trainer, metrics, step)
         for w in tensorboard_writers(trainer):
             w.add_text(f"{PREFIX}/verdict", self._verdict_text(), global_step=step)

@@ -23,15 +23,11 @@ from signaldrift import (
     step_split,
     update_spectrum,
 )
+from signaldrift.errors import check_int, check_number
 from signaldrift.views import LoRAView
 
-PREFIX = "signaldrift"
-LAYER_METRICS = (
-    "delta_norm", "delta_rel", "stable_rank", "effective_rank",  # section 1
-    "signal_norm", "drift_norm", "drift_ratio", "step_size",  # section 2
-    "grad_alignment", "grad_drift_ratio",  # section 3
-    "spectral_gain", "spectral_suppression",  # section 4
-)
+from callbacks.measurements import PREFIX, StepMeasurement, measurement, parse_tag
+
 
 
 class SignalDriftWarning(UserWarning):
@@ -42,20 +38,22 @@ class NoLoRALayersError(ValueError):
     """The model has no LoRA layer the diagnostics can read."""
 
 
-def layer_tag(layer: str, metric: str) -> str:
-    return f"{PREFIX}/{layer}/{metric}"
-
-
-def model_tag(metric: str, kind: str = "median") -> str:
-    return f"{PREFIX}/{metric}" if kind == "median" else f"{PREFIX}/{metric}_max"
-
-
 def check_positive_int(name: str, value: int | None, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        allowed = "a positive int or None" if allow_none else "a positive int"
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    check_int(name, value, allow_none=allow_none)
+
+
+_UNSET = object()
+
+
+def renamed_full_grad_every(full_grad_every: int | None, probe_every: object, owner: str) -> int | None:
+    """``probe_every`` was renamed ``full_grad_every`` ("probe" is the advisor's step-gap probe)."""
+    if probe_every is _UNSET:
+        return full_grad_every
+    if full_grad_every != 50:
+        raise ValueError(f"{owner}: pass full_grad_every only (probe_every is its old name), got both")
+    warnings.warn(f"{owner}(probe_every=...) is deprecated; use full_grad_every (the old name goes in the next "
+                  "release)", FutureWarning, stacklevel=3)
+    return probe_every  # type: ignore[return-value]
 
 
 def _matches(name: str, pattern: str) -> bool:
@@ -72,35 +70,38 @@ class _Pending:
 
 
 class SignalDriftEngine:
-    """Sections 1-4 for every selected LoRA layer; a caller-driven state machine.
+    """docs/metrics.md §1-§4 for every selected LoRA layer; a caller-driven state machine.
 
     Per optimizer step ``t`` that is measured: :meth:`before_step` (gradients final, factors at
-    ``t``) then :meth:`after_step` (factors at ``t + 1``) returns the tags and values for step t.
-    Full-gradient capture (section 4) runs between :meth:`start_capture` and the next
+    ``t``) then :meth:`after_step` (factors at ``t + 1``) returns step t's measurement.
+    Full-gradient capture (§4) runs between :meth:`start_capture` and the next
     :meth:`before_step`, through hooks that exist only then.
 
     Args:
-        every_n_steps: measure sections 1-3 every this many optimizer steps.
-        top_k: subspace size for section 3 (default: each layer's rank).
-        probe_every: capture the full-weight gradient (section 4) every this many steps.
+        every_n_steps: measure §1-§3 every this many optimizer steps.
+        top_k: subspace size for §3 (default: each layer's rank).
+        full_grad_every: capture the full-weight gradient (§4) every this many steps
+            (None: never).
         layers: names or dotted suffixes of the layers to watch (default: all).
+        probe_every: the old name of ``full_grad_every`` (deprecated; removed in the next release).
     """
 
-    def __init__(self, every_n_steps: int = 1, top_k: int | None = None, probe_every: int | None = 50,
-                 layers: Sequence[str] | None = None) -> None:
+    def __init__(self, every_n_steps: int = 1, *, top_k: int | None = None, full_grad_every: int | None = 50,
+                 layers: Sequence[str] | None = None, probe_every: object = _UNSET) -> None:
+        full_grad_every = renamed_full_grad_every(full_grad_every, probe_every, type(self).__name__)
         check_positive_int("every_n_steps", every_n_steps)
         check_positive_int("top_k", top_k, allow_none=True)
-        check_positive_int("probe_every", probe_every, allow_none=True)
+        check_positive_int("full_grad_every", full_grad_every, allow_none=True)
         if layers is not None:
             layers = [layers] if isinstance(layers, str) else list(layers)
             if not layers or not all(isinstance(p, str) and p for p in layers):
                 raise ValueError(f"layers must be a non-empty list of layer names, got {layers!r}")
-        self.every_n_steps, self.top_k, self.probe_every = every_n_steps, top_k, probe_every
+        self.every_n_steps, self.top_k, self.full_grad_every = every_n_steps, top_k, full_grad_every
         self.layer_patterns = layers
         self.names: list[str] = []
         self.snapshot: dict[str, tuple[Tensor, Tensor]] = {}
         self.base_norms: dict[str, float] = {}
-        self.history: dict[int, dict[str, float]] = {}
+        self.history: dict[int, StepMeasurement] = {}
         self.skipped_steps = 0
         self.spectra: dict[str, Tensor] = {}  # latest singular values per layer (for figures)
         self._pending: dict[str, _Pending] = {}
@@ -155,10 +156,10 @@ class SignalDriftEngine:
     def measures(self, step: int) -> bool:
         return step % self.every_n_steps == 0
 
-    def probes(self, step: int) -> bool:
-        return self.probe_every is not None and step % self.probe_every == 0
+    def captures_full_grad(self, step: int) -> bool:
+        return self.full_grad_every is not None and step % self.full_grad_every == 0
 
-    # ----------------------------------------------------------------- section 4 capture
+    # ----------------------------------------------------------------- docs/metrics.md §4 capture
     def start_capture(self, model: nn.Module) -> None:
         """Hook the selected layers to accumulate ``G = g_out^T x`` over the coming backward passes
         (as token matrices while they are smaller than G: see :class:`FullGradAccumulator`)."""
@@ -192,11 +193,11 @@ class SignalDriftEngine:
     # ----------------------------------------------------------------- per step
     def before_step(self, model: nn.Module, step: int, grad_scale: float = 1.0,
                     grads: dict[str, tuple[Tensor, Tensor]] | None = None, loss_scale: float = 1.0) -> None:
-        """Gradients are final for step ``step``: sections 1, 3 (and 4 if captured) on factors at t.
+        """Gradients are final for step ``step``: docs/metrics.md §1, §3 (and §4 if captured) on factors at t.
 
         Two divisors, because the two kinds of gradient are unscaled at different moments under a
         loss scaler (fp16 AMP): the factor gradients are usually unscaled by the time they are read,
-        the output gradients captured for ``G`` (section 4) never are.
+        the output gradients captured for ``G`` (docs/metrics.md §4) never are.
 
         Args:
             grad_scale: divide the factor gradients by this (the AMP loss scale still applied to them;
@@ -208,8 +209,7 @@ class SignalDriftEngine:
         """
         captured = self.stop_capture()
         for name, value in (("grad_scale", grad_scale), ("loss_scale", loss_scale)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+            check_number(name, value)
         self._pending, self._pending_step, self._pending_views = {}, None, {}
         if not self.measures(step):
             return
@@ -247,13 +247,14 @@ class SignalDriftEngine:
                 metrics.update(grad_alignment=split.grad_alignment, grad_drift_ratio=split.grad_drift_ratio)
             if G is not None:
                 # G was summed from output gradients of the scaled loss (never unscaled): ||G||^2 / scale^2,
-                # whatever divisor the factor gradients needed (signal-drift.md section 4, v2).
+                # whatever divisor the factor gradients needed (docs/metrics.md §4).
                 sup = spectral_suppression(gA, gB, G.sq_norm() / float(loss_scale) ** 2)
                 metrics.update(spectral_gain=sup.spectral_gain, spectral_suppression=sup.spectral_suppression)
         return _Pending(A=A, B=B, metrics=metrics)  # float64 copies: the step's "before"
 
-    def after_step(self, model: nn.Module, step_taken: bool = True) -> tuple[int, dict[str, float]] | None:
-        """The realized step: section 2 and the step's tags. None when nothing was measured.
+    def after_step(self, model: nn.Module, step_taken: bool = True) -> StepMeasurement | None:
+        """The realized step: docs/metrics.md §2, and the step's measurement (also kept in ``history``).
+        None when nothing was measured.
 
         Args:
             step_taken: False when the optimizer skipped the step (AMP overflow); the step's
@@ -264,8 +265,7 @@ class SignalDriftEngine:
         if step is None:
             return None
         after = {n: (views[n].A.detach().double(), views[n].B.detach().double()) for n in pending if n in views}
-        tags: dict[str, float] = {}
-        per_metric: dict[str, list[float]] = {}
+        layers: dict[str, dict[str, float]] = {}
         for name, p in pending.items():
             v = views.get(name)
             if v is None:
@@ -281,18 +281,11 @@ class SignalDriftEngine:
             except NonFiniteError:
                 self._skip(name, "non-finite factors after the step")
                 continue
-            values = dict(p.metrics, signal_norm=split.signal_norm, drift_norm=split.drift_norm,
-                          drift_ratio=split.drift_ratio, step_size=split.step_size)
-            for metric, value in values.items():
-                if value is not None and math.isfinite(value):
-                    tags[layer_tag(name, metric)] = float(value)
-                    per_metric.setdefault(metric, []).append(float(value))
-        for metric, vals in per_metric.items():
-            tags[model_tag(metric)] = statistics.median(vals)
-            tags[model_tag(metric, "max")] = max(vals)
-        tags[f"{PREFIX}/skipped_steps"] = float(self.skipped_steps)
-        self.history[step] = tags
-        return step, tags
+            layers[name] = dict(p.metrics, signal_norm=split.signal_norm, drift_norm=split.drift_norm,
+                                drift_ratio=split.drift_ratio, step_size=split.step_size)
+        record = measurement(step, layers, self.skipped_steps)
+        self.history[step] = record
+        return record
 
     def _skip(self, name: str, why: str) -> None:
         self.skipped_steps += 1
@@ -307,15 +300,14 @@ class SignalDriftEngine:
     def latest(self, metric: str, window: int = 5) -> list[float]:
         """The model-level median of ``metric`` at the last ``window`` steps that measured it
         (probe-only metrics such as ``spectral_suppression`` exist on probe steps alone)."""
-        tag = model_tag(metric)
-        steps = [s for s in sorted(self.history) if tag in self.history[s]][-window:]
-        return [self.history[s][tag] for s in steps]
+        values = [self.history[s].summary(metric) for s in sorted(self.history)]
+        return [v for v in values if v is not None][-window:]
 
     def state_dict(self) -> dict:
         return {
             "snapshot": {n: (a.cpu(), b.cpu()) for n, (a, b) in self.snapshot.items()},
             "base_norms": dict(self.base_norms),
-            "history": {int(k): dict(v) for k, v in self.history.items()},
+            "history": {int(k): m.as_dict() for k, m in self.history.items()},
             "skipped_steps": self.skipped_steps,
         }
 
@@ -323,15 +315,27 @@ class SignalDriftEngine:
         self.snapshot = {n: (a.to(device) if device else a, b.to(device) if device else b)
                          for n, (a, b) in state.get("snapshot", {}).items()}
         self.base_norms = dict(state.get("base_norms", {}))
-        self.history = {int(k): dict(v) for k, v in state.get("history", {}).items()}
+        self.history = {int(k): _restore_measurement(int(k), v) for k, v in state.get("history", {}).items()}
         self.skipped_steps = int(state.get("skipped_steps", 0))
 
     def to_device(self, device: torch.device) -> None:
         self.snapshot = {n: (a.to(device), b.to(device)) for n, (a, b) in self.snapshot.items()}
 
 
+def _restore_measurement(step: int, saved: dict) -> StepMeasurement:
+    """A measurement from a checkpoint; checkpoints written before measurements were data hold tags."""
+    if "layers" in saved:
+        return StepMeasurement.from_dict(saved)
+    layers: dict[str, dict[str, float]] = {}
+    for tag, value in saved.items():
+        key = parse_tag(tag)
+        if key is not None and key.layer is not None:
+            layers.setdefault(key.layer, {})[key.metric] = value
+    return measurement(step, layers, int(saved.get(f"{PREFIX}/skipped_steps", 0)))
+
+
 def medians_of_views(views: Iterable[LoRAView]) -> tuple[float, float, float]:
-    """Median alpha, rank and scale over layers (section 6 summarizes by the median)."""
+    """Median alpha, rank and scale over layers (docs/metrics.md §6 summarizes by the median)."""
     views = list(views)
     return (statistics.median(v.alpha for v in views), statistics.median(v.rank for v in views),
             statistics.median(v.scale for v in views))

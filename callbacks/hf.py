@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from torch import Tensor
 from transformers import TrainerCallback
 
-from callbacks.engine import SignalDriftEngine, SignalDriftWarning
+from callbacks.engine import _UNSET, SignalDriftEngine, SignalDriftWarning, renamed_full_grad_every
+from callbacks.measurements import StepMeasurement
 
 
 def loss_scaler(optimizer):
@@ -35,7 +36,7 @@ def unscaled(scaler, optimizer) -> bool:
 
 
 class SignalDriftTrainerCallback(TrainerCallback):
-    """Sections 1-4 of the Signal-Drift contract for a PEFT (or this project's) model trained by ``Trainer``.
+    """docs/metrics.md §1-§4 for a PEFT (or this project's) model trained by ``Trainer``.
 
     The same :class:`~callbacks.engine.SignalDriftEngine` as :class:`callbacks.SignalDriftMonitor`
     computes the numbers. The realized update is read after the optimizer step; steps the
@@ -49,11 +50,11 @@ class SignalDriftTrainerCallback(TrainerCallback):
     ``on_pre_optimizer_step`` instead: all-reduced, unscaled, **and after clipping** (``max_grad_norm``).
     What clipping after the read means, per metric:
 
-    * sections 1 and 2 (``delta_*``, ranks, ``signal_norm``, ``drift_*``, ``step_size``) use no
+    * §1 and §2 (``delta_*``, ranks, ``signal_norm``, ``drift_*``, ``step_size``) use no
       gradient: unaffected;
-    * section 3 (``grad_alignment``, ``grad_drift_ratio``): ratios of norms of the equivalent gradient,
+    * §3 (``grad_alignment``, ``grad_drift_ratio``): ratios of norms of the equivalent gradient,
       which clipping by the global norm multiplies by one factor: unaffected;
-    * section 4 (``spectral_gain``, ``spectral_suppression``): the captured full-weight gradient is never
+    * §4 (``spectral_gain``, ``spectral_suppression``): the captured full-weight gradient is never
       clipped, so while clipping is active the gain read after it is a lower bound (times the clip
       factor squared); it is only measured on one process, where the gradients are read before clipping.
 
@@ -71,16 +72,17 @@ class SignalDriftTrainerCallback(TrainerCallback):
         trainer = Trainer(model=peft_model, args=TrainingArguments(..., report_to="tensorboard"), ...)
         drift = SignalDriftTrainerCallback.attach(trainer, every_n_steps=1)
         trainer.train()
-        drift.history[10]["signaldrift/drift_ratio"]
+        drift.history[10].summary("drift_ratio")
     """
 
-    def __init__(self, every_n_steps: int = 1, top_k: int | None = None, probe_every: int | None = 50,
-                 layers: Sequence[str] | None = None) -> None:
-        self.engine = SignalDriftEngine(every_n_steps, top_k, probe_every, layers)
+    def __init__(self, every_n_steps: int = 1, *, top_k: int | None = None, full_grad_every: int | None = 50,
+                 layers: Sequence[str] | None = None, probe_every: object = _UNSET) -> None:
+        full_grad_every = renamed_full_grad_every(full_grad_every, probe_every, type(self).__name__)
+        self.engine = SignalDriftEngine(every_n_steps, top_k=top_k, full_grad_every=full_grad_every, layers=layers)
         self._grads: dict[str, dict[str, Tensor]] = {}
         self._hooks: list = []
         self._latest: dict[str, float] = {}
-        self._probing = probe_every is not None
+        self._probing = full_grad_every is not None
         self._hooked = True  # gradients from post-accumulate hooks (one process) or from .grad (DDP)
 
     @classmethod
@@ -91,7 +93,7 @@ class SignalDriftTrainerCallback(TrainerCallback):
         return callback
 
     @property
-    def history(self) -> dict[int, dict[str, float]]:
+    def history(self) -> dict[int, StepMeasurement]:
         return self.engine.history
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -101,8 +103,8 @@ class SignalDriftTrainerCallback(TrainerCallback):
                 f"SignalDriftTrainerCallback does not support {sharded[0]}: it shards the LoRA factors across ranks, "
                 "so each rank would measure a shard instead of the factor. Supported: one device and DDP; see README, "
                 "'Running at scale'.")
-        self._probing = self.engine.probe_every is not None and int(getattr(args, "world_size", 1) or 1) == 1
-        if self.engine.probe_every is not None and not self._probing:
+        self._probing = self.engine.full_grad_every is not None and int(getattr(args, "world_size", 1) or 1) == 1
+        if self.engine.full_grad_every is not None and not self._probing:
             warnings.warn("SignalDriftTrainerCallback: spectral_suppression and spectral_gain (section 4) are not "
                           "measured under data parallelism (they need the global batch's full-weight gradient)",
                           SignalDriftWarning, stacklevel=2)
@@ -121,7 +123,7 @@ class SignalDriftTrainerCallback(TrainerCallback):
         return hook
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
-        if self._probing and self.engine.probes(state.global_step):
+        if self._probing and self.engine.captures_full_grad(state.global_step):
             self.engine.start_capture(model)
 
     def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
@@ -138,7 +140,7 @@ class SignalDriftTrainerCallback(TrainerCallback):
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
         result = self.engine.after_step(model)
         if result is not None:
-            self._latest = result[1]
+            self._latest = result.tags()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is not None and self._latest and "loss" in logs:  # training log events only

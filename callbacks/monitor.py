@@ -1,4 +1,4 @@
-"""SignalDriftMonitor: sections 1-4 of the Signal-Drift contract, logged from any Lightning Trainer."""
+"""SignalDriftMonitor: docs/metrics.md §1-§4, logged from any Lightning Trainer."""
 from __future__ import annotations
 
 import warnings
@@ -13,7 +13,8 @@ from callbacks._lightning import (
     unscale_divisor,
     world_size,
 )
-from callbacks.engine import LAYER_METRICS, PREFIX, SignalDriftEngine, SignalDriftWarning, check_positive_int, model_tag
+from callbacks.engine import _UNSET, SignalDriftEngine, SignalDriftWarning, check_positive_int, renamed_full_grad_every
+from callbacks.measurements import METRICS, PREFIX, StepMeasurement, summary_tag
 from callbacks.tensorboard import add_custom_layout, add_spectra_figure, add_spectrum_histograms, mark_restart
 
 
@@ -29,11 +30,9 @@ class SignalDriftMonitor(CallbackBase):
     Logged (step = the optimizer step measured, 0-based), to every logger, from rank zero:
 
     * ``signaldrift/<layer>/<metric>`` (every ``layer_log_every`` steps; every measured step in
-      ``monitor.history``) for each layer and metric in ``delta_norm``,
-      ``delta_rel``, ``stable_rank``, ``effective_rank`` (section 1; dW before step t),
-      ``signal_norm``, ``drift_norm``, ``drift_ratio``, ``step_size`` (section 2; step t),
-      ``grad_alignment``, ``grad_drift_ratio`` (section 3), ``spectral_gain``,
-      ``spectral_suppression`` (section 4, on probe steps only). Undefined values are left out.
+      ``monitor.history``) for each layer and each metric of ``callbacks.measurements.METRICS``
+      (docs/metrics.md sections 1-4: section 1 is dW before step t, section 2 the step t, section
+      4 on full-gradient steps only). Undefined values are left out.
     * ``signaldrift/<metric>`` (median over layers) and ``signaldrift/<metric>_max``, every
       measured step.
     * ``signaldrift/skipped_steps``: cumulative count of layer-steps skipped (non-finite values,
@@ -47,7 +46,7 @@ class SignalDriftMonitor(CallbackBase):
     Args:
         every_n_steps: measure every this many optimizer steps (> 0).
         top_k: subspace size for the gradient split (default: the layer's rank).
-        probe_every: capture the full-weight gradient every this many steps (None: never).
+        full_grad_every: capture the full-weight gradient every this many steps (None: never).
         layers: names or dotted suffixes of the layers to watch (default: all LoRA layers).
         histogram_every: write singular-value histograms every this many steps (TensorBoard only;
             None: never).
@@ -59,24 +58,26 @@ class SignalDriftMonitor(CallbackBase):
 
         trainer = Trainer(callbacks=[SignalDriftMonitor(every_n_steps=10)], logger=TensorBoardLogger("runs"))
         trainer.fit(model)
-        monitor.history[10]["signaldrift/drift_ratio"]
+        monitor.history[10].summary("drift_ratio")           # median over layers at step 10
+        monitor.history[10].layers["model.fc1"]["drift_ratio"]
     """
 
-    def __init__(self, every_n_steps: int = 1, top_k: int | None = None, probe_every: int | None = 50,
+    def __init__(self, every_n_steps: int = 1, *, top_k: int | None = None, full_grad_every: int | None = 50,
                  layers: Sequence[str] | None = None, histogram_every: int | None = 50,
-                 layer_log_every: int | None = None) -> None:
+                 layer_log_every: int | None = None, probe_every: object = _UNSET) -> None:
         super().__init__()
-        self.engine = SignalDriftEngine(every_n_steps, top_k, probe_every, layers)
+        full_grad_every = renamed_full_grad_every(full_grad_every, probe_every, type(self).__name__)
+        self.engine = SignalDriftEngine(every_n_steps, top_k=top_k, full_grad_every=full_grad_every, layers=layers)
         check_positive_int("histogram_every", histogram_every, allow_none=True)
         check_positive_int("layer_log_every", layer_log_every, allow_none=True)
         self.histogram_every, self.layer_log_every = histogram_every, layer_log_every
         self._scale_before: float | None = None
         self._warned_no_logger = False
-        self._probing = probe_every is not None
+        self._probing = full_grad_every is not None
 
     @property
-    def history(self) -> dict[int, dict[str, float]]:
-        """Every measured step's tags and values, kept with or without a logger."""
+    def history(self) -> dict[int, StepMeasurement]:
+        """Every measured step (step -> layer -> metric -> value), kept with or without a logger."""
         return self.engine.history
 
     @property
@@ -87,8 +88,8 @@ class SignalDriftMonitor(CallbackBase):
         if stage != "fit":
             return
         refuse_sharded(trainer, "SignalDriftMonitor")
-        self._probing = self.engine.probe_every is not None and world_size(trainer) == 1
-        if self.engine.probe_every is not None and not self._probing:
+        self._probing = self.engine.full_grad_every is not None and world_size(trainer) == 1
+        if self.engine.full_grad_every is not None and not self._probing:
             warnings.warn("SignalDriftMonitor: spectral_suppression and spectral_gain (section 4) are not measured "
                           "under data parallelism: they need the full-weight gradient of the global batch, which "
                           "only an all-reduce of an (m, n) matrix per layer would give", SignalDriftWarning, stacklevel=2)
@@ -102,7 +103,7 @@ class SignalDriftMonitor(CallbackBase):
         self.engine.attach(pl_module)  # a snapshot restored from a checkpoint is kept
         self.engine.to_device(pl_module.device)
         for w in tensorboard_writers(trainer):
-            add_custom_layout(w, self.engine.names)
+            add_custom_layout(w)
 
     def on_train_start(self, trainer, pl_module) -> None:
         if trainer.global_step > 0:  # resumed (the loops are restored by now): steps after the checkpoint
@@ -110,7 +111,7 @@ class SignalDriftMonitor(CallbackBase):
                 mark_restart(w, trainer.global_step)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        if self._probing and self.engine.probes(trainer.global_step):
+        if self._probing and self.engine.captures_full_grad(trainer.global_step):
             self.engine.start_capture(pl_module)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
@@ -129,11 +130,9 @@ class SignalDriftMonitor(CallbackBase):
         result = self.engine.after_step(pl_module, step_taken=taken)
         if result is None:
             return
-        step, tags = result
+        step = result.step
         every = self.layer_log_every or max(int(getattr(trainer, "log_every_n_steps", 1) or 1), 1)
-        if step % every != 0:
-            tags = {k: v for k, v in tags.items() if k.count("/") == 1}  # aggregates only
-        log_metrics(trainer, tags, step)
+        log_metrics(trainer, result.tags(layers=step % every == 0), step)
         if self.histogram_every is not None and step % self.histogram_every == 0:
             for w in tensorboard_writers(trainer):
                 add_spectrum_histograms(w, self.engine.spectra, step)
@@ -158,4 +157,4 @@ class SignalDriftMonitor(CallbackBase):
         return self.engine.latest(metric, window)
 
 
-__all__ = ["LAYER_METRICS", "PREFIX", "SignalDriftMonitor", "model_tag"]
+__all__ = ["METRICS", "PREFIX", "SignalDriftMonitor", "summary_tag"]

@@ -8,8 +8,9 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from callbacks.engine import PREFIX
+from callbacks.measurements import PREFIX, TagKey, parse_tag
 
+# The per-layer table's columns (a selection of callbacks.measurements.METRICS).
 REPORT_METRICS = ("drift_ratio", "step_size", "grad_alignment", "spectral_suppression", "delta_rel")
 
 
@@ -198,13 +199,23 @@ def _recent(series: dict[int, float], window: int = 10) -> float | None:
     return statistics.median(vals) if vals else None
 
 
+def measured(record: RunRecord) -> dict[TagKey, dict[int, float]]:
+    """The run's series by what they measure, whichever logger wrote them (Lightning writes
+    ``signaldrift/...``, the Hugging Face Trainer ``train/signaldrift/...``)."""
+    out: dict[TagKey, dict[int, float]] = {}
+    for tag, series in record.scalars.items():
+        key = parse_tag(tag)
+        if key is not None:
+            out.setdefault(key, {}).update(series)
+    return out
+
+
 def layer_table(record: RunRecord, window: int = 10) -> list[dict[str, float | str | None]]:
     """Per layer, the median of each metric over its last ``window`` logged steps."""
     layers: dict[str, dict[str, float | None]] = {}
-    for tag, series in record.scalars.items():
-        parts = tag.split("/")
-        if len(parts) == 3 and parts[0] == PREFIX and parts[2] in REPORT_METRICS:
-            layers.setdefault(parts[1], {})[parts[2]] = _recent(series, window)
+    for key, series in measured(record).items():
+        if key.layer is not None and key.metric in REPORT_METRICS:
+            layers.setdefault(key.layer, {})[key.metric] = _recent(series, window)
     return [{"layer": name, **{m: vals.get(m) for m in REPORT_METRICS}} for name, vals in layers.items()]
 
 
@@ -222,8 +233,9 @@ def format_report(record: RunRecord, window: int = 10) -> str:
         cells = ["n/a" if r[m] is None else f"{r[m]:.4g}" for m in REPORT_METRICS]
         lines.append(f"{r['layer']:<{width}}  " + "  ".join(f"{c:>20}" for c in cells))
     model_rows = []
+    series = measured(record)
     for m in REPORT_METRICS + ("step_gap", "gap_gain"):
-        v = _recent(record.scalars.get(f"{PREFIX}/{m}", {}), window)
+        v = _recent(series.get(TagKey(m), {}), window)
         if v is not None:
             model_rows.append(f"  {m:<22}{v:.4g}")
     if model_rows:
@@ -242,12 +254,13 @@ def write_report_png(record: RunRecord, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    by_key = measured(record)
     for ax, metric in zip(axes.flat[:3], ("drift_ratio", "step_size", "step_gap")):
-        series = record.scalars.get(f"{PREFIX}/{metric}", {})
+        series = by_key.get(TagKey(metric), {})
         if series:
             steps = sorted(series)
             ax.plot(steps, [series[s] for s in steps], label="median over layers")
-            mx = record.scalars.get(f"{PREFIX}/{metric}_max", {})
+            mx = by_key.get(TagKey(metric, None, "max"), {})
             if mx:
                 ax.plot(sorted(mx), [mx[s] for s in sorted(mx)], alpha=0.5, label="max over layers")
             ax.legend(fontsize=8)

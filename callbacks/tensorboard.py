@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from callbacks.engine import PREFIX, model_tag
+from callbacks.measurements import PREFIX, layer_tag, summary_tag
 
 DASHBOARD = {
     "task signal": ["signal_norm", "grad_alignment"],
@@ -14,13 +14,13 @@ DASHBOARD = {
 }
 
 
-def add_custom_layout(writer, layers: list[str]) -> None:
+def add_custom_layout(writer) -> None:
     """One "Signal-Drift" dashboard: model-level medians and maxima side by side."""
     section = {}
     for title, metrics in DASHBOARD.items():
-        tags = [model_tag(m) for m in metrics] + [model_tag(m, "max") for m in metrics]
+        tags = [summary_tag(m) for m in metrics] + [summary_tag(m, "max") for m in metrics]
         section[title] = ["Multiline", tags]
-    section["per layer drift ratio"] = ["Multiline", [rf"{PREFIX}/.*/drift_ratio"]]
+    section["per layer drift ratio"] = ["Multiline", [layer_tag(".*", "drift_ratio")]]
     writer.add_custom_scalars({"Signal-Drift": section})
 
 

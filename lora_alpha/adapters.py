@@ -14,7 +14,7 @@ from torch import nn
 
 from lora_alpha.files import atomic_write_many
 from lora_alpha.inject import _set_module, _short_list, freeze_all_but_lora, lora_modules
-from lora_alpha.layers import LoRALinear, wrappable
+from lora_alpha.layers import LoRALinear, is_conv1d, wrappable
 from lora_alpha.scaling import RULES, SQRT_LAW_C, LoRAConfigError, resolve_alpha
 
 CONFIG_NAME = "adapter_config.json"
@@ -69,7 +69,7 @@ def _check_save_folder(directory: Path) -> None:
             raise AdapterFileError(f"cannot save an adapter to {directory}: {directory / name} is not a file")
 
 
-def save_adapter(model: nn.Module, directory: str | os.PathLike, base_model_name_or_path: str | None = None,
+def save_adapter(model: nn.Module, directory: str | os.PathLike, *, base_model_name_or_path: str | None = None,
                  task_type: str | None = None) -> Path:
     """Write the model's LoRA layers (and trainable modules) as a PEFT adapter.
 
@@ -255,7 +255,7 @@ def _lora_names_differ(directory: Path, only_adapter: list[str], only_model: lis
             "keep their factors, alpha and rule)")
 
 
-def load_adapter(model: nn.Module, directory: str | os.PathLike, check_base_model: bool = True,
+def load_adapter(model: nn.Module, directory: str | os.PathLike, *, check_base_model: bool = True,
                  strict: bool = True) -> list[str]:
     """Load an adapter saved by :func:`save_adapter` or by PEFT's ``save_pretrained``.
 
@@ -284,7 +284,25 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, check_base_mode
             layer, or a different base model.
         OSError: a file could not be read.
     """
-    directory = Path(directory)
+    adapter = _read_adapter(Path(directory), model, check_base_model)
+    plans = _plan(model, adapter, strict)
+    _apply(model, plans, adapter)
+    return [p.name for p in plans]
+
+
+@dataclass(frozen=True)
+class _Adapter:
+    """An adapter folder, read and checked: its rule, per-layer factors and other tensors."""
+
+    directory: Path
+    config: dict
+    rule: str
+    factors: dict[str, dict[str, torch.Tensor]]
+    others: dict[str, torch.Tensor]
+
+
+def _read_adapter(directory: Path, model: nn.Module, check_base_model: bool) -> _Adapter:
+    """Read: the files exist and parse, the adapter is plain LoRA for this base model."""
     for fname in (CONFIG_NAME, WEIGHTS_NAME):
         if not (directory / fname).is_file():
             raise AdapterMismatchError(f"{directory / fname} does not exist; an adapter folder needs {CONFIG_NAME} and {WEIGHTS_NAME}")
@@ -303,11 +321,9 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, check_base_mode
         )
     rule = _read_rule(directory / EXTRA_NAME, config)
     weights_path = directory / WEIGHTS_NAME
-    tensors = _read_weights(weights_path)
-    modules = dict(model.named_modules())
     factors: dict[str, dict[str, torch.Tensor]] = {}
     others: dict[str, torch.Tensor] = {}
-    for key, value in tensors.items():
+    for key, value in _read_weights(weights_path).items():
         k = key[len(PREFIX):] if key.startswith(PREFIX) else key
         for part in ("lora_A", "lora_B"):
             suffix = f".{part}.weight"
@@ -323,14 +339,20 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, check_base_mode
             others[k] = value
     if not factors:
         raise AdapterFileError(f"{weights_path} holds no LoRA factors (no '.lora_A.weight'/'.lora_B.weight' keys)")
+    return _Adapter(directory, config, rule, factors, others)
+
+
+def _plan(model: nn.Module, adapter: _Adapter, strict: bool) -> list[_LayerPlan]:
+    """Plan: every layer and tensor of the adapter fits the model (nothing changes yet)."""
+    modules = dict(model.named_modules())
     has_lora = sorted(n for n, m in modules.items() if isinstance(m, LoRALinear))
     if has_lora and strict:
-        only_adapter = sorted(set(factors) - set(has_lora))
-        only_model = sorted(set(has_lora) - set(factors))
+        only_adapter = sorted(set(adapter.factors) - set(has_lora))
+        only_model = sorted(set(has_lora) - set(adapter.factors))
         if only_adapter or only_model:
-            raise AdapterMismatchError(_lora_names_differ(directory, only_adapter, only_model))
+            raise AdapterMismatchError(_lora_names_differ(adapter.directory, only_adapter, only_model))
     plans: list[_LayerPlan] = []
-    for name, pair in factors.items():
+    for name, pair in adapter.factors.items():
         if set(pair) != {"lora_A", "lora_B"}:
             raise AdapterMismatchError(f"adapter has only {sorted(pair)} for layer {name!r}")
         module = modules.get(name)
@@ -338,14 +360,14 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, check_base_mode
             raise AdapterMismatchError(f"adapter has a layer {name!r} that the model lacks")
         A, B = pair["lora_A"], pair["lora_B"]
         rank = A.shape[0]
-        alpha = float(_pattern_value(name, config.get("alpha_pattern"), config.get("lora_alpha", 8)))
+        alpha = float(_pattern_value(name, adapter.config.get("alpha_pattern"), adapter.config.get("lora_alpha", 8)))
         if isinstance(module, LoRALinear):
             if module.merged:
                 raise AdapterMismatchError(f"layer {name!r} is merged; unmerge it before loading an adapter into it")
             want_a, want_b = tuple(module.lora_A.shape), tuple(module.lora_B.shape)
         elif wrappable(module):
             w = module.weight
-            out_f, in_f = (w.shape[1], w.shape[0]) if type(module).__name__ == "Conv1D" else tuple(w.shape)
+            out_f, in_f = (w.shape[1], w.shape[0]) if is_conv1d(module) else tuple(w.shape)
             want_a, want_b = (rank, in_f), (out_f, rank)
         else:
             raise AdapterMismatchError(f"layer {name!r} is a {type(module).__name__}; it cannot hold LoRA factors")
@@ -354,30 +376,32 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, check_base_mode
                 f"layer {name!r}: adapter factors A {tuple(A.shape)}, B {tuple(B.shape)} do not fit the "
                 f"layer, which needs A {want_a}, B {want_b}"
             )
-        resolve_alpha(alpha, rank, rule)  # refused here, not half-way through the changes below
+        resolve_alpha(alpha, rank, adapter.rule)  # refused here, not half-way through the changes
         plans.append(_LayerPlan(name, rank, alpha, A, B))
     params = dict(model.named_parameters())
-    for k, v in others.items():
+    for k, v in adapter.others.items():
         target = params.get(k)
         if target is None or tuple(target.shape) != tuple(v.shape):
             have = "missing" if target is None else tuple(target.shape)
             raise AdapterMismatchError(f"adapter tensor {k!r} {tuple(v.shape)} does not fit the model ({have})")
-    # Everything fits: now change the model.
-    wrappers = {p.name: LoRALinear(modules[p.name], p.rank, p.alpha, rule) for p in plans
-                if not isinstance(modules[p.name], LoRALinear)}
-    for name, w in wrappers.items():
-        _set_module(model, name, w)
+    return plans
+
+
+def _apply(model: nn.Module, plans: list[_LayerPlan], adapter: _Adapter) -> None:
+    """Apply a checked plan: wrap, copy the factors, set the adapter's alpha and rule, freeze."""
+    modules = dict(model.named_modules())
+    for p in plans:
+        if not isinstance(modules[p.name], LoRALinear):
+            _set_module(model, p.name, LoRALinear(modules[p.name], p.rank, p.alpha, rule=adapter.rule))
     with torch.no_grad():
         for p in plans:
             layer = model.get_submodule(p.name)
             layer.lora_A.copy_(p.A.to(layer.lora_A.dtype))
             layer.lora_B.copy_(p.B.to(layer.lora_B.dtype))
             # The adapter's alpha and rule, not the layer's: its scale is derived from these.
-            layer.rule = rule
+            layer.rule = adapter.rule
             layer.set_alpha(p.alpha)
         live = dict(model.named_parameters())
-        for k, v in others.items():
+        for k, v in adapter.others.items():
             live[k].copy_(v.to(live[k].dtype))
-    owners = sorted({k.rpartition(".")[0] for k in others})
-    freeze_all_but_lora(model, owners)
-    return [p.name for p in plans]
+    freeze_all_but_lora(model, sorted({k.rpartition(".")[0] for k in adapter.others}))

@@ -10,7 +10,7 @@ from torch import nn
 
 from lora_alpha.layers import LoRALinear, check_dropout, wrappable
 from lora_alpha.scaling import LoRAConfigError, check_rank, check_rule, resolve_alpha, scale
-from signaldrift.views import lora_layers
+from signaldrift.views import is_peft_lora, lora_layers
 
 
 @dataclass(frozen=True)
@@ -143,6 +143,7 @@ def inject(
     model: nn.Module,
     targets: str | Iterable[str],
     rank: int,
+    *,
     alpha: float | None = None,
     rule: str = "lora-alpha",
     dropout: float = 0.0,
@@ -173,7 +174,7 @@ def inject(
     check_dropout(dropout)
     names = plan_targets(model, targets)
     keep = _plan_trainable(model, trainable)
-    wrappers = {n: LoRALinear(model.get_submodule(n), rank, alpha, rule, dropout) for n in names}
+    wrappers = {n: LoRALinear(model.get_submodule(n), rank, alpha, rule=rule, dropout=dropout) for n in names}
     for n, w in wrappers.items():
         _set_module(model, n, w)
     freeze_all_but_lora(model, keep)
@@ -218,7 +219,7 @@ def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
             base_logits = model(**batch).logits
     """
     ours = [m for _, m in lora_modules(model)]
-    peft = [m for m in model.modules() if hasattr(m, "enable_adapters") and isinstance(getattr(m, "r", None), dict)]
+    peft = [m for m in model.modules() if is_peft_lora(m)]
     saved_ours = [m.lora_enabled for m in ours]
     saved_peft = [bool(m.disable_adapters) for m in peft]
     saved_grad = [[p.requires_grad for p in m.parameters()] for m in peft]  # PEFT toggles these too

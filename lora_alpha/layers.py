@@ -43,7 +43,7 @@ class LoRALinear(nn.Module):
         dropout: dropout probability on the LoRA path's input.
     """
 
-    def __init__(self, base: nn.Module, rank: int, alpha: float | None = None, rule: str = "lora-alpha",
+    def __init__(self, base: nn.Module, rank: int, alpha: float | None = None, *, rule: str = "lora-alpha",
                  dropout: float = 0.0) -> None:
         super().__init__()
         if not wrappable(base):

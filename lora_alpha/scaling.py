@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+from signaldrift.errors import check_int, check_number
 from signaldrift.regime import SQRT_LAW_C, recommended_alpha
 
 RULES: tuple[str, ...] = ("standard", "rslora", "lora-alpha")
@@ -14,9 +15,7 @@ class LoRAConfigError(ValueError):
 
 def check_rank(rank: int) -> int:
     """Return ``rank`` if it is a positive int, else raise :class:`LoRAConfigError`."""
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
-        raise LoRAConfigError(f"rank must be a positive int, got {rank!r}")
-    return rank
+    return check_int("rank", rank, error=LoRAConfigError)
 
 
 def check_rule(rule: str) -> str:
@@ -46,9 +45,7 @@ def resolve_alpha(alpha: float | None, rank: int, rule: str = "lora-alpha") -> f
         return default_alpha(rank, rule)
     check_rank(rank)
     check_rule(rule)
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
-        raise LoRAConfigError(f"alpha must be a positive finite number or None, got {alpha!r}")
-    return float(alpha)
+    return check_number("alpha", alpha, allow_none=True, error=LoRAConfigError)
 
 
 def scale(alpha: float | None, rank: int, rule: str = "lora-alpha") -> float:

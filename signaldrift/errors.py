@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
@@ -88,6 +89,37 @@ def check_base_norm(base_norm: float) -> float:
     if b < 0:
         raise ValueError(f"base_norm must be >= 0, got {base_norm!r}")
     return b
+
+
+def check_int(name: str, value: object, *, minimum: int = 1, allow_none: bool = False,
+              error: type[ValueError] = ValueError) -> int | None:
+    """``value`` if it is an int >= ``minimum`` (bools refused; None with ``allow_none``), else ``error``
+    naming the value and what is allowed. The one check of integer arguments in every floor."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise error(f"{name} must be {what}{' or None' if allow_none else ''}, got {value!r}")
+    return value
+
+
+def check_number(name: str, value: object, *, minimum: float = 0.0, inclusive: bool = False,
+                 allow_none: bool = False, error: type[ValueError] = ValueError) -> float | None:
+    """``value`` as a float if it is a finite real number above ``minimum`` (or equal, with
+    ``inclusive``; bools and strings refused; None with ``allow_none``), else ``error``."""
+    if value is None and allow_none:
+        return None
+    what = ("a positive finite number" if minimum == 0 and not inclusive else
+            f"a finite number {'>=' if inclusive else '>'} {minimum:g}") + (" or None" if allow_none else "")
+    if isinstance(value, (bool, str)) or not isinstance(value, numbers.Real):
+        raise error(f"{name} must be {what}, got {value!r}")
+    try:
+        f = float(value)
+    except OverflowError:
+        raise error(f"{name} must be {what}, got {value!r}") from None
+    if not math.isfinite(f) or f < minimum or (f == minimum and not inclusive):
+        raise error(f"{name} must be {what}, got {value!r}")
+    return f
 
 
 def compute_dtype(*tensors: Tensor | None) -> torch.dtype:

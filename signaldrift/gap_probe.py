@@ -1,4 +1,4 @@
-"""Section 5: the optimization-gap line probe along the realized LoRA update."""
+"""docs/metrics.md §5: the optimization-gap line probe along the realized LoRA update."""
 from __future__ import annotations
 
 import math
@@ -33,20 +33,23 @@ class GapProbe:
     losses: tuple[float, ...]
 
 
-def _refine(taus: Sequence[float], losses: Sequence[float], i: int) -> float:
-    """Vertex of the parabola through the best point and its neighbours, on log tau."""
-    if i == 0 or i == len(taus) - 1 or taus[i - 1] <= 0:
-        return taus[i]
-    x = [math.log(taus[j]) for j in (i - 1, i, i + 1)]
-    y = [losses[j] for j in (i - 1, i, i + 1)]
+def refine_log_argmin(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """argmin of ``ys`` over the ascending grid ``xs``, refined by the vertex of the parabola through
+    the best point and its neighbours on log x (kept between them); the grid point itself at an
+    edge, next to x = 0, or when the three points are not convex. Non-finite ``ys`` never win."""
+    i = min(range(len(ys)), key=lambda j: ys[j] if math.isfinite(ys[j]) else math.inf)
+    if i == 0 or i == len(xs) - 1 or xs[i - 1] <= 0:
+        return float(xs[i])
+    x = [math.log(xs[j]) for j in (i - 1, i, i + 1)]
+    y = [ys[j] for j in (i - 1, i, i + 1)]
     if not all(math.isfinite(v) for v in y):
-        return taus[i]
+        return float(xs[i])
     # Parabola y = a x^2 + b x + c through three points (divided differences).
     d1 = (y[1] - y[0]) / (x[1] - x[0])
     d2 = (y[2] - y[1]) / (x[2] - x[1])
     a = (d2 - d1) / (x[2] - x[0])
     if a <= 0:
-        return taus[i]
+        return float(xs[i])
     b = d1 - a * (x[0] + x[1])
     return math.exp(min(max(-b / (2 * a), x[0]), x[2]))
 
@@ -111,5 +114,5 @@ def step_gap_probe(
         raise NonFiniteError(f"the probe loss at tau=1 is not finite ({loss1})")
     best = min(range(len(taus)), key=lambda j: losses[j])
     gain = (loss1 - losses[best]) / loss1 if loss1 != 0 else None
-    gap = _refine(taus, losses, best)
+    gap = refine_log_argmin(taus, losses)
     return GapProbe(step_gap=gap, gap_gain=gain, taus=taus, losses=tuple(losses))

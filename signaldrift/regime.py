@@ -1,4 +1,4 @@
-"""Section 6: the square-root law, its constant c, and the alpha-regime verdict."""
+"""docs/metrics.md §6: the square-root law, its constant c, and the alpha-regime verdict."""
 from __future__ import annotations
 
 import math
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 # between tasks, the constant does not).
 SQRT_LAW_C: float = 270.0
 
-# Verdict thresholds (signal-drift.md section 6), from benchmarks/results/gap_calibration.md: every cell
+# Verdict thresholds (docs/metrics.md §6), from benchmarks/results/gap_calibration.md: every cell
 # of the alpha x lr grid (MiniLM-L6, r=8 on query/value, 63 steps) rerun with the step-gap probe every 8
 # steps, labelled by the grid's mean held-out accuracy against the best alpha at its lr (margin 0.02).
 # With the median of the last 5 probes (the advisor's default window), GAP_TOO_SMALL = 4 separates the
@@ -41,7 +41,7 @@ ALPHA_FLOOR_FRACTION: float = 0.25  # alpha below this fraction of c * sqrt(r) i
 MAX_SUGGESTED_FACTOR: float = 8.0
 # Evidence only (does not change the verdict): in benchmarks/results/alpha_vs_lr.md every cell with a
 # mean per-step update-to-weight ratio >= 0.0278 stayed at the majority class in all seeds, and no other
-# cell exceeded 0.0178 (the pre-study saw the same split at 0.0275 / 0.019).
+# cell exceeded 0.0178.
 STEP_SIZE_HIGH: float = 0.025
 
 VERDICTS = ("alpha-too-small", "too-aggressive", "in-regime")
@@ -133,7 +133,7 @@ class _Series:
 
     def majority(self, keep) -> bool:
         """More than half of *all* values given (NaN included) satisfy ``keep``: agreement, not a
-        median of two (signal-drift.md section 6, v2). For an odd count without NaN this is the
+        median of two (docs/metrics.md §6). For an odd count without NaN this is the
         median's side of the threshold, as before."""
         return 2 * self.count(keep) > self.total
 
@@ -205,7 +205,7 @@ def regime_verdict(
     is ``scale * rank``, and suggestions are returned under the user's own rule (scale is
     linear in alpha under every rule).
 
-    How evidence counts (signal-drift.md section 6, v2): a side of a threshold needs a majority
+    How evidence counts (docs/metrics.md §6): a side of a threshold needs a majority
     of the values given, NaN included (a NaN is dropped as a value but counted as a probe that did
     not agree): the step could be larger when more than half of the step gaps are
     ``>= GAP_TOO_SMALL`` and the drift ratio is low in more than half of its values (or was not
@@ -219,8 +219,8 @@ def regime_verdict(
         alpha: the alpha the user set (median over layers), under their rule.
         rank: the rank (median over layers).
         scale: the live scale (median over layers).
-        step_gaps: recent ``step_gap`` values (section 5); >= 0, inf allowed, NaN counted.
-        drift_ratios: recent ``drift_ratio`` values (section 2); >= 0, inf allowed, NaN counted.
+        step_gaps: recent ``step_gap`` values (docs/metrics.md §5); >= 0, inf allowed, NaN counted.
+        drift_ratios: recent ``drift_ratio`` values (docs/metrics.md §2); >= 0, inf allowed, NaN counted.
         step_sizes: recent ``step_size`` values (evidence only).
         c: the square-root law's constant.
 

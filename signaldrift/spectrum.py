@@ -97,5 +97,6 @@ def update_spectrum(
     s = check_scale(scale)
     check_finite(A=A, B=B, A0=A0, B0=B0)
     L, R = update_factors(A, B, s, A0, B0)
+    check_finite(scaled_factor=L)  # s B can overflow the factors' dtype even when s and B are finite
     svd = svd_unchecked(L, R)
     return spectrum_of(svd, check_base_norm(base_norm), is_numerically_zero(svd, L, R))

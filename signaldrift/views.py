@@ -83,7 +83,8 @@ def _follows_protocol(module: nn.Module) -> bool:
     return isinstance(getattr(module, "lora_kind", None), str) and all(hasattr(module, a) for a in _PROTOCOL_ATTRS)
 
 
-def _is_peft_lora(module: nn.Module) -> bool:
+def is_peft_lora(module: nn.Module) -> bool:
+    """PEFT's ``LoraLayer``, recognized by its documented attributes (no import of peft)."""
     return (
         isinstance(getattr(module, "r", None), dict)
         and isinstance(getattr(module, "scaling", None), dict)
@@ -145,7 +146,7 @@ def lora_layers(model: nn.Module, include_variants: bool = True) -> list[LoRAVie
                 scale=float(module.scaling), alpha=float(module.alpha), rank=int(module.rank),
                 base_weight=module.base_weight_mn(), module=module, merged=bool(module.merged), variant=None,
             ))
-        elif _is_peft_lora(module):
+        elif is_peft_lora(module):
             views.extend(_peft_views(name, module))
     if not include_variants:
         views = [v for v in views if v.variant is None]

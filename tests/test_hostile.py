@@ -132,7 +132,7 @@ def test_inject_answers_or_refuses_without_half_changing(targets, rank, alpha, r
     x = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
     y0 = model(x)
     try:
-        summary = inject(model, targets, rank, alpha, rule, dropout, trainable)
+        summary = inject(model, targets, rank, alpha=alpha, rule=rule, dropout=dropout, trainable=trainable)
     except LoRAConfigError as err:
         assert str(err)
         after = _state(model)

@@ -13,9 +13,9 @@ import time
 import warnings
 from pathlib import Path
 
-from lora_alpha.errors import UsageError
+from lora_alpha.train.errors import UsageError
 from lora_alpha.files import atomic_write, atomic_write_json
-from lora_alpha.runs import (
+from lora_alpha.train.runs import (
     RECORD_NAME,
     RunDir,
     check_output_dir,
@@ -28,13 +28,11 @@ from lora_alpha.runs import (
     write_record,
 )
 from lora_alpha.scaling import RULES, LoRAConfigError
+from lora_alpha.train.finder import AlphaFinderError
+from signaldrift.errors import check_int, check_number
 
-# The embedded default's configuration, chosen by measurement, not by the paper's claims:
-# benchmarks/results/demo_config_150steps.md (5 candidates, one seed: LoRA-α's own defaults led
-# with 0.770) and demo_config_250steps.md (LoRA-α 0.788, standard alpha=16 lr=1e-3 0.798: a gap
-# within seed noise), both with the provisional c = 22; with the calibrated c = 270 the demo
-# measured 0.775 (README). The demo shows the method, LoRA-α: alpha = c*sqrt(r), a full-fine-tuning-
-# sized lr for the factors, the fresh classifier head at its own lr.
+# The embedded default: LoRA-α (alpha = c*sqrt(r), a small lr, the fresh head at its own lr), chosen
+# by benchmarks/results/demo_config_150steps.md and demo_config_250steps.md.
 DEMO = dict(rank=8, alpha=None, rule="lora-alpha", lr=1e-4, head_lr=3e-3, max_steps=250, batch_size=32, max_length=64)
 
 
@@ -85,8 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--accelerator", default="auto")
     t.add_argument("--strategy", default="auto", help="any Lightning strategy name, e.g. ddp")
     t.add_argument("--every-n-steps", type=int, default=1, help="SignalDriftMonitor cadence")
-    t.add_argument("--probe-every", type=int, default=50, help="full-gradient probe cadence (section 4)")
-    t.add_argument("--gap-every", type=int, default=50, help="optimization-gap probe cadence (section 5)")
+    t.add_argument("--full-grad-every", "--probe-every", dest="full_grad_every", type=int, default=50,
+                   help="capture the full-weight gradient every this many steps, for spectral_suppression "
+                        "(docs/metrics.md section 4; --probe-every is the deprecated old name)")
+    t.add_argument("--gap-every", type=int, default=50, help="optimization-gap probe cadence (docs/metrics.md §5)")
     t.add_argument("--output", default="runs", help="runs are written to OUTPUT/NAME/")
     t.add_argument("--name", default=None,
                    help="run name: letters, digits, '-', '_', '.' (default: run-<date>-<time>-<random>)")
@@ -112,26 +112,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _datamodule(args, model_path: str):
-    from lora_alpha.data import CausalLMDataModule, RottenTomatoesDataModule, TextClassificationDataModule
+    from lora_alpha.train.data import CausalLMDataModule, RottenTomatoesDataModule, TextClassificationDataModule
 
     if args.data == "rotten-tomatoes":
         if args.task != "sequence-classification":
             raise UsageError("the embedded Rotten Tomatoes data is for --task sequence-classification")
-        return RottenTomatoesDataModule(model_path, args.batch_size, args.max_length, train_size=args.train_size,
-                                        val_size=args.eval_size, test_size=args.eval_size, seed=args.seed)
+        return RottenTomatoesDataModule(model_path, batch_size=args.batch_size, max_length=args.max_length,
+                                        train_size=args.train_size, val_size=args.eval_size, test_size=args.eval_size,
+                                        seed=args.seed)
+    sizes = dict(batch_size=args.batch_size, max_length=args.max_length, seed=args.seed, val_file=args.val_data,
+                 test_file=args.test_data, train_size=args.train_size, eval_size=args.eval_size)
     if args.task == "causal-lm":
-        return CausalLMDataModule(model_path, args.data, args.val_data, args.batch_size, args.max_length, seed=args.seed,
-                                  test_file=args.test_data, train_size=args.train_size, eval_size=args.eval_size)
-    return TextClassificationDataModule(model_path, args.data, args.val_data, args.test_data, args.text_column,
-                                        args.label_column, args.batch_size, args.max_length, seed=args.seed,
-                                        train_size=args.train_size, eval_size=args.eval_size)
+        return CausalLMDataModule(model_path, args.data, **sizes)
+    return TextClassificationDataModule(model_path, args.data, text_column=args.text_column,
+                                        label_column=args.label_column, **sizes)
 
 
-def _check_positive(args, names: tuple[str, ...]) -> None:
+def _check_positive(args, names: tuple[str, ...], minimum: float = 0, inclusive: bool = False) -> None:
     for name in names:
-        v = getattr(args, name)
-        if not math.isfinite(v) or v <= 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {v}")
+        v, flag = getattr(args, name), "--" + name.replace("_", "-")
+        if isinstance(v, int):
+            check_int(flag, v, minimum=int(minimum) + (0 if inclusive else 1), error=UsageError)
+        else:
+            check_number(flag, v, minimum=minimum, inclusive=inclusive, error=UsageError)
 
 
 # Flags that apply only to some data sources or tasks: given where they do not apply, they are refused.
@@ -154,28 +157,18 @@ def _refuse_inapplicable(args, given: set[str]) -> None:
 
 
 def _check_args(args, given: set[str] = frozenset()) -> None:
-    _check_positive(args, ("rank", "batch_size", "max_length", "every_n_steps", "probe_every", "gap_every", "epochs"))
+    _check_positive(args, ("rank", "batch_size", "max_length", "every_n_steps", "full_grad_every", "gap_every", "epochs"))
     if args.max_steps == 0 or args.max_steps < -1:
         raise UsageError(f"--max-steps must be > 0 (or -1 to train --epochs), got {args.max_steps}")
-    for name in ("lr", "head_lr", "weight_decay"):
-        v = getattr(args, name)
-        if not math.isfinite(v) or v < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
+    _check_positive(args, ("lr", "head_lr", "weight_decay", "checkpoint_every", "warmup_steps"), inclusive=True)
     if args.alpha is not None and (not math.isfinite(args.alpha) or args.alpha <= 0):
         raise UsageError(f"--alpha must be a finite number > 0 (omit it for the rule's default), got {args.alpha}")
-    if args.loraplus_ratio is not None:
-        _check_positive(args, ("loraplus_ratio",))
-    for name in ("checkpoint_every", "warmup_steps"):
-        if getattr(args, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    for name in ("train_size", "eval_size"):
-        if getattr(args, name) is not None:
-            _check_positive(args, (name,))
+    _check_positive(args, tuple(n for n in ("loraplus_ratio", "train_size", "eval_size") if getattr(args, n) is not None))
     _refuse_inapplicable(args, given)
 
 
 def _module(args, model_path: str, dm, **extra):
-    from lora_alpha.module import LoRAAlphaModule
+    from lora_alpha.train.module import LoRAAlphaModule
 
     return LoRAAlphaModule(
         model_path, task=args.task, targets=[t.strip() for t in args.targets.split(",") if t.strip()],
@@ -196,9 +189,7 @@ def find_alpha_cmd(args, given: set[str] = frozenset()) -> int:
     """`signaldrift find-alpha`: the finder on the embedded default (or --model/--data); JSON + PNG."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _check_positive(args, ("rank", "batch_size", "max_length", "steps", "eval_batches", "lr", "head_lr"))
-    for name in ("train_size", "eval_size"):
-        if getattr(args, name) is not None:
-            _check_positive(args, (name,))
+    _check_positive(args, tuple(n for n in ("train_size", "eval_size") if getattr(args, n) is not None))
     _refuse_inapplicable(args, given)
     if args.target_steps is not None:
         _check_positive(args, ("target_steps",))
@@ -206,8 +197,8 @@ def find_alpha_cmd(args, given: set[str] = frozenset()) -> int:
     out = check_output_dir(args.output)  # before any trial runs
     from lightning.pytorch import seed_everything
 
-    from lora_alpha.data import demo_model_path
-    from lora_alpha.finder import AlphaFinderWarning, find_alpha
+    from lora_alpha.train.data import demo_model_path
+    from lora_alpha.train.finder import AlphaFinderWarning, find_alpha
 
     warnings.simplefilter("ignore", AlphaFinderWarning)  # the printed table says the same, in place
     seed_everything(args.seed, verbose=False)
@@ -341,8 +332,8 @@ def _train(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from callbacks import AlphaRegimeAdvisor, SignalDriftMonitor
-    from lora_alpha.data import demo_model_path
-    from lora_alpha.module import check_model_path
+    from lora_alpha.train.data import demo_model_path
+    from lora_alpha.train.module import check_model_path
 
     seed_everything(args.seed, verbose=False)
     model_path = args.model or demo_model_path()
@@ -353,7 +344,7 @@ def _train(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
                      schedule=args.schedule, loraplus_ratio=args.loraplus_ratio, adapter_dir=run_dir / "adapter")
     if resumed is not None:
         _check_checkpoint(last_ckpt, module)
-    monitor = SignalDriftMonitor(every_n_steps=args.every_n_steps, probe_every=args.probe_every)
+    monitor = SignalDriftMonitor(every_n_steps=args.every_n_steps, full_grad_every=args.full_grad_every)
     advisor = AlphaRegimeAdvisor(gap_every=args.gap_every)
     logger = TensorBoardLogger(save_dir=str(output), name=name, version="", default_hp_metric=False)
     guard = _lifecycle_callback(stop, last_ckpt)
@@ -613,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             return report(args)
         return {"train": train, "find-alpha": find_alpha_cmd}[args.command](args, given)
-    except (UsageError, LoRAConfigError) as err:
+    except (UsageError, LoRAConfigError, AlphaFinderError) as err:
         return _fail(str(err))
 
 

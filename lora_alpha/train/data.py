@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lora_alpha.errors import UsageError
+from lora_alpha.train.errors import UsageError
+from signaldrift.errors import check_int
 
 try:
     from lightning.pytorch import LightningDataModule
@@ -127,13 +128,11 @@ class EpochShuffleSampler(Sampler[int]):
 class _TokenizedDataModule(LightningDataModule):
     """Shared plumbing: tokenizer, splits as lists of token rows, loaders with dynamic padding."""
 
-    def __init__(self, tokenizer: str | Any, batch_size: int = 32, max_length: int = 128,
+    def __init__(self, tokenizer: str | Any, *, batch_size: int = 32, max_length: int = 128,
                  num_workers: int | None = None, seed: int = 0) -> None:
         super().__init__()
-        if not isinstance(batch_size, int) or batch_size <= 0:
-            raise UsageError(f"batch_size must be a positive int, got {batch_size!r}")
-        if not isinstance(max_length, int) or max_length < 2:
-            raise UsageError(f"max_length must be an int >= 2, got {max_length!r}")
+        check_int("batch_size", batch_size, error=UsageError)
+        check_int("max_length", max_length, minimum=2, error=UsageError)
         self._tokenizer_arg = tokenizer
         self.tokenizer = None
         self.batch_size, self.max_length, self.seed = batch_size, max_length, seed
@@ -214,10 +213,11 @@ class RottenTomatoesDataModule(_ClassificationDataModule):
 
     labels = ["rotten", "fresh"]
 
-    def __init__(self, tokenizer: str | Any | None = None, batch_size: int = 32, max_length: int = 64,
+    def __init__(self, tokenizer: str | Any | None = None, *, batch_size: int = 32, max_length: int = 64,
                  train_size: int | None = None, val_size: int | None = None, test_size: int | None = None,
                  num_workers: int | None = None, seed: int = 0) -> None:
-        super().__init__(tokenizer or demo_model_path(), batch_size, max_length, num_workers, seed)
+        super().__init__(tokenizer or demo_model_path(), batch_size=batch_size, max_length=max_length,
+                         num_workers=num_workers, seed=seed)
         _check_sizes(train_size=train_size, val_size=val_size, test_size=test_size)
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
         self.path = demo_data_file()
@@ -361,8 +361,7 @@ def split_off_validation(rows: list, seed: int) -> tuple[list, list]:
 
 def _check_sizes(**sizes: int | None) -> None:
     for name, v in sizes.items():
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
-            raise UsageError(f"{name} must be a positive int or None, got {v!r}")
+        check_int(name, v, allow_none=True, error=UsageError)
 
 
 class TextClassificationDataModule(_ClassificationDataModule):
@@ -375,11 +374,11 @@ class TextClassificationDataModule(_ClassificationDataModule):
     defaults to the validation split. ``train_size`` / ``eval_size`` cap the splits.
     """
 
-    def __init__(self, tokenizer: str | Any, train_file: str | os.PathLike, val_file: str | os.PathLike | None = None,
+    def __init__(self, tokenizer: str | Any, train_file: str | os.PathLike, *, val_file: str | os.PathLike | None = None,
                  test_file: str | os.PathLike | None = None, text_column: str = "text", label_column: str = "label",
                  batch_size: int = 32, max_length: int = 128, num_workers: int | None = None, seed: int = 0,
                  train_size: int | None = None, eval_size: int | None = None) -> None:
-        super().__init__(tokenizer, batch_size, max_length, num_workers, seed)
+        super().__init__(tokenizer, batch_size=batch_size, max_length=max_length, num_workers=num_workers, seed=seed)
         _check_sizes(train_size=train_size, eval_size=eval_size)
         self.train_size, self.eval_size = train_size, eval_size
         self.files = {"train": train_file, "val": val_file, "test": test_file}
@@ -431,11 +430,11 @@ class TextClassificationDataModule(_ClassificationDataModule):
 class CausalLMDataModule(_TokenizedDataModule):
     """Causal-LM fine-tuning from JSONL: ``text``, or ``prompt`` + ``completion`` (loss on the completion only)."""
 
-    def __init__(self, tokenizer: str | Any, train_file: str | os.PathLike, val_file: str | os.PathLike | None = None,
+    def __init__(self, tokenizer: str | Any, train_file: str | os.PathLike, *, val_file: str | os.PathLike | None = None,
                  batch_size: int = 8, max_length: int = 256, num_workers: int | None = None, seed: int = 0,
                  test_file: str | os.PathLike | None = None, train_size: int | None = None,
                  eval_size: int | None = None) -> None:
-        super().__init__(tokenizer, batch_size, max_length, num_workers, seed)
+        super().__init__(tokenizer, batch_size=batch_size, max_length=max_length, num_workers=num_workers, seed=seed)
         _check_sizes(train_size=train_size, eval_size=eval_size)
         self.train_size, self.eval_size = train_size, eval_size
         files = (("train", train_file), ("val", val_file), ("test", test_file))

@@ -19,7 +19,7 @@ import logging
 import math
 import statistics
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -27,14 +27,22 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from lora_alpha.errors import UsageError
+from signaldrift.errors import check_int, check_number
 from lora_alpha.scaling import LoRAConfigError, resolve_alpha, scale
+from callbacks.batches import move_to_device
+from signaldrift.gap_probe import refine_log_argmin
 from signaldrift.views import LoRAView, lora_layers
 
-log = logging.getLogger(__name__)
 
 #: The default grid: powers of 4 from 4 to 16384 (the alpha x lr study found useful alphas from 64 to
 #: 1024 across lr 1e-3 to 1e-4 at rank 8; the grid reaches two steps past both ends).
+
+
+log = logging.getLogger(__name__)
+
+class AlphaFinderError(ValueError):
+    """Bad arguments to :func:`find_alpha`, or a model / data it cannot run trials on."""
+
 DEFAULT_ALPHAS: tuple[float, ...] = tuple(4.0 ** k for k in range(1, 8))
 #: A trial stops early once its training loss exceeds this multiple of the first step's loss.
 DIVERGE_FACTOR = 4.0
@@ -77,7 +85,6 @@ class AlphaFinderResult:
     train_steps: int
     eval_batches: int
     rule: str = "standard"
-    extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -118,21 +125,6 @@ class AlphaFinderResult:
         return fig
 
 
-def refine_log_argmin(xs: Sequence[float], ys: Sequence[float]) -> float:
-    """argmin of ``ys`` over the ascending positive grid ``xs``, refined by a parabola in log x
-    through the best point and its neighbours (kept between them); the grid point itself at an
-    edge, or when the three points are not convex."""
-    i = min(range(len(ys)), key=lambda j: ys[j] if math.isfinite(ys[j]) else math.inf)
-    if 0 < i < len(xs) - 1 and all(math.isfinite(ys[j]) for j in (i - 1, i, i + 1)):
-        x = [math.log(xs[j]) for j in (i - 1, i, i + 1)]
-        y = [ys[j] for j in (i - 1, i, i + 1)]
-        d1, d2 = (y[1] - y[0]) / (x[1] - x[0]), (y[2] - y[1]) / (x[2] - x[1])
-        curv = (d2 - d1) / (x[2] - x[0])
-        if curv > 0:
-            return math.exp(min(max((x[0] + x[1]) / 2 - d1 / (2 * curv), x[0]), x[2]))
-    return float(xs[i])
-
-
 def set_alpha(view: LoRAView, alpha: float) -> None:
     """Set one LoRA layer's alpha (its scale follows its rule): this project's layers and PEFT's."""
     module = view.module
@@ -151,16 +143,6 @@ def _default_loss(module: nn.Module, batch: Any) -> torch.Tensor:
     return out.loss if hasattr(out, "loss") else out
 
 
-def _to(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: _to(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to(v, device) for v in batch)
-    return batch
-
-
 def _loaders(datamodule: Any) -> tuple[Iterable, Iterable]:
     if hasattr(datamodule, "train_dataloader"):
         if hasattr(datamodule, "setup"):
@@ -177,32 +159,29 @@ def _loaders(datamodule: Any) -> tuple[Iterable, Iterable]:
 
 
 def _check(alphas, steps, lr, eval_batches) -> list[float]:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise UsageError(f"steps must be a positive int, got {steps!r}")
-    if isinstance(eval_batches, bool) or not isinstance(eval_batches, int) or eval_batches < 1:
-        raise UsageError(f"eval_batches must be a positive int, got {eval_batches!r}")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise UsageError(f"lr must be a positive finite number, got {lr!r}")
+    check_int("steps", steps, error=AlphaFinderError)
+    check_int("eval_batches", eval_batches, error=AlphaFinderError)
+    check_number("lr", lr, error=AlphaFinderError)
     grid = list(DEFAULT_ALPHAS if alphas is None else alphas)
     if len(grid) < 3:
-        raise UsageError(f"alphas needs at least 3 values to bracket an optimum, got {grid!r}")
+        raise AlphaFinderError(f"alphas needs at least 3 values to bracket an optimum, got {grid!r}")
     try:
         grid = [resolve_alpha(a, 1, "standard") for a in grid]
     except LoRAConfigError as e:
-        raise UsageError(f"alphas must all be positive finite numbers: {e}") from None
+        raise AlphaFinderError(f"alphas must all be positive finite numbers: {e}") from None
     if len(set(grid)) != len(grid):
-        raise UsageError(f"alphas must be distinct, got {grid!r}")
+        raise AlphaFinderError(f"alphas must be distinct, got {grid!r}")
     return sorted(grid)
 
 
-def find_alpha(module: nn.Module, datamodule: Any, alphas: Sequence[float] | None = None, steps: int = 16,
+def find_alpha(module: nn.Module, datamodule: Any, *, alphas: Sequence[float] | None = None, steps: int = 16,
                lr: float | None = None, eval_batches: int = 4, loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
                update_alpha: bool = False, progress_bar: bool = True, head_lr: float | None = None,
                target_steps: int | None = None) -> AlphaFinderResult:
     """Short LoRA trials over a log grid of alpha at one learning rate; suggest the best alpha.
 
     Args:
-        module: the model (a :class:`~lora_alpha.module.LoRAAlphaModule`, a PEFT model, or any
+        module: the model (a :class:`~lora_alpha.train.module.LoRAAlphaModule`, a PEFT model, or any
             module with LoRA layers); trained in place and restored afterwards.
         datamodule: a LightningDataModule (its train and val loaders), a ``(train, val)`` pair of
             iterables, or a single iterable of batches (scored on its own batches then).
@@ -222,28 +201,25 @@ def find_alpha(module: nn.Module, datamodule: Any, alphas: Sequence[float] | Non
         and returns what was measured so far (``interrupted=True``).
 
     Raises:
-        UsageError: bad arguments, no LoRA layers, a merged adapter, or too few batches.
+        AlphaFinderError: bad arguments, no LoRA layers, a merged adapter, or too few batches.
     """
-    from callbacks.engine import SignalDriftEngine, model_tag  # lazy: lora_alpha sits above callbacks
-
     grid = _check(alphas, steps, lr if lr is not None else 1.0, eval_batches)
     target_steps = steps if target_steps is None else target_steps
-    if isinstance(target_steps, bool) or not isinstance(target_steps, int) or target_steps < 1:
-        raise UsageError(f"target_steps must be a positive int or None, got {target_steps!r}")
+    check_int("target_steps", target_steps, error=AlphaFinderError)
     lr = float(lr if lr is not None else getattr(module, "lr", 1e-4))
     head_lr = float(head_lr if head_lr is not None else getattr(module, "head_lr", None) or lr)
     views = [v for v in lora_layers(module) if v.variant is None]
     if not views:
-        raise UsageError("find_alpha needs a model with LoRA layers (none found)")
+        raise AlphaFinderError("find_alpha needs a model with LoRA layers (none found)")
     if any(v.merged for v in views):
-        raise UsageError("find_alpha cannot train merged adapters; unmerge them first")
+        raise AlphaFinderError("find_alpha cannot train merged adapters; unmerge them first")
     loss_fn = loss_fn or _default_loss
     device = next(iter(views)).A.device
     train_loader, val_loader = _loaders(datamodule)
-    train = [_to(b, device) for b in islice(iter(train_loader), steps)]
+    train = [move_to_device(b, device) for b in islice(iter(train_loader), steps)]
     if len(train) < steps:
-        raise UsageError(f"the training data gives {len(train)} batches, fewer than steps={steps}")
-    held = [_to(b, device) for b in islice(iter(val_loader), eval_batches)] if val_loader is not None else []
+        raise AlphaFinderError(f"the training data gives {len(train)} batches, fewer than steps={steps}")
+    held = [move_to_device(b, device) for b in islice(iter(val_loader), eval_batches)] if val_loader is not None else []
     if not held:
         held = train[-eval_batches:]
         warnings.warn("find_alpha: no validation batches; scoring trials on training batches", AlphaFinderWarning, stacklevel=2)
@@ -253,56 +229,17 @@ def find_alpha(module: nn.Module, datamodule: Any, alphas: Sequence[float] | Non
     original_alpha = {v.name: v.alpha for v in views}
     was_training = module.training
     rule = getattr(views[0].module, "rule", "standard")
-    losses, train_losses, drift = [math.nan] * len(grid), [math.nan] * len(grid), [None] * len(grid)
-    spent_train = spent_eval = 0
+    trials: list[_Trial] = []
     interrupted = False
     bar = _progress(len(grid) * steps, progress_bar)
     try:
-        for i, alpha in enumerate(grid):
+        for alpha in grid:
             _restore(params, initial)
             for v in views:
                 set_alpha(v, alpha)
-            lora_ids = {id(v.A) for v in views} | {id(v.B) for v in views}
-            opt = torch.optim.AdamW([{"params": [p for _, p in params if id(p) in lora_ids], "lr": lr},
-                                     {"params": [p for _, p in params if id(p) not in lora_ids], "lr": head_lr}],
-                                    weight_decay=0.0)
-            engine = SignalDriftEngine(every_n_steps=1, probe_every=None)
-            engine.attach(module)
-            module.train()
-            first, tail, diverged = None, [], False
-            for t, batch in enumerate(train):
-                opt.zero_grad(set_to_none=True)
-                loss = loss_fn(module, batch)
-                value = float(loss.detach())
-                spent_train += 1
-                if bar is not None:
-                    bar.update(1)
-                first = value if first is None else first
-                if not math.isfinite(value) or value > DIVERGE_FACTOR * first:
-                    diverged = True
-                    if bar is not None:
-                        bar.update(steps - t - 1)
-                    break
-                loss.backward()
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # the engine's skip warnings are per trial noise here
-                    engine.before_step(module, t)
-                    opt.step()
-                    engine.after_step(module)
-                if t >= steps - max(steps // 4, 1):
-                    tail.append(value)
-            ratios = [h[model_tag("drift_ratio")] for h in engine.history.values() if model_tag("drift_ratio") in h]
-            drift[i] = statistics.median(ratios) if ratios else None
-            if diverged:
-                losses[i] = train_losses[i] = math.inf
-            else:
-                train_losses[i] = statistics.fmean(tail)
-                module.eval()
-                with torch.no_grad():
-                    vals = [float(loss_fn(module, b)) for b in held]
-                spent_eval += len(held)
-                losses[i] = statistics.fmean(vals) if all(map(math.isfinite, vals)) else math.inf
-            log.info("find_alpha: alpha %g -> held-out loss %.4f, drift ratio %s", alpha, losses[i], drift[i])
+            trials.append(_run_trial(module, views, params, train, held, loss_fn, _groups(module, views, params, lr, head_lr),
+                                     getattr(module, "weight_decay", 0.0) or 0.0, bar))
+            log.info("find_alpha: alpha %g -> held-out loss %.4f, drift ratio %s", alpha, trials[-1].loss, trials[-1].drift)
     except KeyboardInterrupt:
         interrupted = True
         warnings.warn("find_alpha interrupted: the suggestion uses the trials that finished", AlphaFinderWarning, stacklevel=2)
@@ -315,6 +252,11 @@ def find_alpha(module: nn.Module, datamodule: Any, alphas: Sequence[float] | Non
         for v in views:
             set_alpha(v, original_alpha[v.name])
         module.train(was_training)
+    missing = len(grid) - len(trials)
+    losses = [t.loss for t in trials] + [math.nan] * missing
+    train_losses = [t.train_loss for t in trials] + [math.nan] * missing
+    drift = [t.drift for t in trials] + [None] * missing
+    spent_train, spent_eval = sum(t.train_steps for t in trials), sum(t.eval_batches for t in trials)
 
     finished = [(a, l) for a, l in zip(grid, losses) if not math.isnan(l)]
     trial_best = suggestion = None
@@ -339,6 +281,70 @@ def find_alpha(module: nn.Module, datamodule: Any, alphas: Sequence[float] | Non
                              train_steps=spent_train, eval_batches=spent_eval, rule=rule)
 
 
+@dataclass(frozen=True)
+class _Trial:
+    """One alpha's short run: held-out loss (inf: diverged), mean late training loss, drift ratio."""
+
+    loss: float
+    train_loss: float
+    drift: float | None
+    train_steps: int
+    eval_batches: int
+
+
+def _groups(module: nn.Module, views: list[LoRAView], params: list[tuple[str, nn.Parameter]], lr: float,
+            head_lr: float) -> list[dict]:
+    """The trial's optimizer groups: the module's own (A, B with its LoRA+ ratio, the rest at head_lr)."""
+    ratio = getattr(module, "loraplus_ratio", None) or 1.0
+    a_ids, b_ids = {id(v.A) for v in views}, {id(v.B) for v in views}
+    groups = [{"params": [p for _, p in params if id(p) in a_ids], "lr": lr},
+              {"params": [p for _, p in params if id(p) in b_ids], "lr": lr * ratio},
+              {"params": [p for _, p in params if id(p) not in a_ids | b_ids], "lr": head_lr}]
+    return [g for g in groups if g["params"]]
+
+
+def _run_trial(module: nn.Module, views: list[LoRAView], params, train: list, held: list, loss_fn, groups: list[dict],
+               weight_decay: float, bar) -> _Trial:
+    """Train ``len(train)`` steps from the current state; score on ``held``."""
+    from callbacks.engine import SignalDriftEngine  # lazy: the application floor sits above callbacks
+
+    opt = torch.optim.AdamW(groups, weight_decay=weight_decay)
+    engine = SignalDriftEngine(every_n_steps=1, full_grad_every=None)
+    engine.attach(module)
+    module.train()
+    steps, first, tail, spent = len(train), None, [], 0
+    for t, batch in enumerate(train):
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(module, batch)
+        value = float(loss.detach())
+        spent += 1
+        if bar is not None:
+            bar.update(1)
+        first = value if first is None else first
+        if not math.isfinite(value) or value > DIVERGE_FACTOR * first:
+            if bar is not None:
+                bar.update(steps - t - 1)
+            return _Trial(math.inf, math.inf, _median_drift(engine), spent, 0)
+        loss.backward()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the engine's skip warnings are per-trial noise here
+            engine.before_step(module, t)
+            opt.step()
+            engine.after_step(module)
+        if t >= steps - max(steps // 4, 1):
+            tail.append(value)
+    module.eval()
+    with torch.no_grad():
+        vals = [float(loss_fn(module, b)) for b in held]
+    held_loss = statistics.fmean(vals) if all(map(math.isfinite, vals)) else math.inf
+    return _Trial(held_loss, statistics.fmean(tail), _median_drift(engine), spent, len(held))
+
+
+def _median_drift(engine) -> float | None:
+    ratios = [r for m in engine.history.values() if (r := m.summary("drift_ratio")) is not None]
+    return statistics.median(ratios) if ratios else None
+
+
 @torch.no_grad()
 def _restore(params: list[tuple[str, nn.Parameter]], initial: dict[str, torch.Tensor]) -> None:
     for n, p in params:
@@ -355,4 +361,4 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, desc="find_alpha", unit="step", leave=False)
 
 
-__all__ = ["DEFAULT_ALPHAS", "AlphaFinderResult", "AlphaFinderWarning", "find_alpha", "refine_log_argmin", "set_alpha"]
+__all__ = ["DEFAULT_ALPHAS", "AlphaFinderResult", "AlphaFinderWarning", "find_alpha", "set_alpha"]

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from lora_alpha.adapters import save_adapter
-from lora_alpha.errors import UsageError
+from lora_alpha.train.errors import UsageError
+from signaldrift.errors import check_int, check_number
 from lora_alpha.inject import InjectSummary, inject
 from lora_alpha.scaling import check_rule
 
@@ -90,7 +91,7 @@ class LoRAAlphaModule(LightningModule):
             Off by default: the benchmarks behind the defaults trained with it off.
     """
 
-    def __init__(self, model: str | nn.Module, task: str = "sequence-classification",
+    def __init__(self, model: str | nn.Module, *, task: str = "sequence-classification",
                  targets: Sequence[str] = DEFAULT_TARGETS, rank: int = 8, alpha: float | None = None,
                  rule: str = "lora-alpha", lr: float = DEFAULT_LR, head_lr: float | None = None,
                  weight_decay: float = 0.0, warmup_steps: int = 0, schedule: str = "constant",
@@ -104,10 +105,8 @@ class LoRAAlphaModule(LightningModule):
             raise UsageError(f"unknown schedule {schedule!r}; allowed: {', '.join(SCHEDULES)}")
         check_rule(rule)
         for name, value in (("lr", lr), ("head_lr", head_lr), ("loraplus_ratio", loraplus_ratio)):
-            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise UsageError(f"{name} must be a finite number >= 0, got {value!r}")
-        if not isinstance(warmup_steps, int) or warmup_steps < 0:
-            raise UsageError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}")
+            check_number(name, value, inclusive=True, allow_none=True, error=UsageError)
+        check_int("warmup_steps", warmup_steps, minimum=0, error=UsageError)
         self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
         if adapter_dir is not None:  # checkpoints hold plain types only: torch.load(weights_only=True) reads them
             self.hparams["adapter_dir"] = str(adapter_dir)
@@ -115,7 +114,8 @@ class LoRAAlphaModule(LightningModule):
         self.model = load_hf_model(model, task, num_labels) if isinstance(model, str) else model
         if trainable is None:
             trainable = [h for h in HEAD_NAMES if task == "sequence-classification" and _has_module(self.model, h)]
-        self.lora_summary: InjectSummary = inject(self.model, list(targets), rank, alpha, rule, dropout, trainable)
+        self.lora_summary: InjectSummary = inject(self.model, list(targets), rank, alpha=alpha, rule=rule,
+                                                         dropout=dropout, trainable=trainable)
         self.model.train()  # Hugging Face loads in eval mode; Lightning keeps whatever mode it finds
         if not base_dropout:
             for m in self.model.modules():

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lora_alpha.errors import UsageError
+from lora_alpha.train.errors import UsageError
 from lora_alpha.files import atomic_write_json
 
 RECORD_NAME = "run.json"

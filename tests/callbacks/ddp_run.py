@@ -18,7 +18,7 @@ from tests.callbacks.helpers import make_module, make_trainer, teacher_data  # n
 
 out, world = Path(sys.argv[1]), int(sys.argv[2])
 warnings.simplefilter("ignore")
-monitor = SignalDriftMonitor(every_n_steps=1, probe_every=None, histogram_every=None, layer_log_every=1)
+monitor = SignalDriftMonitor(every_n_steps=1, full_grad_every=None, histogram_every=None, layer_log_every=1)
 advisor = AlphaRegimeAdvisor(gap_every=2, min_probes=1, window=1)
 # Lightning's own distributed sampler always shuffles training data; an unshuffled one makes the
 # two ranks' batches together exactly the single process's batch.
@@ -34,5 +34,5 @@ if world == 2:
         data, num_replicas=2, rank=trainer.global_rank, shuffle=False))
 trainer.fit(module)
 (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(
-    {"history": {str(k): v for k, v in monitor.history.items()}, "probes": advisor.probes,
+    {"history": {str(k): m.tags() for k, m in monitor.history.items()}, "probes": advisor.probes,
      "verdict": advisor.verdict.verdict if advisor.verdict else None}))

@@ -49,7 +49,7 @@ def test_probe_does_not_change_training():
     plain = make_module(lr=0.05)
     make_trainer(max_steps=4).fit(plain)
     probed = make_module(lr=0.05)
-    make_trainer(max_steps=4, callbacks=[AlphaRegimeAdvisor(gap_every=1), SignalDriftMonitor(probe_every=1)]).fit(probed)
+    make_trainer(max_steps=4, callbacks=[AlphaRegimeAdvisor(gap_every=1), SignalDriftMonitor(full_grad_every=1)]).fit(probed)
     for (n, a), (_, b) in zip(plain.named_parameters(), probed.named_parameters()):
         assert torch.equal(a, b), n
 
@@ -68,7 +68,7 @@ def test_too_small_alpha_warns_once_with_a_suggestion():
 
 def test_zero_learning_rate_is_not_probed():
     advisor = AlphaRegimeAdvisor(gap_every=1)
-    monitor = SignalDriftMonitor(probe_every=None)
+    monitor = SignalDriftMonitor(full_grad_every=None)
     make_trainer(max_steps=3, callbacks=[advisor, monitor]).fit(make_module(lr=0.0))
     assert advisor.probes == [] and advisor.verdict is None
     assert monitor.engine.skipped_steps == 3 * 2  # every layer, every step: nothing moved

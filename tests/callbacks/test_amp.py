@@ -36,11 +36,11 @@ def _same_metrics(ref: dict, got: dict, rel: float) -> None:
 
 
 def _lightning_history(plugins=(), optimizer="adamw"):
-    monitor = SignalDriftMonitor(every_n_steps=1, probe_every=1, histogram_every=None)
+    monitor = SignalDriftMonitor(every_n_steps=1, full_grad_every=1, histogram_every=None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         make_trainer(max_steps=4, callbacks=[monitor], plugins=list(plugins)).fit(make_module(optimizer=optimizer))
-    return monitor.history
+    return {step: m.tags() for step, m in monitor.history.items()}
 
 
 def _scaled_fp32_plugin(scaler):
@@ -141,11 +141,11 @@ def _hf_history(tmp_path, scaler=None, max_grad_norm=0.0, optim="adamw_torch"):
         trainer.accelerator.scaler = scaler
         trainer.accelerator.native_amp = True
         trainer.accelerator.autocast_handler = AutocastKwargs(enabled=False)
-    drift = SignalDriftTrainerCallback.attach(trainer, every_n_steps=1, probe_every=1)
+    drift = SignalDriftTrainerCallback.attach(trainer, every_n_steps=1, full_grad_every=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.train()
-    return drift.history
+    return {step: m.tags() for step, m in drift.history.items()}
 
 
 def test_hf_every_metric_under_a_loss_scale_equals_the_unscaled_run(tmp_path):

@@ -65,7 +65,7 @@ def _run(nonzero_init: bool, steps: int = 4):
         with torch.no_grad():
             for layer in (module.model.fc1, module.model.fc2):
                 layer.lora_B.copy_(0.3 * torch.randn(layer.lora_B.shape, generator=g))
-    monitor = SignalDriftMonitor(every_n_steps=1, probe_every=2, histogram_every=None)
+    monitor = SignalDriftMonitor(every_n_steps=1, full_grad_every=2, histogram_every=None)
     rec = make_recorder(capture_full_grad_at=(0, 2))
     make_trainer(max_steps=steps, callbacks=[monitor, rec]).fit(module)
     return monitor, rec
@@ -77,7 +77,7 @@ def test_every_logged_number_equals_its_dense_definition(nonzero_init):
     for step in range(4):
         for name in ("model.fc1", "model.fc2"):
             ref = _dense(rec.before[step], rec.after[step], rec.snapshot, name)
-            logged = {k.split("/")[-1]: v for k, v in monitor.history[step].items() if k.startswith(f"signaldrift/{name}/")}
+            logged = {k.split("/")[-1]: v for k, v in monitor.history[step].tags().items() if k.startswith(f"signaldrift/{name}/")}
             assert set(logged) == set(ref), (step, name, set(logged) ^ set(ref))
             for metric, value in ref.items():
                 assert logged[metric] == pytest.approx(value, rel=1e-5, abs=1e-10), (step, name, metric)
@@ -86,10 +86,10 @@ def test_every_logged_number_equals_its_dense_definition(nonzero_init):
 def test_nonzero_init_reports_no_gradient_split_at_step_zero():
     """dW is zero before the first step: no grad_alignment, rather than a projection on noise."""
     monitor, _ = _run(nonzero_init=True, steps=2)
-    h0 = monitor.history[0]
+    h0 = monitor.history[0].tags()
     for name in ("model.fc1", "model.fc2"):
         assert h0[f"signaldrift/{name}/delta_norm"] == 0.0
         assert f"signaldrift/{name}/grad_alignment" not in h0
         assert f"signaldrift/{name}/grad_drift_ratio" not in h0
-        assert f"signaldrift/{name}/grad_alignment" in monitor.history[1]
+        assert f"signaldrift/{name}/grad_alignment" in monitor.history[1].tags()
     assert "signaldrift/grad_alignment" not in h0

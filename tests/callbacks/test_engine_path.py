@@ -35,7 +35,7 @@ def _data():
     return torch.randn(8, 8, generator=g), torch.randn(8, 2, generator=g)
 
 
-def _train(loss_scale=1.0, unscale_before_hook=True, nonzero_init=False, steps=3, every=1, probe_every=1, skip_at=None):
+def _train(loss_scale=1.0, unscale_before_hook=True, nonzero_init=False, steps=3, every=1, full_grad_every=1, skip_at=None):
     """What a Trainer does, step by step, plus an independent record of the factors, gradients and
     the base weights' own autograd gradient G (of the unscaled loss)."""
     torch.manual_seed(0)
@@ -43,20 +43,20 @@ def _train(loss_scale=1.0, unscale_before_hook=True, nonzero_init=False, steps=3
     layers = {name: getattr(model, name) for name in LAYERS}
     params = [p for layer in layers.values() for p in (layer.lora_A, layer.lora_B)]
     opt = torch.optim.SGD(params, lr=0.05)
-    engine = SignalDriftEngine(every_n_steps=every, probe_every=probe_every)
+    engine = SignalDriftEngine(every_n_steps=every, full_grad_every=full_grad_every)
     engine.attach(model)
     snapshot = {n: (l.lora_A.detach().clone(), l.lora_B.detach().clone()) for n, l in layers.items()}
     x, y = _data()
     before, after, tags = {}, {}, {}
     for step in range(steps):
-        if engine.probes(step):
+        if engine.captures_full_grad(step):
             engine.start_capture(model)
         for layer in layers.values():
             layer.base_layer.weight.requires_grad_(True)
         (torch.nn.functional.mse_loss(model(x), y) * loss_scale).backward()
         before[step] = {n: dict(A=l.lora_A.detach().clone(), B=l.lora_B.detach().clone(),
                                 gA=l.lora_A.grad.detach() / loss_scale, gB=l.lora_B.grad.detach() / loss_scale,
-                                G=l.base_layer.weight.grad.detach() / loss_scale if engine.probes(step) else None,
+                                G=l.base_layer.weight.grad.detach() / loss_scale if engine.captures_full_grad(step) else None,
                                 scale=l.scaling, W0=l.base_weight_mn().detach().clone())
                         for n, l in layers.items()}
         if unscale_before_hook:  # Lightning: unscaled before on_before_optimizer_step
@@ -71,8 +71,8 @@ def _train(loss_scale=1.0, unscale_before_hook=True, nonzero_init=False, steps=3
         after[step] = {n: dict(A=l.lora_A.detach().clone(), B=l.lora_B.detach().clone()) for n, l in layers.items()}
         result = engine.after_step(model, step_taken=step != skip_at)
         if result is not None:
-            assert result[0] == step
-            tags[step] = result[1]
+            assert result.step == step
+            tags[step] = result.tags()
         opt.zero_grad()
         for layer in layers.values():
             layer.base_layer.weight.grad = None
@@ -113,13 +113,13 @@ def test_engine_under_a_loss_scale(unscale_before_hook):
 
 
 def test_schedule_and_probe_only_metrics():
-    engine, tags, before, after, snapshot = _train(steps=5, every=2, probe_every=4)
+    engine, tags, before, after, snapshot = _train(steps=5, every=2, full_grad_every=4)
     assert sorted(tags) == [0, 2, 4]
     _check(tags, before, after, snapshot, [0, 2, 4])
     assert [s for s in tags if "signaldrift/fc1/spectral_gain" in tags[s]] == [0, 4]
     assert engine.latest("spectral_gain", window=5) == [tags[s]["signaldrift/spectral_gain"] for s in (0, 4)]
     assert engine.latest("drift_ratio", window=2) == [tags[s]["signaldrift/drift_ratio"] for s in (2, 4)]
-    assert engine.measures(6) and not engine.measures(5) and engine.probes(8) and not engine.probes(6)
+    assert engine.measures(6) and not engine.measures(5) and engine.captures_full_grad(8) and not engine.captures_full_grad(6)
 
 
 def test_a_step_not_taken_is_skipped_and_counted():

@@ -45,7 +45,7 @@ def _merge_fc1(pl_module):
 
 
 def _train(callbacks, steps: int = 6, module=None, **kw):
-    monitor = SignalDriftMonitor(every_n_steps=1, probe_every=2, histogram_every=None)
+    monitor = SignalDriftMonitor(every_n_steps=1, full_grad_every=2, histogram_every=None)
     advisor = AlphaRegimeAdvisor(gap_every=2)
     trainer = make_trainer(max_steps=steps, callbacks=[monitor, advisor, *callbacks], **kw)
     with warnings.catch_warnings(record=True) as caught:
@@ -64,8 +64,8 @@ def test_infinite_gradients_once():
     trainer, monitor, advisor, drift = _train([_fault_callback(2, _inf_grad_once)])
     assert trainer.global_step == 6
     assert monitor.engine.skipped_steps >= 1
-    assert f"signaldrift/{FC1}/drift_ratio" in monitor.history[1]
-    assert f"signaldrift/{FC1}/drift_ratio" not in monitor.history[2]
+    assert f"signaldrift/{FC1}/drift_ratio" in monitor.history[1].tags()
+    assert f"signaldrift/{FC1}/drift_ratio" not in monitor.history[2].tags()
     assert any("non-finite" in str(w.message) for w in drift)
     _one_warning_per_reason(drift)
 
@@ -73,7 +73,7 @@ def test_infinite_gradients_once():
 def test_zero_learning_rate_skips_every_step():
     trainer, monitor, advisor, drift = _train([], steps=3, module=make_module(lr=0.0))
     assert trainer.global_step == 3 and monitor.engine.skipped_steps == 2 * 3  # two layers, three steps
-    assert all(f"signaldrift/{FC1}/drift_ratio" not in h for h in monitor.history.values())
+    assert all(f"signaldrift/{FC1}/drift_ratio" not in h.tags() for h in monitor.history.values())
     assert advisor.probes == []
     assert len([w for w in drift if "did not update" in str(w.message)]) == 1
 
@@ -81,11 +81,11 @@ def test_zero_learning_rate_skips_every_step():
 def test_layer_frozen_mid_run():
     trainer, monitor, advisor, drift = _train([_fault_callback(3, _freeze_fc1)])
     assert trainer.global_step == 6
-    assert f"signaldrift/{FC1}/drift_ratio" in monitor.history[2]
+    assert f"signaldrift/{FC1}/drift_ratio" in monitor.history[2].tags()
     for step in (3, 4, 5):
-        assert f"signaldrift/{FC1}/drift_ratio" not in monitor.history[step]
-        assert f"signaldrift/{FC2}/drift_ratio" in monitor.history[step]
-    assert monitor.history[5]["signaldrift/skipped_steps"] >= 3
+        assert f"signaldrift/{FC1}/drift_ratio" not in monitor.history[step].tags()
+        assert f"signaldrift/{FC2}/drift_ratio" in monitor.history[step].tags()
+    assert monitor.history[5].tags()["signaldrift/skipped_steps"] >= 3
     _one_warning_per_reason(drift)
 
 
@@ -93,8 +93,8 @@ def test_adapter_merged_mid_run():
     trainer, monitor, advisor, drift = _train([_fault_callback(3, _merge_fc1)])
     assert trainer.global_step == 6
     for step in (3, 4, 5):
-        assert f"signaldrift/{FC1}/drift_ratio" not in monitor.history[step]
-        assert f"signaldrift/{FC2}/drift_ratio" in monitor.history[step]
+        assert f"signaldrift/{FC1}/drift_ratio" not in monitor.history[step].tags()
+        assert f"signaldrift/{FC2}/drift_ratio" in monitor.history[step].tags()
     assert any("merged" in str(w.message) for w in drift)
     _one_warning_per_reason(drift)
     assert all(math.isfinite(p["step_gap"]) for p in advisor.probes)
@@ -108,7 +108,7 @@ def test_rank_larger_than_the_layer_allows():
     model = peft.get_peft_model(TinyMLP(), peft.LoraConfig(r=12, lora_alpha=12, target_modules=["fc1", "fc2"]))
     trainer, monitor, advisor, drift = _train([], steps=4, module=make_module(model=model))
     assert trainer.global_step == 4
-    values = [v for h in monitor.history.values() for k, v in h.items() if "fc1" in k]
+    values = [v for h in monitor.history.values() for k, v in h.tags().items() if "fc1" in k]
     assert values and all(math.isfinite(v) for v in values)
     _one_warning_per_reason(drift)
 
@@ -124,9 +124,9 @@ def test_amp_skipped_steps_with_a_cpu_grad_scaler():
     trainer, monitor, advisor, drift = _train([_fault_callback(2, _inf_grad_once)], plugins=[plugin])
     assert trainer.global_step == 6
     assert scaler.get_scale() < 65536.0  # the scaler saw the overflow and backed off
-    assert f"signaldrift/{FC1}/drift_ratio" not in monitor.history.get(2, {})
-    assert f"signaldrift/{FC1}/drift_ratio" in monitor.history[3]
-    assert monitor.history[5]["signaldrift/skipped_steps"] >= 1
+    assert f"signaldrift/{FC1}/drift_ratio" not in (monitor.history[2].tags() if 2 in monitor.history else {})
+    assert f"signaldrift/{FC1}/drift_ratio" in monitor.history[3].tags()
+    assert monitor.history[5].tags()["signaldrift/skipped_steps"] >= 1
     assert any("did not update" in str(w.message) or "non-finite" in str(w.message) for w in drift)
     _one_warning_per_reason(drift)
 
@@ -143,7 +143,7 @@ def test_crash_after_a_checkpoint_then_resume_logs_every_step_once(tmp_path):
         raise RuntimeError("simulated crash")
 
     def run(max_steps, extra, ckpt_path=None):
-        monitor = SignalDriftMonitor(every_n_steps=1, probe_every=None, histogram_every=None)
+        monitor = SignalDriftMonitor(every_n_steps=1, full_grad_every=None, histogram_every=None)
         advisor = AlphaRegimeAdvisor(gap_every=2)
         ckpt = L.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=3)
         trainer = make_trainer(max_steps=max_steps, enable_checkpointing=True, log_every_n_steps=1,
@@ -167,7 +167,7 @@ def test_crash_after_a_checkpoint_then_resume_logs_every_step_once(tmp_path):
         assert sorted(steps[tag]) == sorted(set(steps[tag])), tag  # no duplicated step
     assert sorted(steps["signaldrift/drift_ratio"]) == list(range(8))  # none missing
     after = read_scalars(tmp_path / "tb")["signaldrift/drift_ratio"]
-    assert all(after[s] == pytest.approx(monitor.history[s]["signaldrift/drift_ratio"]) for s in range(8))
+    assert all(after[s] == pytest.approx(monitor.history[s].tags()["signaldrift/drift_ratio"]) for s in range(8))
     record = read_run(tmp_path / "tb")  # what `signaldrift report` reads: the same, and whole
     assert record.scalars["signaldrift/drift_ratio"] == after and sorted(record.verdicts) == [2, 4, 6]
     assert record.complete

@@ -56,7 +56,7 @@ def test_trainer_callback_logs_through_tensorboard(tmp_path):
                              learning_rate=1e-2, max_grad_norm=0.0, save_strategy="no", disable_tqdm=True, seed=0)
     rec = _recorder()
     trainer = Trainer(model=model, args=args, train_dataset=_Data(), callbacks=[rec])
-    drift = SignalDriftTrainerCallback.attach(trainer, every_n_steps=1, probe_every=1)
+    drift = SignalDriftTrainerCallback.attach(trainer, every_n_steps=1, full_grad_every=1)
     trainer.train()
     assert sorted(drift.history) == [0, 1, 2]
     scalars = read_scalars(tmp_path)
@@ -74,7 +74,16 @@ def test_trainer_callback_logs_through_tensorboard(tmp_path):
             ref["grad_alignment"] = gs.grad_alignment
         for metric, value in ref.items():
             tag = f"signaldrift/{layer}/{metric}"
-            assert drift.history[step][tag] == pytest.approx(value, rel=1e-6, abs=1e-12)
+            assert drift.history[step].tags()[tag] == pytest.approx(value, rel=1e-6, abs=1e-12)
             # the Trainer logs after the step, at global_step = step + 1, under its "train/" prefix
             assert scalars[f"train/{tag}"][step + 1] == pytest.approx(value, rel=1e-4, abs=1e-9)
-    assert f"signaldrift/{layer}/spectral_suppression" in drift.history[1]
+    assert f"signaldrift/{layer}/spectral_suppression" in drift.history[1].tags()
+    # `signaldrift report` reads the Trainer's run as it reads a Lightning run (its tags carry "train/").
+    from callbacks.report import format_report, layer_table, read_run
+
+    record = read_run(tmp_path)
+    rows = {r["layer"]: r for r in layer_table(record)}
+    logged = scalars[f"train/signaldrift/{layer}/drift_ratio"]
+    assert set(rows) == set(drift.engine.names)
+    assert rows[layer]["drift_ratio"] == pytest.approx(sorted(logged.values())[len(logged) // 2], rel=1e-6)
+    assert layer in format_report(record)

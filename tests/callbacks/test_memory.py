@@ -39,7 +39,7 @@ def test_4096x11008_r64_layer_holds_only_factor_sized_state():
     base = nn.Linear(n, m, bias=False).requires_grad_(False)  # W0: (m, n) = 180 MB in float32
     layer = LoRALinear(base, rank=r, alpha=2.0 * r, rule="standard")
     model = nn.Sequential(layer)
-    engine = SignalDriftEngine(every_n_steps=1, probe_every=1)  # sections 1-4 every step
+    engine = SignalDriftEngine(every_n_steps=1, full_grad_every=1)  # sections 1-4 every step
     engine.attach(model)
     opt = torch.optim.AdamW([layer.lora_A, layer.lora_B], lr=1e-3)
     x = torch.randn(8, n)
@@ -55,7 +55,7 @@ def test_4096x11008_r64_layer_holds_only_factor_sized_state():
         engine.before_step(model, step)
         opt.step()
         result = engine.after_step(model)
-        assert result is not None and "signaldrift/0/spectral_suppression" in result[1]
+        assert result is not None and "spectral_suppression" in result.layers["0"]
     opt.zero_grad(set_to_none=True)
     del out, loss, result
     gc.collect()

@@ -36,7 +36,7 @@ def _independent(rec_before, rec_after, snapshot, name):
 
 @pytest.mark.parametrize("ns", ["lightning.pytorch", "pytorch_lightning"])
 def test_logged_values_equal_independent_signaldrift(ns, tmp_path):
-    monitor = SignalDriftMonitor(every_n_steps=1, probe_every=2, histogram_every=2)
+    monitor = SignalDriftMonitor(every_n_steps=1, full_grad_every=2, histogram_every=2)
     rec = make_recorder(ns, capture_full_grad_at=(0, 2))
     trainer = make_trainer(ns, max_steps=4, logger=_tb(ns, tmp_path), callbacks=[monitor, rec], log_every_n_steps=1)
     trainer.fit(make_module(ns))
@@ -48,10 +48,10 @@ def test_logged_values_equal_independent_signaldrift(ns, tmp_path):
                 continue
             got = scalars[f"signaldrift/{LAYER}/{metric}"][step]
             assert got == pytest.approx(value, rel=1e-4, abs=1e-9), (step, metric)
-            assert monitor.history[step][f"signaldrift/{LAYER}/{metric}"] == pytest.approx(value, rel=1e-6, abs=1e-12)
+            assert monitor.history[step].tags()[f"signaldrift/{LAYER}/{metric}"] == pytest.approx(value, rel=1e-6, abs=1e-12)
     # section 4 only on probe steps; aggregates are the median and max over layers
     assert set(scalars[f"signaldrift/{LAYER}/spectral_suppression"]) == {0, 2}
-    h = monitor.history[3]
+    h = monitor.history[3].tags()
     vals = [h[f"signaldrift/model.{n}/drift_ratio"] for n in ("fc1", "fc2")]
     assert h["signaldrift/drift_ratio"] == pytest.approx(sorted(vals)[0] / 2 + sorted(vals)[1] / 2)
     assert h["signaldrift/drift_ratio_max"] == pytest.approx(max(vals))
@@ -61,13 +61,13 @@ def test_logged_values_equal_independent_signaldrift(ns, tmp_path):
 
 
 def test_gradients_before_clipping_with_accumulation(tmp_path):
-    monitor = SignalDriftMonitor(every_n_steps=1, probe_every=None)
+    monitor = SignalDriftMonitor(every_n_steps=1, full_grad_every=None)
     rec = make_recorder()
     trainer = make_trainer(max_steps=3, accumulate_grad_batches=2, gradient_clip_val=1e-4, callbacks=[monitor, rec])
     trainer.fit(make_module(optimizer="sgd", lr=0.5))
     for step in range(3):
         ref = _independent(rec.before[step], rec.after[step], rec.snapshot, LAYER)
-        got = monitor.history[step]
+        got = monitor.history[step].tags()
         assert got[f"signaldrift/{LAYER}/step_size"] == pytest.approx(ref["step_size"], rel=1e-6)
         if "grad_alignment" in ref:
             assert got[f"signaldrift/{LAYER}/grad_alignment"] == pytest.approx(ref["grad_alignment"], rel=1e-6)
@@ -78,26 +78,26 @@ def test_gradients_before_clipping_with_accumulation(tmp_path):
 
 
 def test_bf16_mixed_on_cpu(tmp_path):
-    monitor = SignalDriftMonitor(every_n_steps=1, probe_every=1)
+    monitor = SignalDriftMonitor(every_n_steps=1, full_grad_every=1)
     trainer = make_trainer(max_steps=3, precision="bf16-mixed", callbacks=[monitor])
     trainer.fit(make_module())
-    assert all(math.isfinite(v) for h in monitor.history.values() for v in h.values())
-    assert f"signaldrift/{LAYER}/spectral_gain" in monitor.history[2]
+    assert all(math.isfinite(v) for h in monitor.history.values() for v in h.tags().values())
+    assert f"signaldrift/{LAYER}/spectral_gain" in monitor.history[2].tags()
 
 
 def test_resume_continues_snapshot_and_history(tmp_path):
     L = lightning("lightning.pytorch")
     ckpt = L.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=3)
-    first = SignalDriftMonitor(every_n_steps=1, probe_every=None)
+    first = SignalDriftMonitor(every_n_steps=1, full_grad_every=None)
     make_trainer(max_steps=3, enable_checkpointing=True, callbacks=[first, ckpt]).fit(make_module())
-    resumed = SignalDriftMonitor(every_n_steps=1, probe_every=None)
+    resumed = SignalDriftMonitor(every_n_steps=1, full_grad_every=None)
     make_trainer(max_steps=6, enable_checkpointing=True, default_root_dir=tmp_path, callbacks=[resumed]).fit(
         make_module(), ckpt_path=str(tmp_path / "last.ckpt"))
     assert sorted(resumed.history) == list(range(6))
     A0, B0 = first.engine.snapshot[LAYER]
     assert torch.equal(resumed.engine.snapshot[LAYER][0], A0) and torch.equal(resumed.engine.snapshot[LAYER][1], B0)
     for step in range(3):
-        assert resumed.history[step] == first.history[step]
+        assert resumed.history[step].tags() == first.history[step].tags()
 
 
 def test_csv_logger_only(tmp_path):
@@ -105,27 +105,27 @@ def test_csv_logger_only(tmp_path):
 
     L = lightning("lightning.pytorch")
     logger = L.loggers.CSVLogger(str(tmp_path), name="csv", version=0)
-    make_trainer(max_steps=2, logger=logger, callbacks=[SignalDriftMonitor(probe_every=None)]).fit(make_module())
+    make_trainer(max_steps=2, logger=logger, callbacks=[SignalDriftMonitor(full_grad_every=None)]).fit(make_module())
     rows = list(csv.DictReader(open(tmp_path / "csv" / "version_0" / "metrics.csv")))
     assert any(r.get(f"signaldrift/{LAYER}/drift_ratio") for r in rows)
     assert "signaldrift/skipped_steps" in rows[0]
 
 
 def test_no_logger_warns_once_and_keeps_history():
-    monitor = SignalDriftMonitor(probe_every=None)
+    monitor = SignalDriftMonitor(full_grad_every=None)
     with pytest.warns(SignalDriftWarning, match="no logger"):
         make_trainer(max_steps=2, callbacks=[monitor]).fit(make_module())
     assert sorted(monitor.history) == [0, 1]
 
 
 def test_non_finite_step_is_skipped_and_counted():
-    monitor = SignalDriftMonitor(probe_every=None)
+    monitor = SignalDriftMonitor(full_grad_every=None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         make_trainer(max_steps=4, callbacks=[monitor]).fit(make_module(nan_at_step=1))
     assert monitor.engine.skipped_steps >= 2
-    assert monitor.history[3]["signaldrift/skipped_steps"] >= 2
-    assert f"signaldrift/{LAYER}/drift_ratio" in monitor.history[0]
+    assert monitor.history[3].tags()["signaldrift/skipped_steps"] >= 2
+    assert f"signaldrift/{LAYER}/drift_ratio" in monitor.history[0].tags()
     skipped = [w for w in caught if issubclass(w.category, SignalDriftWarning) and "skipped" in str(w.message)]
     assert 1 <= len(skipped) <= 3  # one warning per reason, not per step
 
@@ -133,8 +133,8 @@ def test_non_finite_step_is_skipped_and_counted():
 def test_bad_input():
     with pytest.raises(ValueError, match="every_n_steps must be a positive int, got 0"):
         SignalDriftMonitor(every_n_steps=0)
-    with pytest.raises(ValueError, match="probe_every"):
-        SignalDriftMonitor(probe_every=-1)
+    with pytest.raises(ValueError, match="full_grad_every"):
+        SignalDriftMonitor(full_grad_every=-1)
     with pytest.raises(ValueError, match="layers must be"):
         SignalDriftMonitor(layers=[])
     plain = make_module(model=torch.nn.Sequential(torch.nn.Linear(8, 2)))
@@ -145,10 +145,10 @@ def test_bad_input():
 
 
 def test_layer_selection():
-    monitor = SignalDriftMonitor(layers=["fc2"], probe_every=None)
+    monitor = SignalDriftMonitor(layers=["fc2"], full_grad_every=None)
     make_trainer(max_steps=1, callbacks=[monitor]).fit(make_module())
     assert monitor.layer_names == ["model.fc2"]
-    assert not any("model.fc1" in k for k in monitor.history[0])
+    assert not any("model.fc1" in k for k in monitor.history[0].tags())
 
 
 def test_peft_model(tmp_path):
@@ -157,30 +157,30 @@ def test_peft_model(tmp_path):
     from tests.conftest import TinyMLP
 
     peft_model = get_peft_model(TinyMLP(), LoraConfig(r=2, lora_alpha=4, target_modules=["fc1", "fc2"]))
-    monitor = SignalDriftMonitor(every_n_steps=1, probe_every=1)
+    monitor = SignalDriftMonitor(every_n_steps=1, full_grad_every=1)
     make_trainer(max_steps=3, callbacks=[monitor]).fit(make_module(model=peft_model))
     names = monitor.layer_names
     assert len(names) == 2 and all("fc" in n for n in names)
-    h = monitor.history[2]
+    h = monitor.history[2].tags()
     assert all(f"signaldrift/{n}/drift_ratio" in h and f"signaldrift/{n}/spectral_suppression" in h for n in names)
 
 
 def test_logging_cadence(tmp_path):
-    monitor = SignalDriftMonitor(every_n_steps=1, probe_every=None, layer_log_every=2, histogram_every=3)
+    monitor = SignalDriftMonitor(every_n_steps=1, full_grad_every=None, layer_log_every=2, histogram_every=3)
     make_trainer(max_steps=4, logger=_tb("lightning.pytorch", tmp_path), callbacks=[monitor]).fit(make_module())
     scalars = read_scalars(tmp_path)
     assert set(scalars[f"signaldrift/{LAYER}/drift_ratio"]) == {0, 2}
     assert set(scalars["signaldrift/drift_ratio"]) == {0, 1, 2, 3}
-    assert sorted(monitor.history) == [0, 1, 2, 3] and f"signaldrift/{LAYER}/drift_ratio" in monitor.history[1]
+    assert sorted(monitor.history) == [0, 1, 2, 3] and f"signaldrift/{LAYER}/drift_ratio" in monitor.history[1].tags()
     with pytest.raises(ValueError, match="histogram_every"):
         SignalDriftMonitor(histogram_every=0)
 
 
 def test_latest_reads_probe_only_metrics_back():
-    monitor = SignalDriftMonitor(every_n_steps=1, probe_every=2)
+    monitor = SignalDriftMonitor(every_n_steps=1, full_grad_every=2)
     make_trainer(max_steps=4, callbacks=[monitor]).fit(make_module())
     assert len(monitor.latest("spectral_suppression", window=10)) == 2  # steps 0 and 2 only
-    assert monitor.latest("drift_ratio", window=2) == [monitor.history[s]["signaldrift/drift_ratio"] for s in (2, 3)]
+    assert monitor.latest("drift_ratio", window=2) == [monitor.history[s].tags()["signaldrift/drift_ratio"] for s in (2, 3)]
 
 
 def test_dora_is_skipped_with_a_warning_naming_it():
@@ -195,7 +195,7 @@ def test_dora_is_skipped_with_a_warning_naming_it():
 
 
 def test_float64_training_is_measured():
-    monitor = SignalDriftMonitor(probe_every=None)
+    monitor = SignalDriftMonitor(full_grad_every=None)
     module = make_module().double()
 
     class Float64(type(module)):
@@ -206,4 +206,17 @@ def test_float64_training_is_measured():
 
     module.__class__ = Float64
     make_trainer(max_steps=2, callbacks=[monitor]).fit(module)
-    assert monitor.engine.skipped_steps == 0 and f"signaldrift/{LAYER}/step_size" in monitor.history[1]
+    assert monitor.engine.skipped_steps == 0 and f"signaldrift/{LAYER}/step_size" in monitor.history[1].tags()
+
+
+def test_probe_every_is_a_deprecated_alias_of_full_grad_every():
+    from callbacks.hf import SignalDriftTrainerCallback
+
+    for cls in (SignalDriftMonitor, SignalDriftTrainerCallback):
+        with pytest.warns(FutureWarning, match=r"probe_every=\.\.\.\) is deprecated; use full_grad_every"):
+            cb = cls(probe_every=7)
+        assert cb.engine.full_grad_every == 7
+        with pytest.raises(ValueError, match="pass full_grad_every only"):
+            cls(full_grad_every=3, probe_every=7)
+    with pytest.raises(TypeError):
+        SignalDriftMonitor(1, None)  # keyword-only after every_n_steps

@@ -17,7 +17,7 @@ NEGATIVE = ["a dull, lifeless mess", "boring and far too long", "the worst scrip
 
 
 def tokenizer_path() -> str:
-    from lora_alpha.data import demo_model_path
+    from lora_alpha.train.data import demo_model_path
 
     return demo_model_path()
 
@@ -63,13 +63,13 @@ def run_cli(*args: str, cwd: Path, env_extra: dict | None = None, timeout: int =
     extra = dict(env_extra or {})
     env["PYTHONPATH"] = os.pathsep.join([*extra.pop("PREPEND_PATH", []), str(ROOT)])
     env.update(extra)
-    cmd = [sys.executable, "-c", "import sys; from lora_alpha.cli import main; sys.exit(main())", *args]
+    cmd = [sys.executable, "-c", "import sys; from lora_alpha.train.cli import main; sys.exit(main())", *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 _MANY = """
 import contextlib, io, json, sys
-from lora_alpha.cli import main
+from lora_alpha.train.cli import main
 results = []
 for argv in json.loads(sys.argv[1]):
     err, out = io.StringIO(), io.StringIO()

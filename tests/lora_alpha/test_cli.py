@@ -17,7 +17,7 @@ def workspace(tmp_path_factory):
 
 def _train_args(root, *extra):
     return ["train", "--model", str(root / "bert"), "--data", str(root / "d.csv"), "--targets", "query,value",
-            "--rank", "2", "--max-steps", "4", "--batch-size", "8", "--gap-every", "2", "--probe-every", "2",
+            "--rank", "2", "--max-steps", "4", "--batch-size", "8", "--gap-every", "2", "--full-grad-every", "2",
             "--output", str(root / "runs"), "--no-progress", *extra]
 
 
@@ -107,8 +107,8 @@ def test_find_alpha_prints_a_suggestion_and_writes_json_and_png(workspace):
 @pytest.mark.parametrize("extra, message", [
     (["--alphas", "1,x,4"], "--alphas must be comma-separated numbers, got '1,x,4'"),
     (["--alphas", "1,4"], "alphas needs at least 3 values"),
-    (["--steps", "0"], "--steps must be > 0, got 0"),
-    (["--lr", "0"], "--lr must be > 0, got 0.0"),
+    (["--steps", "0"], "--steps must be a positive int, got 0"),
+    (["--lr", "0"], "--lr must be a positive finite number, got 0.0"),
     (["--steps", "500"], "fewer than steps=500"),
 ])
 def test_find_alpha_bad_input(workspace, tmp_path, extra, message):
@@ -122,7 +122,7 @@ def test_find_alpha_bad_input(workspace, tmp_path, extra, message):
 
 
 NUMERIC_FLAGS = {"--rank": int, "--batch-size": int, "--max-length": int, "--max-steps": int, "--epochs": int,
-                 "--every-n-steps": int, "--probe-every": int, "--gap-every": int, "--checkpoint-every": int,
+                 "--every-n-steps": int, "--full-grad-every": int, "--gap-every": int, "--checkpoint-every": int,
                  "--lr": float, "--head-lr": float, "--alpha": float}
 
 
@@ -131,8 +131,8 @@ def test_every_numeric_train_flag_is_checked_before_anything_runs():
     with one UsageError naming the flag; argparse itself refuses non-numbers (exit 2)."""
     from hypothesis import given, settings, strategies as st
 
-    from lora_alpha.cli import _check_args, build_parser
-    from lora_alpha.errors import UsageError
+    from lora_alpha.train.cli import _check_args, build_parser
+    from lora_alpha.train.errors import UsageError
 
     parser = build_parser()
 

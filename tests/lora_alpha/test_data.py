@@ -1,7 +1,7 @@
 import pytest
 
-from lora_alpha.data import CausalLMDataModule, RottenTomatoesDataModule, TextClassificationDataModule, pad_collate
-from lora_alpha.errors import UsageError
+from lora_alpha.train.data import CausalLMDataModule, RottenTomatoesDataModule, TextClassificationDataModule, pad_collate
+from lora_alpha.train.errors import UsageError
 from tests.lora_alpha.app_helpers import tokenizer_path, write_csv, write_jsonl
 
 
@@ -65,7 +65,7 @@ def test_unmappable_labels_encoding_and_bad_json(tmp_path):
     val = tmp_path / "v.csv"
     val.write_text("text,label\nfine,maybe\n")
     with pytest.raises(UsageError, match=r"val labels \['maybe'\] do not occur"):
-        TextClassificationDataModule(tokenizer_path(), train, val)
+        TextClassificationDataModule(tokenizer_path(), train, val_file=val)
     latin = tmp_path / "l.csv"
     latin.write_bytes("text,label\ncaf\xe9,1\nx,0\n".encode("latin-1"))
     with pytest.raises(UsageError, match="is not UTF-8"):
@@ -110,7 +110,7 @@ def test_huge_labels_are_labels(tmp_path):
 
 
 def test_integer_valued_labels_are_one_class_and_missing_labels_name_the_line(tmp_path):
-    from lora_alpha.data import TextClassificationDataModule
+    from lora_alpha.train.data import TextClassificationDataModule
     from tests.lora_alpha.app_helpers import tokenizer_path
 
     csv_path = tmp_path / "d.csv"
@@ -133,7 +133,7 @@ def test_integer_valued_labels_are_one_class_and_missing_labels_name_the_line(tm
 def test_sizes_cap_file_splits_and_causal_lm_takes_a_test_file(tmp_path):
     import json
 
-    from lora_alpha.data import CausalLMDataModule, TextClassificationDataModule
+    from lora_alpha.train.data import CausalLMDataModule, TextClassificationDataModule
     from tests.lora_alpha.app_helpers import tokenizer_path, write_csv
 
     write_csv(tmp_path / "d.csv", n=40)

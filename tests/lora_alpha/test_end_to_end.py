@@ -3,17 +3,17 @@ import json
 
 import torch
 
-from lora_alpha.cli import main
+from lora_alpha.train.cli import main
 
 
 def test_real_minilm_end_to_end(tmp_path, capsys):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    from lora_alpha.data import RottenTomatoesDataModule, demo_model_path
+    from lora_alpha.train.data import RottenTomatoesDataModule, demo_model_path
 
     rc = main(["train", "--train-size", "48", "--eval-size", "16", "--max-steps", "3", "--batch-size", "16",
-               "--gap-every", "2", "--probe-every", "2", "--output", str(tmp_path), "--name", "e2e", "--no-progress"])
+               "--gap-every", "2", "--full-grad-every", "2", "--output", str(tmp_path), "--name", "e2e", "--no-progress"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "held-out accuracy" in out and "verdict" in out

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from lora_alpha import inject, lora_layers
-from lora_alpha.errors import UsageError
-from lora_alpha.finder import AlphaFinderWarning, find_alpha, refine_log_argmin
+from lora_alpha.train.finder import AlphaFinderError, AlphaFinderWarning, find_alpha
+from signaldrift.gap_probe import refine_log_argmin
 from tests.conftest import TinyMLP, tiny_bert
 
 
@@ -136,17 +136,17 @@ def test_ctrl_c_stops_restores_and_returns_what_finished():
 def test_bad_input_is_refused_before_anything_changes(kwargs, match):
     m = _model()
     before = {k: v.clone() for k, v in m.state_dict().items()}
-    with pytest.raises(UsageError, match=match):
+    with pytest.raises(AlphaFinderError, match=match):
         find_alpha(m, _data(), loss_fn=_loss, progress_bar=False, **kwargs)
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
 
 
 def test_no_lora_and_merged_are_refused():
-    with pytest.raises(UsageError, match="no.*LoRA|LoRA layers"):
+    with pytest.raises(AlphaFinderError, match="no.*LoRA|LoRA layers"):
         find_alpha(TinyMLP(), _data(), loss_fn=_loss, progress_bar=False)
     m = _model()
     lora_layers(m)[0].module.merge()
-    with pytest.raises(UsageError, match="merged"):
+    with pytest.raises(AlphaFinderError, match="merged"):
         find_alpha(m, _data(), loss_fn=_loss, progress_bar=False)
 
 
@@ -189,5 +189,28 @@ def test_target_steps_scales_the_trials_best_alpha():
                           progress_bar=False, target_steps=12)
     assert short.losses == long.losses and short.suggestion == short.trial_best == long.trial_best
     assert long.suggestion == pytest.approx(long.trial_best * 3 / 12) and long.target_steps == 12
-    with pytest.raises(UsageError, match="target_steps must be a positive int or None, got 0"):
+    with pytest.raises(AlphaFinderError, match="target_steps must be a positive int, got 0"):
         find_alpha(m, data, loss_fn=_loss, progress_bar=False, target_steps=0)
+
+
+def test_trials_use_the_modules_groups_loraplus_included(monkeypatch):
+    """A trial's optimizer is the module's: B at lr * loraplus_ratio, other trainables at head_lr."""
+    from lora_alpha.train import finder
+
+    m = TinyMLP()
+    inject(m, ["fc1"], rank=2, alpha=4.0, rule="standard", trainable=["fc2"])
+    m.loraplus_ratio, m.weight_decay = 16.0, 0.01
+    seen = []
+    real = torch.optim.AdamW
+
+    def spy(groups, **kw):
+        seen.append(([(len(g["params"]), g["lr"]) for g in groups], kw.get("weight_decay")))
+        return real(groups, **kw)
+
+    monkeypatch.setattr(finder.torch.optim, "AdamW", spy)
+    data = _data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AlphaFinderWarning)
+        find_alpha(m, (data[:3], data[3:]), alphas=[1.0, 4.0, 16.0], steps=2, lr=1e-3, head_lr=5e-3, loss_fn=_loss,
+                   progress_bar=False)
+    assert seen == [([(1, 1e-3), (1, 1.6e-2), (2, 5e-3)], 0.01)] * 3

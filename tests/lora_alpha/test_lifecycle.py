@@ -23,7 +23,7 @@ def workspace(tmp_path_factory):
 
 def _args(root, *extra, output=None):
     return ["train", "--model", str(root / "bert"), "--data", str(root / "d.csv"), "--targets", "query,value",
-            "--rank", "2", "--max-steps", "4", "--batch-size", "8", "--gap-every", "2", "--probe-every", "2",
+            "--rank", "2", "--max-steps", "4", "--batch-size", "8", "--gap-every", "2", "--full-grad-every", "2",
             "--output", str(output or root / "runs"), "--no-progress", *extra]
 
 
@@ -76,8 +76,8 @@ def test_an_overwrite_that_fails_before_training_leaves_the_old_run_byte_identic
 
 
 def test_run_dir_swap_abort_restores_and_commit_removes_the_old_run(tmp_path):
-    from lora_alpha.errors import UsageError
-    from lora_alpha.runs import RunDir
+    from lora_alpha.train.errors import UsageError
+    from lora_alpha.train.runs import RunDir
 
     before = _old_run(tmp_path / "r")
     target = RunDir.create(tmp_path, "r", overwrite=True)
@@ -99,7 +99,7 @@ def test_run_dir_swap_abort_restores_and_commit_removes_the_old_run(tmp_path):
 
 
 def test_default_names_are_unique_within_a_second():
-    from lora_alpha.runs import check_run_name, default_run_name
+    from lora_alpha.train.runs import check_run_name, default_run_name
 
     names = {default_run_name() for _ in range(200)}
     assert len(names) == 200
@@ -177,7 +177,7 @@ def _popen(args, cwd):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore",
                PYTHONPATH=str(ROOT))
     # A suite started in the background inherits SIGINT as ignored; give the child the default, as in a terminal.
-    return subprocess.Popen([sys.executable, "-c", "import sys; from lora_alpha.cli import main; sys.exit(main())",
+    return subprocess.Popen([sys.executable, "-c", "import sys; from lora_alpha.train.cli import main; sys.exit(main())",
                              *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
@@ -249,7 +249,7 @@ def test_resume_refuses_contradicting_flags_truncated_and_foreign_checkpoints(wo
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
 
 
-from lora_alpha.cli import _lifecycle_callback as _REAL_LIFECYCLE  # noqa: E402
+from lora_alpha.train.cli import _lifecycle_callback as _REAL_LIFECYCLE  # noqa: E402
 
 
 class _Recorder:
@@ -259,7 +259,7 @@ class _Recorder:
         self.losses, self.stop_at = {}, stop_at
 
     def install(self, monkeypatch):
-        from lora_alpha import cli
+        from lora_alpha.train import cli
 
         real = _REAL_LIFECYCLE
         rec = self
@@ -283,7 +283,7 @@ class _Recorder:
 def test_a_resumed_run_equals_the_uninterrupted_one(workspace, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    from lora_alpha.cli import main
+    from lora_alpha.train.cli import main
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     write_csv(tmp_path / "d.csv", n=30)  # 27 training rows: 4 batches per epoch, so 7 steps cross an epoch
@@ -308,7 +308,7 @@ def test_a_resumed_run_equals_the_uninterrupted_one(workspace, tmp_path, monkeyp
 
 
 def test_report_says_stale_for_a_dead_process_and_refuses_a_corrupt_record(workspace, tmp_path):
-    from lora_alpha.runs import live_status, process_info
+    from lora_alpha.train.runs import live_status, process_info
 
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -334,7 +334,7 @@ def test_report_shows_a_dead_run_as_stale_and_a_damaged_event_file_as_incomplete
 
     dead = subprocess.Popen(["true"])
     dead.wait()
-    from lora_alpha.runs import process_info
+    from lora_alpha.train.runs import process_info
 
     runs = {}
     for name in ("stale", "cut"):

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from lora_alpha.data import CausalLMDataModule, TextClassificationDataModule
-from lora_alpha.errors import UsageError
-from lora_alpha.module import LoRAAlphaModule
+from lora_alpha.train.data import CausalLMDataModule, TextClassificationDataModule
+from lora_alpha.train.errors import UsageError
+from lora_alpha.train.module import LoRAAlphaModule
 from tests.callbacks.helpers import make_trainer
 from tests.lora_alpha.app_helpers import save_tiny, write_csv, write_jsonl
 
@@ -67,14 +67,14 @@ def test_bad_arguments(tiny_bert_dir):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the GPU path: bf16-mixed, one device)")
 def test_gpu_bf16_mixed_path(tiny_bert_dir, tmp_path):
     from callbacks import AlphaRegimeAdvisor, SignalDriftMonitor
-    from lora_alpha.cli import _trainer_kwargs, build_parser
+    from lora_alpha.train.cli import _trainer_kwargs, build_parser
 
     args = build_parser().parse_args(["train", "--max-steps", "3", "--no-progress"])
     kwargs = _trainer_kwargs(args)
     assert kwargs["precision"] == "bf16-mixed"  # chosen automatically on CUDA
     dm = TextClassificationDataModule(str(tiny_bert_dir), write_csv(tmp_path / "d.csv"), batch_size=4)
     module = LoRAAlphaModule(str(tiny_bert_dir), targets=["query", "value"], rank=2, lr=1e-2)
-    monitor, advisor = SignalDriftMonitor(probe_every=1), AlphaRegimeAdvisor(gap_every=1)
+    monitor, advisor = SignalDriftMonitor(full_grad_every=1), AlphaRegimeAdvisor(gap_every=1)
     trainer = make_trainer(max_steps=3, accelerator="gpu", devices=1, precision="bf16-mixed",
                            callbacks=[monitor, advisor], num_sanity_val_steps=0)
     trainer.fit(module, datamodule=dm)

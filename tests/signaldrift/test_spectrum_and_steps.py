@@ -110,3 +110,15 @@ def test_step_split_degenerate_and_bad_input():
         step_split(A, B, A, B + float("inf"), 1.0, 1.0)
     with pytest.raises(NonFiniteError, match="scale"):
         step_split(A, B, A, B, float("nan"), 1.0)
+
+
+def test_a_scale_that_overflows_the_factor_dtype_is_non_finite_not_a_linalg_error():
+    """Found by the hostile-input property test: s = float32 max rounds to inf in float32, and
+    inf * 0 is NaN inside s B; one NonFiniteError (a ValueError), not a LinAlgError."""
+    import torch
+
+    from signaldrift import update_spectrum
+    from signaldrift.errors import NonFiniteError
+
+    with pytest.raises(NonFiniteError, match="scaled_factor holds non-finite values"):
+        update_spectrum(torch.tensor([[1.541]]), torch.tensor([[-0.0]]), 3.4028235677973366e38, 1.0)
