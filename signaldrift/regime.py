@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import math
-import numbers
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from signaldrift.errors import check_number
 
 # The constant c of LoRA-α's law alpha* = c * sqrt(r) (under scale = alpha / r), from
 # benchmarks/results/rank_sweep.md: MiniLM-L6 + Rotten Tomatoes, LoRA on query/value at LoRA-α's lr 1e-4,
@@ -47,20 +48,6 @@ STEP_SIZE_HIGH: float = 0.025
 VERDICTS = ("alpha-too-small", "too-aggressive", "in-regime")
 
 
-def _positive(name: str, value: float) -> float:
-    """``value`` as a float: a positive finite real number (bools refused), else one ValueError."""
-    allowed = f"{name} must be a positive finite number"
-    if isinstance(value, (bool, str)) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{allowed} (not a bool or a string), got {value!r}")
-    try:
-        f = float(value)
-    except OverflowError:
-        raise ValueError(f"{allowed} within float range, got {value!r}") from None
-    if not (math.isfinite(f) and f > 0):
-        raise ValueError(f"{allowed}, got {value!r}")
-    return f
-
-
 def recommended_alpha(rank: int, c: float = SQRT_LAW_C) -> float:
     """LoRA-α's alpha for a rank: ``c * sqrt(rank)`` (used with scale = alpha / rank).
 
@@ -70,7 +57,7 @@ def recommended_alpha(rank: int, c: float = SQRT_LAW_C) -> float:
     """
     if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
         raise ValueError(f"rank must be a positive int, got {rank!r}")
-    c = _positive("c", c)
+    c = check_number("c", c)
     try:
         value = c * math.sqrt(rank)
     except OverflowError:
@@ -230,7 +217,7 @@ def regime_verdict(
             numbers (``scale * rank``, ``c * sqrt(r)`` in alpha's units, the largest suggested
             alpha) leave the float range.
     """
-    alpha, rank, scale, c = (_positive(n, v) for n, v in (("alpha", alpha), ("rank", rank), ("scale", scale), ("c", c)))
+    alpha, rank, scale, c = (check_number(n, v) for n, v in (("alpha", alpha), ("rank", rank), ("scale", scale), ("c", c)))
     gaps, drifts, sizes = (_series(n, v) for n, v in (("step_gap", step_gaps), ("drift_ratio", drift_ratios),
                                                       ("step_size", step_sizes)))
     rec_equiv = c * math.sqrt(rank)  # recommended alpha under scale = alpha / r
