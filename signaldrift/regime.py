@@ -118,11 +118,11 @@ class _Series:
     def count(self, keep) -> int:
         return sum(1 for v in self.values if keep(v))
 
-    def majority(self, keep) -> bool:
-        """More than half of *all* values given (NaN included) satisfy ``keep``: agreement, not a
-        median of two (docs/metrics.md §6). For an odd count without NaN this is the
-        median's side of the threshold, as before."""
-        return 2 * self.count(keep) > self.total
+    def agree(self, votes: int) -> bool:
+        """``votes`` values are more than half of *all* values given (NaN included): agreement, not
+        a median of two (docs/metrics.md §6). For an odd count without NaN this is the median's
+        side of the threshold, as before."""
+        return 2 * votes > self.total
 
     def agreed_value(self, largest: bool) -> float:
         """The value a majority agrees on: the ``total // 2 + 1``-th largest (or smallest). For an
@@ -232,19 +232,23 @@ def regime_verdict(
                 "positive finite floats; allowed: values whose products and quotients stay finite and non-zero "
                 "(e.g. alpha, scale * rank and c * sqrt(r) between 1e-300 and 1e300)")
 
+    # Each threshold is compared once; the decisions below are made from these counts, so the
+    # displayed counts and the verdict cannot disagree.
     small_votes = gaps.count(lambda g: g >= GAP_TOO_SMALL)
     over_votes = gaps.count(lambda g: g < GAP_TOO_AGGRESSIVE)
     in_range = gaps.total - gaps.dropped - small_votes - over_votes
-    gap_small = gaps.majority(lambda g: g >= GAP_TOO_SMALL)
-    gap_over = gaps.majority(lambda g: g < GAP_TOO_AGGRESSIVE)
-    drift_high = drifts.majority(lambda d: d >= DRIFT_RATIO_HIGH)
-    drift_low = drifts.total == 0 or drifts.majority(lambda d: d < DRIFT_RATIO_HIGH)
+    high_votes = drifts.count(lambda d: d >= DRIFT_RATIO_HIGH)
+    low_votes = len(drifts.values) - high_votes  # the values kept are never NaN: below, or at or above
+    gap_small = gaps.agree(small_votes)
+    gap_over = gaps.agree(over_votes)
+    drift_high = drifts.agree(high_votes)
+    drift_low = drifts.total == 0 or drifts.agree(low_votes)
     gap, drift, step = gaps.median(), drifts.median(), sizes.median()
 
     facts = [f"alpha={alpha:g} at r={rank:g} (scale {scale:.4g}); c*sqrt(r) -> alpha ~ {rec_user:.3g}"]
     for text in (
         _describe(gaps, [(small_votes, f">= {GAP_TOO_SMALL:g}"), (over_votes, f"< {GAP_TOO_AGGRESSIVE:g}")]),
-        _describe(drifts, [(drifts.count(lambda d: d >= DRIFT_RATIO_HIGH), f">= {DRIFT_RATIO_HIGH:g}")]),
+        _describe(drifts, [(high_votes, f">= {DRIFT_RATIO_HIGH:g}")]),
         _describe(sizes, [(sizes.count(lambda v: v >= STEP_SIZE_HIGH),
                            f">= {STEP_SIZE_HIGH:g}, where the alpha x lr grid's runs collapsed")]),
     ):
@@ -262,8 +266,7 @@ def regime_verdict(
             why = f"{over_votes} of {gaps.total} probes say the step overshoots (step_gap {agreed:.2g} or less)"
             factor = max(agreed, 0.1)
         else:
-            high = drifts.count(lambda d: d >= DRIFT_RATIO_HIGH)
-            why = f"drift_ratio >= {DRIFT_RATIO_HIGH} in {high} of {drifts.total} probes"
+            why = f"drift_ratio >= {DRIFT_RATIO_HIGH} in {high_votes} of {drifts.total} probes"
             factor = 0.5
         suggestion = f"{why}: lower the learning rate (about {_round2(factor):g}x), not alpha"
     elif gap_small and drift_low:
