@@ -11,7 +11,9 @@ import statistics
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lora_alpha.train.errors import UsageError
 from lora_alpha.files import atomic_write, atomic_write_json
@@ -327,7 +329,20 @@ def train(args, given: set[str] = frozenset()) -> int:
         return _train(args, name, output, run_dir, last_ckpt, record if args.resume else None, stop)
 
 
-def _train(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resumed: dict | None, stop) -> int:
+@dataclass
+class _Run:
+    """Everything a training run needs, built and checked before anything is written."""
+
+    dm: Any
+    module: Any
+    trainer: Any
+    monitor: Any
+    advisor: Any
+    guard: Any
+
+
+def _build(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resumed: dict | None, stop) -> _Run:
+    """Data (tokenized), model, callbacks and trainer; every input checked, nothing on disk touched."""
     from lightning.pytorch import Trainer, seed_everything
     from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -359,6 +374,12 @@ def _train(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
                           **_trainer_kwargs(args))
     except Exception as err:  # noqa: BLE001 - construction has no side effects; any rejection is the user's input
         raise UsageError(f"Lightning rejected the trainer settings: {str(err).strip().splitlines()[0]}") from None
+    return _Run(dm, module, trainer, monitor, advisor, guard)
+
+
+def _train(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resumed: dict | None, stop) -> int:
+    run = _build(args, name, output, run_dir, last_ckpt, resumed, stop)
+    dm, module, trainer, monitor, advisor, guard = run.dm, run.module, run.trainer, run.monitor, run.advisor, run.guard
     # Every input has been checked: only now is anything on disk created or replaced.
     if resumed is not None:
         record = dict(resumed, status="running", resumed=resumed.get("resumed", 0) + 1, **process_info())
