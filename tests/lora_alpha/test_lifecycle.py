@@ -354,3 +354,26 @@ def test_report_shows_a_dead_run_as_stale_and_a_damaged_event_file_as_incomplete
     assert stale == 0 and "Run stale: stale (its process" in stale_err[1] and "INCOMPLETE" not in stale_err[1]
     assert cut == 0 and "INCOMPLETE: 1 event file(s) were cut short or damaged" in cut_err[1]
     assert f"signaldrift: warning: event file {events}" in cut_err[0]
+
+
+def test_resume_from_a_checkpoint_of_another_rank_names_the_file_and_the_mismatch(workspace, tmp_path, monkeypatch):
+    from lora_alpha.train.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(_args(workspace, "--name", "r", "--max-steps", "2", "--checkpoint-every", "1", output=tmp_path)) == 0
+    record_path = tmp_path / "r" / "run.json"
+    record = json.loads(record_path.read_text())
+    record.update(status="interrupted")
+    record["config"]["rank"] = 4  # the record now says rank 4; the checkpoint holds rank-2 factors
+    record_path.write_text(json.dumps(record))
+    before = record_path.read_bytes()
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["train", "--name", "r", "--output", str(tmp_path), "--resume", "--no-progress"])
+    ckpt = tmp_path / "r" / "checkpoints" / "last.ckpt"
+    assert code == 2, err.getvalue()
+    assert f"checkpoint {ckpt} does not match this run:" in err.getvalue() and "(2, " in err.getvalue()
+    assert record_path.read_bytes() == before  # still `interrupted`, untouched
