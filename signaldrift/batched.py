@@ -12,13 +12,13 @@ The algebra. For one layer with ``B0 = 0`` (the usual init), write ``X = [B, g_B
 ``B^T B = T_B^T T_B`` and ``A A^T = T_A^T T_A`` (from their eigendecompositions), ``B = Q_B T_B`` and
 ``A^T = Q_A T_A`` for orthonormal ``Q_B`` (m, r) and ``Q_A`` (n, r) that are never formed:
 
-* section 1: ``dW = s Q_B (T_B T_A^T) Q_A^T``, so dW's singular values are those of the (r, r) core
+* docs/metrics.md §1: ``dW = s Q_B (T_B T_A^T) Q_A^T``, so dW's singular values are those of the (r, r) core
   ``s T_B T_A^T = U_c S V_c^T``, and ``U = Q_B U_c``, ``V = Q_A V_c``;
-* section 3: ``g = s (g_B A + B g_A)`` splits Frobenius-orthogonally into
+* docs/metrics.md §3: ``g = s (g_B A + B g_A)`` splits Frobenius-orthogonally into
   ``Q_B K Q_A^T`` (``K = s (beta T_A^T + T_B alpha^T)``, ``beta = Q_B^T g_B``, ``alpha = Q_A^T g_A^T``),
   ``s (g_B - Q_B beta) A`` and ``s B (g_A - alpha^T Q_A^T)``; the latter two lie outside the task
   subspace, and ``U_k^T g V_k`` is the top-left (k, k) block of ``U_c^T K V_c``;
-* section 2: the per-layer step split already works on Gram matrices; here ``dB^T [dB, B]`` and
+* docs/metrics.md §2: the per-layer step split already works on Gram matrices; here ``dB^T [dB, B]`` and
   ``dA [dA; A]^T`` are batched and ``B^T B``, ``A A^T`` are reused from the step's first half.
 
 Gram matrices square condition numbers, so a layer takes the exact per-layer route (Householder QR,
@@ -26,7 +26,7 @@ the same functions and numbers as :func:`update_spectrum` / :func:`grad_split`) 
 ill-conditioned (``lambda_min < GRAM_CONDITION_LIMIT * lambda_max`` of ``B^T B`` or ``A A^T``), when a
 gradient lies almost inside the factor's span (the out-of-span part would come from a difference
 of nearly equal numbers), and whenever the fit started from ``B0 != 0`` (dW is a difference of two
-products: float64 QR of ``[s B, -s B0]``, signal-drift.md section 3, v2). Elsewhere the results equal
+products: float64 QR of ``[s B, -s B0]``, docs/metrics.md §3). Elsewhere the results equal
 the per-layer functions' to round-off (tested against them and against dense references).
 
 Validation is the cheap kind: shapes are metadata, and a NaN or infinity anywhere in a layer's
@@ -89,9 +89,9 @@ class LayerResult:
     """Sections 1 and 3 of one layer, or why there are none.
 
     Attributes:
-        spectrum: section 1 (None when an input was non-finite). Its ``svd`` holds ``S``; its ``U``
+        spectrum: docs/metrics.md §1 (None when an input was non-finite). Its ``svd`` holds ``S``; its ``U``
             and ``V`` are formed only when asked for (``vectors=True``), else they are None.
-        grad: section 3 (None while dW is numerically zero, without gradients, or non-finite).
+        grad: docs/metrics.md §3 (None while dW is numerically zero, without gradients, or non-finite).
         nonfinite: a factor, gradient or snapshot held NaN or infinity (the layer is to be skipped).
         exact: the layer took the exact per-layer route (see the module docstring).
     """
@@ -129,8 +129,8 @@ class BatchedStep:
     """Sections 1-3 of many layers for one optimizer step, batched by shape.
 
     Create it with :meth:`measure` when the gradients are final (factors at step t): ``results``
-    holds sections 1 and 3 per layer. After the optimizer step, :meth:`step_splits` with the new
-    factors gives section 2. In between it holds one copy of each measured layer's factors in their
+    holds docs/metrics.md §1 and §3 per layer. After the optimizer step, :meth:`step_splits` with the new
+    factors gives docs/metrics.md §2. In between it holds one copy of each measured layer's factors in their
     own dtype (the step's "before"), nothing else of the factors' size.
 
     Example::
@@ -158,7 +158,7 @@ class BatchedStep:
 
         Args:
             layers: one :class:`LayerState` per layer.
-            top_k: subspace size for section 3 (default: each layer's rank; never more than dW's
+            top_k: subspace size for docs/metrics.md §3 (default: each layer's rank; never more than dW's
                 numerical rank), as in :func:`grad_split`.
             vectors: also form each spectrum's singular vectors ``U`` (m, r) and ``V`` (n, r)
                 (an extra product per layer; the gradient split does not need them).

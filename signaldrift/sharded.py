@@ -2,7 +2,7 @@
 
 A LoRA layer's factors and their gradients are small ((m + n) r numbers), so under parameter
 sharding every rank gathers them whole for the step's measurement (a collective: every rank must
-call these functions for the same tensors in the same order) and then computes sections 1-3 on
+call these functions for the same tensors in the same order) and then computes docs/metrics.md §1-§3 on
 the full factors, never forming an (m, n) matrix. The frozen base weight is never gathered: its
 norm is a sum of squares over the local shards, all-reduced once (at attach time).
 
