@@ -14,13 +14,18 @@ from torch import Tensor
 from callbacks._lightning import CallbackBase, log_metrics, rank_mean, refuse_sharded, tensorboard_writers
 from callbacks.batches import map_tensors, move_to_device
 from callbacks.engine import check_positive_int, medians_of_views
-from callbacks.measurements import PREFIX, summary_tag
+from callbacks.measurements import PREFIX, summary_tag, threshold_tag
 from callbacks.tensorboard import mark_restart
 from signaldrift import DEFAULT_TAUS, NonFiniteError, RegimeVerdict, lora_layers, regime_verdict, step_gap_probe, step_split
+from signaldrift import regime
 
 log = logging.getLogger("signaldrift")
 
 VERDICT_CODES = {"alpha-too-small": -1.0, "in-regime": 0.0, "too-aggressive": 1.0}
+# The levels charts draw next to the values (constant series): the verdict's step-gap thresholds and the
+# collapse evidence's levels (signaldrift.regime; docs/metrics.md section 6).
+THRESHOLD_VALUES = {"step_gap_too_small": regime.GAP_TOO_SMALL, "step_gap_too_aggressive": regime.GAP_TOO_AGGRESSIVE,
+                    "step_size_high": regime.STEP_SIZE_HIGH}
 
 
 class AlphaRegimeWarning(UserWarning):
@@ -70,8 +75,14 @@ class AlphaRegimeAdvisor(CallbackBase):
 
     Logged (step = the optimizer step probed), to every logger, from rank zero:
 
-    * ``signaldrift/step_gap``, ``signaldrift/gap_gain``: this probe's values;
-    * ``signaldrift/verdict_code``: -1 alpha-too-small, 0 in-regime, 1 too-aggressive;
+    * ``Summary/step_gap``, ``signaldrift/gap_gain``: this probe's values; ``Summary/step_gap_median``:
+      the median step gap of the probes the verdict counts (once there are ``min_probes``);
+    * ``Summary/alpha`` (median over layers, read live) and ``Summary/alpha_verdict`` (-1
+      alpha-too-small, 0 in-regime, 1 too-aggressive; before the first probes, the verdict of the
+      configuration alone) at every optimizer step, so that a chart's smoothing bends only the
+      step where the verdict changes;
+    * ``signaldrift/thresholds/<name>`` at every step: constant series of ``THRESHOLD_VALUES``
+      (``step_gap_too_small``, ``step_gap_too_aggressive``, ``step_size_high``);
     * TensorBoard text ``signaldrift/verdict``: verdict, evidence and suggestion.
 
     Args:
@@ -109,6 +120,7 @@ class AlphaRegimeAdvisor(CallbackBase):
         self.probe_batch = probe_batch
         self.probes: list[dict[str, float]] = []
         self.verdict: RegimeVerdict | None = None
+        self._config_verdict: RegimeVerdict | None = None  # the configuration alone, until probes count
         self._warned = False
         self._before: list[Tensor] | None = None
 
@@ -131,8 +143,26 @@ class AlphaRegimeAdvisor(CallbackBase):
             self._before = [p.detach().clone() for v in self._views(pl_module) for p in (v.A, v.B)]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if self._before is None:
+        if self._before is not None:
+            self._probe_step(trainer, pl_module)
+        self._log_state(trainer, pl_module, trainer.global_step - 1)
+
+    def _log_state(self, trainer, pl_module, step: int) -> None:
+        """Alpha, the current verdict's code and the thresholds, at ``step``."""
+        views = self._views(pl_module)
+        if not views or step < 0:
             return
+        alpha, rank, scale = medians_of_views(views)
+        verdict = self.verdict
+        if verdict is None:
+            if self._config_verdict is None:
+                self._config_verdict = regime_verdict(alpha, rank, scale)
+            verdict = self._config_verdict
+        metrics = {summary_tag("alpha"): alpha, summary_tag("alpha_verdict"): VERDICT_CODES[verdict.verdict]}
+        metrics.update({threshold_tag(k): v for k, v in THRESHOLD_VALUES.items()})
+        log_metrics(trainer, metrics, step)
+
+    def _probe_step(self, trainer, pl_module) -> None:
         before, self._before = self._before, None
         views = self._views(pl_module)
         params = [p for v in views for p in (v.A, v.B)]
@@ -148,7 +178,10 @@ class AlphaRegimeAdvisor(CallbackBase):
         record["step"] = step
         self.probes.append(record)
         self._update_verdict(pl_module, views)
-        metrics = {summary_tag("step_gap"): record["step_gap"], summary_tag("verdict_code"): VERDICT_CODES[self.verdict.verdict]}
+        metrics = {summary_tag("step_gap"): record["step_gap"]}
+        recent = self.probes[-self.window:]
+        if len(recent) >= self.min_probes:
+            metrics[summary_tag("step_gap_median")] = statistics.median(p["step_gap"] for p in recent)
         if record.get("gap_gain") is not None:
             metrics[summary_tag("gap_gain")] = record["gap_gain"]
         log_metrics(trainer, metrics, step)
@@ -157,7 +190,7 @@ class AlphaRegimeAdvisor(CallbackBase):
         if self.verdict.verdict == "alpha-too-small" and not self._warned and trainer.is_global_zero:
             self._warned = True
             warnings.warn(f"alpha looks too small: {self.verdict.evidence}. {self.verdict.suggestion}",
-                          AlphaRegimeWarning, stacklevel=2)
+                          AlphaRegimeWarning, stacklevel=3)
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if trainer.is_global_zero and self.verdict is not None:

@@ -10,7 +10,13 @@ import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-PREFIX = "signaldrift"
+# The tag scheme (README, "The TensorBoard dashboard"). TensorBoard's Time Series groups cards by a tag's
+# first path segment and sorts tags naturally, uppercase before lowercase, so ``Summary`` opens the page
+# (before Lightning's ``epoch``), the other model-level values follow under ``signaldrift``, and the
+# hundreds of per-layer values come after them under their own prefix.
+SUMMARY = "Summary"  # the few values a person reads first
+PREFIX = "signaldrift"  # every other whole-model value (medians and maxima over layers, probes, thresholds)
+LAYER_PREFIX = "signaldrift_layers"  # per-layer values: signaldrift_layers/<layer>/<metric>
 
 # The per-layer metrics, in docs/metrics.md order: name -> section of docs/metrics.md.
 METRICS: dict[str, int] = {
@@ -19,9 +25,23 @@ METRICS: dict[str, int] = {
     "grad_alignment": 3, "grad_drift_ratio": 3,
     "spectral_gain": 4, "spectral_suppression": 4,
 }
-# Whole-model quantities logged by the advisor (docs/metrics.md sections 5 and 6) and the engine.
-MODEL_METRICS: dict[str, int] = {"step_gap": 5, "gap_gain": 5, "verdict_code": 6, "skipped_steps": 0}
+# Whole-model quantities logged by the advisor (docs/metrics.md sections 5 and 6) and the engine:
+# alpha (median over layers), the verdict as a code (-1 alpha-too-small, 0 in-regime, 1 too-aggressive),
+# each probe's step_gap and the median of the probes the verdict counts.
+MODEL_METRICS: dict[str, int] = {"alpha": 6, "alpha_verdict": 6, "step_gap": 5, "step_gap_median": 6,
+                                 "gap_gain": 5, "skipped_steps": 0}
+# The levels the verdict and the collapse evidence compare against (signaldrift.regime), logged as constant
+# series so that charts can draw them next to the values: signaldrift/thresholds/<name>.
+THRESHOLDS = ("step_gap_too_small", "step_gap_too_aggressive", "step_size_high")
+# The training application's held-out metrics, repeated in the summary.
+VALIDATION = ("val_loss", "val_acc")
 KINDS = ("median", "max")  # how a per-layer metric is summarized over layers
+# What goes under SUMMARY: (metric, kind) pairs; every other whole-model value goes under PREFIX.
+SUMMARY_KEYS = frozenset({("alpha", "median"), ("alpha_verdict", "median"), ("step_gap", "median"),
+                          ("step_gap_median", "median"), ("drift_ratio", "median"), ("drift_ratio", "max"),
+                          ("step_size", "median"), ("step_size", "max")} | {(v, "median") for v in VALIDATION})
+# Names the old scheme used (runs written before the summary existed): old name -> metric.
+_OLD_NAMES = {"verdict_code": "alpha_verdict"}
 
 
 @dataclass(frozen=True)
@@ -76,11 +96,25 @@ def measurement(step: int, layers: Mapping[str, Mapping[str, float | None]], ski
 
 # ----------------------------------------------------------------------------- tags (the view)
 def layer_tag(layer: str, metric: str) -> str:
-    return f"{PREFIX}/{layer}/{metric}"
+    """``signaldrift_layers/<layer>/<metric>``."""
+    return f"{LAYER_PREFIX}/{layer}/{metric}"
 
 
 def summary_tag(metric: str, kind: str = "median") -> str:
-    return f"{PREFIX}/{metric}" if kind == "median" else f"{PREFIX}/{metric}_{kind}"
+    """A whole-model value's tag: ``Summary/<name>`` for the summary's few, ``signaldrift/<name>`` for
+    the rest, where ``<name>`` is ``metric`` (median over layers, or a whole-model value) or
+    ``<metric>_max``."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    name = metric if kind == "median" else f"{metric}_{kind}"
+    return f"{SUMMARY}/{name}" if (metric, kind) in SUMMARY_KEYS else f"{PREFIX}/{name}"
+
+
+def threshold_tag(name: str) -> str:
+    """``signaldrift/thresholds/<name>`` for a name of :data:`THRESHOLDS`."""
+    if name not in THRESHOLDS:
+        raise ValueError(f"unknown threshold {name!r}; known: {', '.join(THRESHOLDS)}")
+    return f"{PREFIX}/thresholds/{name}"
 
 
 def to_tags(m: StepMeasurement, layers: bool = True) -> dict[str, float]:
@@ -108,17 +142,34 @@ class TagKey:
     kind: str = "median"
 
 
+_ROOTS = (SUMMARY, PREFIX, LAYER_PREFIX)
+
+
+def _whole_model(name: str) -> TagKey | None:
+    for kind in KINDS[1:]:
+        base = name[: -len(kind) - 1]
+        if name.endswith(f"_{kind}") and base in METRICS:
+            return TagKey(base, None, kind)
+    name = _OLD_NAMES.get(name, name)
+    known = name in METRICS or name in MODEL_METRICS or name in VALIDATION
+    return TagKey(name) if known else None
+
+
 def parse_tag(tag: str) -> TagKey | None:
     """The inverse of the tag functions, for any logger's prefix (the Hugging Face Trainer writes
-    ``train/signaldrift/...``). None for a tag that is not one of ours."""
-    head, sep, rest = tag.partition(f"{PREFIX}/")
-    if not sep or (head and not head.endswith("/")):
+    ``train/Summary/...``), and for the old scheme too (``signaldrift/<layer>/<metric>``,
+    ``signaldrift/verdict_code``). None for a tag that is not one of ours."""
+    parts = tag.split("/")
+    at = next((i for i, p in enumerate(parts) if p in _ROOTS), None)
+    if at is None:
         return None
-    if "/" not in rest:
-        for kind in KINDS[1:]:
-            base = rest[: -len(kind) - 1]
-            if rest.endswith(f"_{kind}") and base in METRICS:
-                return TagKey(base, None, kind)
-        return TagKey(rest) if rest in METRICS or rest in MODEL_METRICS else None
-    layer, _, metric = rest.rpartition("/")
-    return TagKey(metric, layer) if metric in METRICS else None
+    root, rest = parts[at], parts[at + 1:]
+    if not rest or not all(rest):
+        return None
+    if root == LAYER_PREFIX or (root == PREFIX and len(rest) >= 2 and rest[0] != "thresholds"):
+        if len(rest) < 2 or rest[-1] not in METRICS:
+            return None
+        return TagKey(rest[-1], "/".join(rest[:-1]))
+    if root == PREFIX and rest[0] == "thresholds":
+        return TagKey(rest[1]) if len(rest) == 2 and rest[1] in THRESHOLDS else None
+    return _whole_model(rest[0]) if len(rest) == 1 else None

@@ -29,19 +29,21 @@ class SignalDriftMonitor(CallbackBase):
 
     Logged (step = the optimizer step measured, 0-based), to every logger, from rank zero:
 
-    * ``signaldrift/<layer>/<metric>`` (every ``layer_log_every`` steps; every measured step in
-      ``monitor.history``) for each layer and each metric of ``callbacks.measurements.METRICS``
-      (docs/metrics.md sections 1-4: section 1 is dW before step t, section 2 the step t, section
-      4 on full-gradient steps only). Undefined values are left out.
-    * ``signaldrift/<metric>`` (median over layers) and ``signaldrift/<metric>_max``, every
-      measured step.
+    * ``signaldrift_layers/<layer>/<metric>`` (every ``layer_log_every`` steps; every measured
+      step in ``monitor.history``) for each layer and each metric of
+      ``callbacks.measurements.METRICS`` (docs/metrics.md sections 1-4: section 1 is dW before
+      step t, section 2 the step t, section 4 on full-gradient steps only). Undefined values are
+      left out.
+    * the median over layers and the maximum (``<metric>_max``), every measured step: under
+      ``Summary/`` for drift_ratio and step_size, under ``signaldrift/`` for the other metrics
+      (``callbacks.measurements.summary_tag``).
     * ``signaldrift/skipped_steps``: cumulative count of layer-steps skipped (non-finite values,
       merged layers, steps the optimizer did not take).
 
-    With a TensorBoard logger also: histograms ``signaldrift/<layer>/singular_values`` (every
-    ``histogram_every`` steps), a
-    custom-scalars dashboard ("Signal-Drift"), and the figure ``signaldrift/update_spectra`` at
-    fit end.
+    With a TensorBoard logger also: histograms ``signaldrift_layers/<layer>/singular_values`` and
+    the figure ``signaldrift/update_spectra`` (the largest updates' spectra, labelled) every
+    ``histogram_every`` steps and at fit end, and a Custom Scalars dashboard ("Signal-Drift",
+    :func:`callbacks.tensorboard.dashboard_layout`) charting only tags that are logged.
 
     Args:
         every_n_steps: measure every this many optimizer steps (> 0).
@@ -53,6 +55,8 @@ class SignalDriftMonitor(CallbackBase):
         layer_log_every: send per-layer scalars to the loggers every this many steps (default: the
             Trainer's ``log_every_n_steps``). Writing hundreds of scalars costs more than computing
             them, so per-layer values follow Lightning's logging cadence; aggregates do not.
+        dashboard: more charts for the dashboard's first category, ``title -> [tag patterns]``
+            (regular expressions of tags the caller logs, e.g. its validation loss).
 
     Example::
 
@@ -64,13 +68,15 @@ class SignalDriftMonitor(CallbackBase):
 
     def __init__(self, every_n_steps: int = 1, *, top_k: int | None = None, full_grad_every: int | None = 50,
                  layers: Sequence[str] | None = None, histogram_every: int | None = 50,
-                 layer_log_every: int | None = None, probe_every: object = _UNSET) -> None:
+                 layer_log_every: int | None = None, probe_every: object = _UNSET,
+                 dashboard: dict[str, list[str]] | None = None) -> None:
         super().__init__()
         full_grad_every = renamed_full_grad_every(full_grad_every, probe_every, type(self).__name__)
         self.engine = SignalDriftEngine(every_n_steps, top_k=top_k, full_grad_every=full_grad_every, layers=layers)
         check_positive_int("histogram_every", histogram_every, allow_none=True)
         check_positive_int("layer_log_every", layer_log_every, allow_none=True)
         self.histogram_every, self.layer_log_every = histogram_every, layer_log_every
+        self.dashboard = dict(dashboard or {})
         self._scale_before: float | None = None
         self._warned_no_logger = False
         self._probing = full_grad_every is not None
@@ -102,8 +108,11 @@ class SignalDriftMonitor(CallbackBase):
     def on_fit_start(self, trainer, pl_module) -> None:
         self.engine.attach(pl_module)  # a snapshot restored from a checkpoint is kept
         self.engine.to_device(pl_module.device)
+        from callbacks.advisor import AlphaRegimeAdvisor
+
+        advisor = any(isinstance(cb, AlphaRegimeAdvisor) for cb in trainer.callbacks)
         for w in tensorboard_writers(trainer):
-            add_custom_layout(w)
+            add_custom_layout(w, advisor=advisor, full_grad=self._probing, extra=self.dashboard)
 
     def on_train_start(self, trainer, pl_module) -> None:
         if trainer.global_step > 0:  # resumed (the loops are restored by now): steps after the checkpoint
@@ -136,6 +145,7 @@ class SignalDriftMonitor(CallbackBase):
         if self.histogram_every is not None and step % self.histogram_every == 0:
             for w in tensorboard_writers(trainer):
                 add_spectrum_histograms(w, self.engine.spectra, step)
+                add_spectra_figure(w, self.engine.spectra, step)
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self.engine.stop_capture()

@@ -39,8 +39,8 @@ def test_probe_losses_and_gap_match_a_dense_reference(tmp_path):
         best = min(range(len(ref)), key=ref.__getitem__)
         assert probe["gap_gain"] == pytest.approx((ref[1] - ref[best]) / ref[1], rel=1e-4, abs=1e-7)
     scalars = read_scalars(tmp_path)
-    assert set(scalars["signaldrift/step_gap"]) == {2, 4}
-    assert scalars["signaldrift/step_gap"][4] == pytest.approx(advisor.probes[1]["step_gap"], rel=1e-5)
+    assert set(scalars["Summary/step_gap"]) == {2, 4}
+    assert scalars["Summary/step_gap"][4] == pytest.approx(advisor.probes[1]["step_gap"], rel=1e-5)
     assert "signaldrift/verdict/text_summary" in read_tags(tmp_path)["tensors"]
     assert advisor.verdict is not None and advisor.verdict.verdict in ("alpha-too-small", "in-regime", "too-aggressive")
 

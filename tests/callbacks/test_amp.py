@@ -69,10 +69,10 @@ def test_lightning_every_metric_under_a_loss_scale_equals_the_unscaled_run(optim
     scaler = _scaler()
     got = _lightning_history([_scaled_fp32_plugin(scaler)])
     assert scaler.get_scale() == SCALE  # no step overflowed: the scale was 65536 throughout
-    assert f"signaldrift/{LAYER}/spectral_gain" in got[1]
+    assert f"signaldrift_layers/{LAYER}/spectral_gain" in got[1]
     _same_metrics(ref, got, rel=1e-3)
     # Tighter than the contract: only the order of float32 operations differs.
-    assert got[2][f"signaldrift/{LAYER}/spectral_gain"] == pytest.approx(ref[2][f"signaldrift/{LAYER}/spectral_gain"], rel=1e-5)
+    assert got[2][f"signaldrift_layers/{LAYER}/spectral_gain"] == pytest.approx(ref[2][f"signaldrift_layers/{LAYER}/spectral_gain"], rel=1e-5)
 
 
 def test_lightning_16_mixed_spectral_gain_is_the_float32_value():
@@ -86,9 +86,9 @@ def test_lightning_16_mixed_spectral_gain_is_the_float32_value():
     assert scaler.get_scale() == SCALE
     for step in range(4):
         for layer in ("model.fc1", "model.fc2"):
-            tag = f"signaldrift/{layer}/spectral_gain"
+            tag = f"signaldrift_layers/{layer}/spectral_gain"
             assert got[step][tag] == pytest.approx(ref[step][tag], rel=2e-2), (step, layer)
-            assert got[step][f"signaldrift/{layer}/step_size"] == pytest.approx(ref[step][f"signaldrift/{layer}/step_size"], rel=2e-2)
+            assert got[step][f"signaldrift_layers/{layer}/step_size"] == pytest.approx(ref[step][f"signaldrift_layers/{layer}/step_size"], rel=2e-2)
 
 
 # ----------------------------------------------------------------- Hugging Face Trainer
@@ -153,7 +153,7 @@ def test_hf_every_metric_under_a_loss_scale_equals_the_unscaled_run(tmp_path):
     scaler = _scaler()
     got = _hf_history(tmp_path / "scaled", scaler)
     assert scaler.get_scale() == SCALE and scaler._per_optimizer_states == {}  # used, and stepped
-    assert f"signaldrift/{LAYER}/spectral_gain" in got[1] and f"signaldrift/{LAYER}/grad_alignment" in got[1]
+    assert f"signaldrift_layers/{LAYER}/spectral_gain" in got[1] and f"signaldrift_layers/{LAYER}/grad_alignment" in got[1]
     _same_metrics(ref, got, rel=1e-3)
 
 
@@ -162,10 +162,10 @@ def test_hf_reads_gradients_before_clipping(tmp_path):
     step 0: the first step's gradient metrics equal the unclipped run's (SGD, so the step shows it)."""
     ref = _hf_history(tmp_path / "free", optim="sgd")
     got = _hf_history(tmp_path / "clipped", max_grad_norm=1e-6, optim="sgd")
-    for tag in (f"signaldrift/{LAYER}/spectral_gain", "signaldrift/model.fc2/spectral_gain"):
+    for tag in (f"signaldrift_layers/{LAYER}/spectral_gain", "signaldrift_layers/model.fc2/spectral_gain"):
         assert got[0][tag] == pytest.approx(ref[0][tag], rel=1e-6)
     # ...while the step itself was clipped: the realized update is far smaller.
-    assert got[0][f"signaldrift/{LAYER}/step_size"] < 1e-3 * ref[0][f"signaldrift/{LAYER}/step_size"]
+    assert got[0][f"signaldrift_layers/{LAYER}/step_size"] < 1e-3 * ref[0][f"signaldrift_layers/{LAYER}/step_size"]
 
 
 def test_hf_unscaled_reads_the_scalers_stage():

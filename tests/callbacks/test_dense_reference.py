@@ -77,7 +77,7 @@ def test_every_logged_number_equals_its_dense_definition(nonzero_init):
     for step in range(4):
         for name in ("model.fc1", "model.fc2"):
             ref = _dense(rec.before[step], rec.after[step], rec.snapshot, name)
-            logged = {k.split("/")[-1]: v for k, v in monitor.history[step].tags().items() if k.startswith(f"signaldrift/{name}/")}
+            logged = {k.split("/")[-1]: v for k, v in monitor.history[step].tags().items() if k.startswith(f"signaldrift_layers/{name}/")}
             assert set(logged) == set(ref), (step, name, set(logged) ^ set(ref))
             for metric, value in ref.items():
                 assert logged[metric] == pytest.approx(value, rel=1e-5, abs=1e-10), (step, name, metric)
@@ -88,8 +88,8 @@ def test_nonzero_init_reports_no_gradient_split_at_step_zero():
     monitor, _ = _run(nonzero_init=True, steps=2)
     h0 = monitor.history[0].tags()
     for name in ("model.fc1", "model.fc2"):
-        assert h0[f"signaldrift/{name}/delta_norm"] == 0.0
-        assert f"signaldrift/{name}/grad_alignment" not in h0
-        assert f"signaldrift/{name}/grad_drift_ratio" not in h0
-        assert f"signaldrift/{name}/grad_alignment" in monitor.history[1].tags()
+        assert h0[f"signaldrift_layers/{name}/delta_norm"] == 0.0
+        assert f"signaldrift_layers/{name}/grad_alignment" not in h0
+        assert f"signaldrift_layers/{name}/grad_drift_ratio" not in h0
+        assert f"signaldrift_layers/{name}/grad_alignment" in monitor.history[1].tags()
     assert "signaldrift/grad_alignment" not in h0

@@ -12,6 +12,7 @@ import torch
 
 import lora_alpha
 from callbacks.engine import SignalDriftEngine, SignalDriftWarning
+from callbacks.measurements import summary_tag
 from tests.callbacks.test_dense_reference import _dense
 from tests.conftest import TinyMLP
 
@@ -84,14 +85,14 @@ def _check(tags, before, after, snapshot, steps):
         per_metric = {}
         for name in LAYERS:
             ref = _dense(before[step], after[step], snapshot, name)
-            logged = {k.split("/")[-1]: v for k, v in tags[step].items() if k.startswith(f"signaldrift/{name}/")}
+            logged = {k.split("/")[-1]: v for k, v in tags[step].items() if k.startswith(f"signaldrift_layers/{name}/")}
             assert set(logged) == set(ref), (step, name, set(logged) ^ set(ref))
             for metric, value in ref.items():
                 assert logged[metric] == pytest.approx(value, rel=1e-6, abs=1e-12), (step, name, metric)
                 per_metric.setdefault(metric, []).append(logged[metric])
         for metric, values in per_metric.items():  # model-level: median and max over the three layers
-            assert tags[step][f"signaldrift/{metric}"] == pytest.approx(statistics.median(values), rel=1e-12)
-            assert tags[step][f"signaldrift/{metric}_max"] == pytest.approx(max(values), rel=1e-12)
+            assert tags[step][summary_tag(metric)] == pytest.approx(statistics.median(values), rel=1e-12)
+            assert tags[step][summary_tag(metric, "max")] == pytest.approx(max(values), rel=1e-12)
 
 
 @pytest.mark.parametrize("nonzero_init", [False, True], ids=["B0=0", "B0!=0"])
@@ -109,16 +110,16 @@ def test_engine_under_a_loss_scale(unscale_before_hook):
     definitions of the unscaled loss."""
     engine, tags, before, after, snapshot = _train(loss_scale=1024.0, unscale_before_hook=unscale_before_hook)
     _check(tags, before, after, snapshot, range(3))
-    assert "signaldrift/fc1/spectral_gain" in tags[1]
+    assert "signaldrift_layers/fc1/spectral_gain" in tags[1]
 
 
 def test_schedule_and_probe_only_metrics():
     engine, tags, before, after, snapshot = _train(steps=5, every=2, full_grad_every=4)
     assert sorted(tags) == [0, 2, 4]
     _check(tags, before, after, snapshot, [0, 2, 4])
-    assert [s for s in tags if "signaldrift/fc1/spectral_gain" in tags[s]] == [0, 4]
+    assert [s for s in tags if "signaldrift_layers/fc1/spectral_gain" in tags[s]] == [0, 4]
     assert engine.latest("spectral_gain", window=5) == [tags[s]["signaldrift/spectral_gain"] for s in (0, 4)]
-    assert engine.latest("drift_ratio", window=2) == [tags[s]["signaldrift/drift_ratio"] for s in (2, 4)]
+    assert engine.latest("drift_ratio", window=2) == [tags[s]["Summary/drift_ratio"] for s in (2, 4)]
     assert engine.measures(6) and not engine.measures(5) and engine.captures_full_grad(8) and not engine.captures_full_grad(6)
 
 
@@ -126,9 +127,9 @@ def test_a_step_not_taken_is_skipped_and_counted():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         engine, tags, *_ = _train(steps=3, skip_at=1)
-    assert not any(k.startswith("signaldrift/fc1/") for k in tags[1])
+    assert not any(k.startswith("signaldrift_layers/fc1/") for k in tags[1])
     assert tags[1]["signaldrift/skipped_steps"] == 3.0 and tags[2]["signaldrift/skipped_steps"] == 3.0
-    assert "signaldrift/fc1/drift_ratio" in tags[2]
+    assert "signaldrift_layers/fc1/drift_ratio" in tags[2]
     msgs = [str(w.message) for w in caught if issubclass(w.category, SignalDriftWarning)]
     assert len(msgs) == 1 and "did not update" in msgs[0]
 

@@ -64,8 +64,8 @@ def test_infinite_gradients_once():
     trainer, monitor, advisor, drift = _train([_fault_callback(2, _inf_grad_once)])
     assert trainer.global_step == 6
     assert monitor.engine.skipped_steps >= 1
-    assert f"signaldrift/{FC1}/drift_ratio" in monitor.history[1].tags()
-    assert f"signaldrift/{FC1}/drift_ratio" not in monitor.history[2].tags()
+    assert f"signaldrift_layers/{FC1}/drift_ratio" in monitor.history[1].tags()
+    assert f"signaldrift_layers/{FC1}/drift_ratio" not in monitor.history[2].tags()
     assert any("non-finite" in str(w.message) for w in drift)
     _one_warning_per_reason(drift)
 
@@ -73,7 +73,7 @@ def test_infinite_gradients_once():
 def test_zero_learning_rate_skips_every_step():
     trainer, monitor, advisor, drift = _train([], steps=3, module=make_module(lr=0.0))
     assert trainer.global_step == 3 and monitor.engine.skipped_steps == 2 * 3  # two layers, three steps
-    assert all(f"signaldrift/{FC1}/drift_ratio" not in h.tags() for h in monitor.history.values())
+    assert all(f"signaldrift_layers/{FC1}/drift_ratio" not in h.tags() for h in monitor.history.values())
     assert advisor.probes == []
     assert len([w for w in drift if "did not update" in str(w.message)]) == 1
 
@@ -81,10 +81,10 @@ def test_zero_learning_rate_skips_every_step():
 def test_layer_frozen_mid_run():
     trainer, monitor, advisor, drift = _train([_fault_callback(3, _freeze_fc1)])
     assert trainer.global_step == 6
-    assert f"signaldrift/{FC1}/drift_ratio" in monitor.history[2].tags()
+    assert f"signaldrift_layers/{FC1}/drift_ratio" in monitor.history[2].tags()
     for step in (3, 4, 5):
-        assert f"signaldrift/{FC1}/drift_ratio" not in monitor.history[step].tags()
-        assert f"signaldrift/{FC2}/drift_ratio" in monitor.history[step].tags()
+        assert f"signaldrift_layers/{FC1}/drift_ratio" not in monitor.history[step].tags()
+        assert f"signaldrift_layers/{FC2}/drift_ratio" in monitor.history[step].tags()
     assert monitor.history[5].tags()["signaldrift/skipped_steps"] >= 3
     _one_warning_per_reason(drift)
 
@@ -93,8 +93,8 @@ def test_adapter_merged_mid_run():
     trainer, monitor, advisor, drift = _train([_fault_callback(3, _merge_fc1)])
     assert trainer.global_step == 6
     for step in (3, 4, 5):
-        assert f"signaldrift/{FC1}/drift_ratio" not in monitor.history[step].tags()
-        assert f"signaldrift/{FC2}/drift_ratio" in monitor.history[step].tags()
+        assert f"signaldrift_layers/{FC1}/drift_ratio" not in monitor.history[step].tags()
+        assert f"signaldrift_layers/{FC2}/drift_ratio" in monitor.history[step].tags()
     assert any("merged" in str(w.message) for w in drift)
     _one_warning_per_reason(drift)
     assert all(math.isfinite(p["step_gap"]) for p in advisor.probes)
@@ -124,8 +124,8 @@ def test_amp_skipped_steps_with_a_cpu_grad_scaler():
     trainer, monitor, advisor, drift = _train([_fault_callback(2, _inf_grad_once)], plugins=[plugin])
     assert trainer.global_step == 6
     assert scaler.get_scale() < 65536.0  # the scaler saw the overflow and backed off
-    assert f"signaldrift/{FC1}/drift_ratio" not in (monitor.history[2].tags() if 2 in monitor.history else {})
-    assert f"signaldrift/{FC1}/drift_ratio" in monitor.history[3].tags()
+    assert f"signaldrift_layers/{FC1}/drift_ratio" not in (monitor.history[2].tags() if 2 in monitor.history else {})
+    assert f"signaldrift_layers/{FC1}/drift_ratio" in monitor.history[3].tags()
     assert monitor.history[5].tags()["signaldrift/skipped_steps"] >= 1
     assert any("did not update" in str(w.message) or "non-finite" in str(w.message) for w in drift)
     _one_warning_per_reason(drift)
@@ -157,17 +157,17 @@ def test_crash_after_a_checkpoint_then_resume_logs_every_step_once(tmp_path):
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(8, [_fault_callback(5, crash)])
     before = read_scalars(tmp_path / "tb")  # what the crashed run wrote
-    assert set(before["signaldrift/drift_ratio"]) == {0, 1, 2, 3, 4}
+    assert set(before["Summary/drift_ratio"]) == {0, 1, 2, 3, 4}
     monitor, advisor = run(8, [], ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert sorted(monitor.history) == list(range(8))
     assert [p["step"] for p in advisor.probes] == [2, 4, 6]  # probe 2 from the checkpoint, 4 and 6 after
     steps = scalar_steps(tmp_path / "tb")
     assert len(list((tmp_path / "tb" / "version_0").glob("events.out.tfevents.*"))) == 2
-    for tag in ("signaldrift/drift_ratio", f"signaldrift/{FC1}/drift_ratio", "signaldrift/step_gap"):
+    for tag in ("Summary/drift_ratio", f"signaldrift_layers/{FC1}/drift_ratio", "Summary/step_gap"):
         assert sorted(steps[tag]) == sorted(set(steps[tag])), tag  # no duplicated step
-    assert sorted(steps["signaldrift/drift_ratio"]) == list(range(8))  # none missing
-    after = read_scalars(tmp_path / "tb")["signaldrift/drift_ratio"]
-    assert all(after[s] == pytest.approx(monitor.history[s].tags()["signaldrift/drift_ratio"]) for s in range(8))
+    assert sorted(steps["Summary/drift_ratio"]) == list(range(8))  # none missing
+    after = read_scalars(tmp_path / "tb")["Summary/drift_ratio"]
+    assert all(after[s] == pytest.approx(monitor.history[s].tags()["Summary/drift_ratio"]) for s in range(8))
     record = read_run(tmp_path / "tb")  # what `signaldrift report` reads: the same, and whole
-    assert record.scalars["signaldrift/drift_ratio"] == after and sorted(record.verdicts) == [2, 4, 6]
+    assert record.scalars["Summary/drift_ratio"] == after and sorted(record.verdicts) == [2, 4, 6]
     assert record.complete

@@ -73,17 +73,17 @@ def test_trainer_callback_logs_through_tensorboard(tmp_path):
         if gs is not None:
             ref["grad_alignment"] = gs.grad_alignment
         for metric, value in ref.items():
-            tag = f"signaldrift/{layer}/{metric}"
+            tag = f"signaldrift_layers/{layer}/{metric}"
             assert drift.history[step].tags()[tag] == pytest.approx(value, rel=1e-6, abs=1e-12)
             # the Trainer logs after the step, at global_step = step + 1, under its "train/" prefix
             assert scalars[f"train/{tag}"][step + 1] == pytest.approx(value, rel=1e-4, abs=1e-9)
-    assert f"signaldrift/{layer}/spectral_suppression" in drift.history[1].tags()
+    assert f"signaldrift_layers/{layer}/spectral_suppression" in drift.history[1].tags()
     # `signaldrift report` reads the Trainer's run as it reads a Lightning run (its tags carry "train/").
     from callbacks.report import format_report, layer_table, read_run
 
     record = read_run(tmp_path)
     rows = {r["layer"]: r for r in layer_table(record)}
-    logged = scalars[f"train/signaldrift/{layer}/drift_ratio"]
+    logged = scalars[f"train/signaldrift_layers/{layer}/drift_ratio"]
     assert set(rows) == set(drift.engine.names)
     assert rows[layer]["drift_ratio"] == pytest.approx(sorted(logged.values())[len(logged) // 2], rel=1e-6)
     assert layer in format_report(record)

@@ -46,17 +46,17 @@ def test_logged_values_equal_independent_signaldrift(ns, tmp_path):
         for metric, value in ref.items():
             if value is None:
                 continue
-            got = scalars[f"signaldrift/{LAYER}/{metric}"][step]
+            got = scalars[f"signaldrift_layers/{LAYER}/{metric}"][step]
             assert got == pytest.approx(value, rel=1e-4, abs=1e-9), (step, metric)
-            assert monitor.history[step].tags()[f"signaldrift/{LAYER}/{metric}"] == pytest.approx(value, rel=1e-6, abs=1e-12)
+            assert monitor.history[step].tags()[f"signaldrift_layers/{LAYER}/{metric}"] == pytest.approx(value, rel=1e-6, abs=1e-12)
     # section 4 only on probe steps; aggregates are the median and max over layers
-    assert set(scalars[f"signaldrift/{LAYER}/spectral_suppression"]) == {0, 2}
+    assert set(scalars[f"signaldrift_layers/{LAYER}/spectral_suppression"]) == {0, 2}
     h = monitor.history[3].tags()
-    vals = [h[f"signaldrift/model.{n}/drift_ratio"] for n in ("fc1", "fc2")]
-    assert h["signaldrift/drift_ratio"] == pytest.approx(sorted(vals)[0] / 2 + sorted(vals)[1] / 2)
-    assert h["signaldrift/drift_ratio_max"] == pytest.approx(max(vals))
+    vals = [h[f"signaldrift_layers/model.{n}/drift_ratio"] for n in ("fc1", "fc2")]
+    assert h["Summary/drift_ratio"] == pytest.approx(sorted(vals)[0] / 2 + sorted(vals)[1] / 2)
+    assert h["Summary/drift_ratio_max"] == pytest.approx(max(vals))
     tags = read_tags(tmp_path)
-    assert f"signaldrift/{LAYER}/singular_values" in tags["histograms"]
+    assert f"signaldrift_layers/{LAYER}/singular_values" in tags["histograms"]
     assert "signaldrift/update_spectra" in tags["images"]
 
 
@@ -68,9 +68,9 @@ def test_gradients_before_clipping_with_accumulation(tmp_path):
     for step in range(3):
         ref = _independent(rec.before[step], rec.after[step], rec.snapshot, LAYER)
         got = monitor.history[step].tags()
-        assert got[f"signaldrift/{LAYER}/step_size"] == pytest.approx(ref["step_size"], rel=1e-6)
+        assert got[f"signaldrift_layers/{LAYER}/step_size"] == pytest.approx(ref["step_size"], rel=1e-6)
         if "grad_alignment" in ref:
-            assert got[f"signaldrift/{LAYER}/grad_alignment"] == pytest.approx(ref["grad_alignment"], rel=1e-6)
+            assert got[f"signaldrift_layers/{LAYER}/grad_alignment"] == pytest.approx(ref["grad_alignment"], rel=1e-6)
     # Clipped SGD: the realized step is lr * clipped grad, much smaller than lr * the gradient read.
     b = rec.before[1][LAYER]
     moved = float((rec.after[1][LAYER]["B"] - b["B"]).norm())
@@ -82,7 +82,7 @@ def test_bf16_mixed_on_cpu(tmp_path):
     trainer = make_trainer(max_steps=3, precision="bf16-mixed", callbacks=[monitor])
     trainer.fit(make_module())
     assert all(math.isfinite(v) for h in monitor.history.values() for v in h.tags().values())
-    assert f"signaldrift/{LAYER}/spectral_gain" in monitor.history[2].tags()
+    assert f"signaldrift_layers/{LAYER}/spectral_gain" in monitor.history[2].tags()
 
 
 def test_resume_continues_snapshot_and_history(tmp_path):
@@ -107,7 +107,7 @@ def test_csv_logger_only(tmp_path):
     logger = L.loggers.CSVLogger(str(tmp_path), name="csv", version=0)
     make_trainer(max_steps=2, logger=logger, callbacks=[SignalDriftMonitor(full_grad_every=None)]).fit(make_module())
     rows = list(csv.DictReader(open(tmp_path / "csv" / "version_0" / "metrics.csv")))
-    assert any(r.get(f"signaldrift/{LAYER}/drift_ratio") for r in rows)
+    assert any(r.get(f"signaldrift_layers/{LAYER}/drift_ratio") for r in rows)
     assert "signaldrift/skipped_steps" in rows[0]
 
 
@@ -125,7 +125,7 @@ def test_non_finite_step_is_skipped_and_counted():
         make_trainer(max_steps=4, callbacks=[monitor]).fit(make_module(nan_at_step=1))
     assert monitor.engine.skipped_steps >= 2
     assert monitor.history[3].tags()["signaldrift/skipped_steps"] >= 2
-    assert f"signaldrift/{LAYER}/drift_ratio" in monitor.history[0].tags()
+    assert f"signaldrift_layers/{LAYER}/drift_ratio" in monitor.history[0].tags()
     skipped = [w for w in caught if issubclass(w.category, SignalDriftWarning) and "skipped" in str(w.message)]
     assert 1 <= len(skipped) <= 3  # one warning per reason, not per step
 
@@ -162,16 +162,16 @@ def test_peft_model(tmp_path):
     names = monitor.layer_names
     assert len(names) == 2 and all("fc" in n for n in names)
     h = monitor.history[2].tags()
-    assert all(f"signaldrift/{n}/drift_ratio" in h and f"signaldrift/{n}/spectral_suppression" in h for n in names)
+    assert all(f"signaldrift_layers/{n}/drift_ratio" in h and f"signaldrift_layers/{n}/spectral_suppression" in h for n in names)
 
 
 def test_logging_cadence(tmp_path):
     monitor = SignalDriftMonitor(every_n_steps=1, full_grad_every=None, layer_log_every=2, histogram_every=3)
     make_trainer(max_steps=4, logger=_tb("lightning.pytorch", tmp_path), callbacks=[monitor]).fit(make_module())
     scalars = read_scalars(tmp_path)
-    assert set(scalars[f"signaldrift/{LAYER}/drift_ratio"]) == {0, 2}
-    assert set(scalars["signaldrift/drift_ratio"]) == {0, 1, 2, 3}
-    assert sorted(monitor.history) == [0, 1, 2, 3] and f"signaldrift/{LAYER}/drift_ratio" in monitor.history[1].tags()
+    assert set(scalars[f"signaldrift_layers/{LAYER}/drift_ratio"]) == {0, 2}
+    assert set(scalars["Summary/drift_ratio"]) == {0, 1, 2, 3}
+    assert sorted(monitor.history) == [0, 1, 2, 3] and f"signaldrift_layers/{LAYER}/drift_ratio" in monitor.history[1].tags()
     with pytest.raises(ValueError, match="histogram_every"):
         SignalDriftMonitor(histogram_every=0)
 
@@ -180,7 +180,7 @@ def test_latest_reads_probe_only_metrics_back():
     monitor = SignalDriftMonitor(every_n_steps=1, full_grad_every=2)
     make_trainer(max_steps=4, callbacks=[monitor]).fit(make_module())
     assert len(monitor.latest("spectral_suppression", window=10)) == 2  # steps 0 and 2 only
-    assert monitor.latest("drift_ratio", window=2) == [monitor.history[s].tags()["signaldrift/drift_ratio"] for s in (2, 3)]
+    assert monitor.latest("drift_ratio", window=2) == [monitor.history[s].tags()["Summary/drift_ratio"] for s in (2, 3)]
 
 
 def test_dora_is_skipped_with_a_warning_naming_it():
@@ -206,7 +206,7 @@ def test_float64_training_is_measured():
 
     module.__class__ = Float64
     make_trainer(max_steps=2, callbacks=[monitor]).fit(module)
-    assert monitor.engine.skipped_steps == 0 and f"signaldrift/{LAYER}/step_size" in monitor.history[1].tags()
+    assert monitor.engine.skipped_steps == 0 and f"signaldrift_layers/{LAYER}/step_size" in monitor.history[1].tags()
 
 
 def test_probe_every_is_a_deprecated_alias_of_full_grad_every():

@@ -52,8 +52,8 @@ def test_ddp_two_processes_equal_one_process_on_the_global_batch(tmp_path):
     assert r0["verdict"] == r1["verdict"] == one["verdict"]
     # Logged once, from rank zero: each tag has each step exactly once.
     steps = scalar_steps(ddp / "tb")
-    assert steps["signaldrift/drift_ratio"] == list(range(6))
-    assert steps["signaldrift/step_gap"] == [2, 4]
+    assert steps["Summary/drift_ratio"] == list(range(6))
+    assert steps["Summary/step_gap"] == [2, 4]
     assert all(len(v) == len(set(v)) for v in steps.values())
 
 
