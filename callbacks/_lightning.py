@@ -72,19 +72,20 @@ def world_size(trainer) -> int:
     return int(getattr(trainer, "world_size", 1) or 1)
 
 
-#: Strategies that shard parameters: a LoRA factor on one rank is then a shard, not the factor.
-SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAFSDPStrategy")
+def refuse_sharded(trainer, who: str, pl_module=None, allow_fsdp2: bool = False) -> str:
+    """The run's parallel mode (``"single"``, ``"ddp"``, ``"fsdp2"``: :func:`callbacks.parallel.parallel_mode`);
+    a clear error for a setting ``who`` does not support (the metrics would be silently wrong).
 
+    FSDP2 is recognized by the strategy (``ModelParallelStrategy``) or by ``DTensor`` factors in
+    ``pl_module`` (default: the trainer's ``lightning_module``), e.g. a plain loop with ``fully_shard``.
+    """
+    from callbacks.parallel import factors_sharded, parallel_mode
+    from signaldrift import lora_layers
 
-def refuse_sharded(trainer, who: str) -> None:
-    """Raise a clear error under a parameter-sharding strategy (the metrics would be silently wrong)."""
-    names = {c.__name__ for c in type(getattr(trainer, "strategy", None)).__mro__}
-    hit = sorted(names & set(SHARDED_STRATEGIES))
-    if hit:
-        raise RuntimeError(
-            f"{who} does not support {hit[0]}: it shards the LoRA factors across ranks, so each rank would measure "
-            "a shard instead of the factor. Supported: single device and DDP (strategy='ddp', 'ddp_spawn', ...); "
-            "see README, 'Running at scale'.")
+    names = [c.__name__ for c in type(getattr(trainer, "strategy", None)).__mro__]
+    module = pl_module if pl_module is not None else getattr(trainer, "lightning_module", None)
+    sharded = module is not None and factors_sharded(lora_layers(module))
+    return parallel_mode(who, names, world_size(trainer), sharded=sharded, allow_fsdp2=allow_fsdp2)
 
 
 def rank_mean(trainer, device):

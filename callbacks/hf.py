@@ -4,11 +4,14 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor
 from transformers import TrainerCallback
 
 from callbacks.engine import _UNSET, SignalDriftEngine, SignalDriftWarning, renamed_full_grad_every
 from callbacks.measurements import StepMeasurement
+from callbacks.parallel import factors_sharded, parallel_mode
+from signaldrift import lora_layers
 
 
 def loss_scaler(optimizer):
@@ -76,9 +79,11 @@ class SignalDriftTrainerCallback(TrainerCallback):
     """
 
     def __init__(self, every_n_steps: int = 1, *, top_k: int | None = None, full_grad_every: int | None = 50,
-                 layers: Sequence[str] | None = None, probe_every: object = _UNSET) -> None:
+                 layers: Sequence[str] | None = None, probe_every: object = _UNSET,
+                 gram_dtype: torch.dtype = torch.float64) -> None:
         full_grad_every = renamed_full_grad_every(full_grad_every, probe_every, type(self).__name__)
-        self.engine = SignalDriftEngine(every_n_steps, top_k=top_k, full_grad_every=full_grad_every, layers=layers)
+        self.engine = SignalDriftEngine(every_n_steps, top_k=top_k, full_grad_every=full_grad_every, layers=layers,
+                                        gram_dtype=gram_dtype)
         self._grads: dict[str, dict[str, Tensor]] = {}
         self._hooks: list = []
         self._latest: dict[str, float] = {}
@@ -97,20 +102,18 @@ class SignalDriftTrainerCallback(TrainerCallback):
         return self.engine.history
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        sharded = [name for name in ("fsdp", "deepspeed") if getattr(args, name, None)]
-        if sharded:
-            raise RuntimeError(
-                f"SignalDriftTrainerCallback does not support {sharded[0]}: it shards the LoRA factors across ranks, "
-                "so each rank would measure a shard instead of the factor. Supported: one device and DDP; see README, "
-                "'Running at scale'.")
-        self._probing = self.engine.full_grad_every is not None and int(getattr(args, "world_size", 1) or 1) == 1
+        world = int(getattr(args, "world_size", 1) or 1)
+        mode = parallel_mode("SignalDriftTrainerCallback", [n for n in ("fsdp", "deepspeed") if getattr(args, n, None)],
+                             world, sharded=model is not None and factors_sharded(lora_layers(model)),
+                             devices="one device")
+        self._probing = self.engine.full_grad_every is not None and mode == "single"
         if self.engine.full_grad_every is not None and not self._probing:
             warnings.warn("SignalDriftTrainerCallback: spectral_suppression and spectral_gain (section 4) are not "
-                          "measured under data parallelism (they need the global batch's full-weight gradient)",
-                          SignalDriftWarning, stacklevel=2)
+                          "measured under data parallelism or sharding (they need the global batch's full-weight "
+                          "gradient)", SignalDriftWarning, stacklevel=2)
         self.engine.attach(model)
         self._remove_hooks()
-        self._hooked = int(getattr(args, "world_size", 1) or 1) == 1  # see the class docstring
+        self._hooked = mode == "single"  # see the class docstring
         if self._hooked:
             for v in self.engine.views(model):
                 for key, param in (("A", v.A), ("B", v.B)):

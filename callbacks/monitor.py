@@ -4,6 +4,8 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 
+import torch
+
 from callbacks._lightning import (
     CallbackBase,
     grad_scaler,
@@ -48,8 +50,11 @@ class SignalDriftMonitor(CallbackBase):
     Args:
         every_n_steps: measure every this many optimizer steps (> 0).
         top_k: subspace size for the gradient split (default: the layer's rank).
-        full_grad_every: capture the full-weight gradient every this many steps (None: never).
+        full_grad_every: capture the full-weight gradient every this many steps (None: never; off
+            under DDP and FSDP2, with one warning).
         layers: names or dotted suffixes of the layers to watch (default: all LoRA layers).
+        gram_dtype: ``torch.float32`` for faster, about 1e-7 relative, products in sections 1-3
+            (default ``torch.float64``; see :class:`~callbacks.engine.SignalDriftEngine`).
         histogram_every: write singular-value histograms every this many steps (TensorBoard only;
             None: never).
         layer_log_every: send per-layer scalars to the loggers every this many steps (default: the
@@ -69,10 +74,11 @@ class SignalDriftMonitor(CallbackBase):
     def __init__(self, every_n_steps: int = 1, *, top_k: int | None = None, full_grad_every: int | None = 50,
                  layers: Sequence[str] | None = None, histogram_every: int | None = 50,
                  layer_log_every: int | None = None, probe_every: object = _UNSET,
-                 dashboard: dict[str, list[str]] | None = None) -> None:
+                 dashboard: dict[str, list[str]] | None = None, gram_dtype: torch.dtype = torch.float64) -> None:
         super().__init__()
         full_grad_every = renamed_full_grad_every(full_grad_every, probe_every, type(self).__name__)
-        self.engine = SignalDriftEngine(every_n_steps, top_k=top_k, full_grad_every=full_grad_every, layers=layers)
+        self.engine = SignalDriftEngine(every_n_steps, top_k=top_k, full_grad_every=full_grad_every, layers=layers,
+                                        gram_dtype=gram_dtype)
         check_positive_int("histogram_every", histogram_every, allow_none=True)
         check_positive_int("layer_log_every", layer_log_every, allow_none=True)
         self.histogram_every, self.layer_log_every = histogram_every, layer_log_every
@@ -93,12 +99,13 @@ class SignalDriftMonitor(CallbackBase):
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit":
             return
-        refuse_sharded(trainer, "SignalDriftMonitor")
-        self._probing = self.engine.full_grad_every is not None and world_size(trainer) == 1
+        mode = refuse_sharded(trainer, "SignalDriftMonitor", pl_module, allow_fsdp2=True)
+        self._probing = self.engine.full_grad_every is not None and world_size(trainer) == 1 and mode == "single"
         if self.engine.full_grad_every is not None and not self._probing:
             warnings.warn("SignalDriftMonitor: spectral_suppression and spectral_gain (section 4) are not measured "
-                          "under data parallelism: they need the full-weight gradient of the global batch, which "
-                          "only an all-reduce of an (m, n) matrix per layer would give", SignalDriftWarning, stacklevel=2)
+                          "under data parallelism or sharding: they need the full-weight gradient of the global batch, "
+                          "which only an all-reduce of an (m, n) matrix per layer would give", SignalDriftWarning,
+                          stacklevel=2)
         self.engine.attach(pl_module)  # raises a clear error when there is no LoRA layer
         if not trainer.loggers and not self._warned_no_logger:
             self._warned_no_logger = True
