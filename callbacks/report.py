@@ -8,7 +8,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from callbacks.measurements import PREFIX, TagKey, parse_tag
+from callbacks.measurements import PREFIX, TagKey, parse_tag, summary_tag
 
 # The per-layer table's columns (a selection of callbacks.measurements.METRICS).
 REPORT_METRICS = ("drift_ratio", "step_size", "grad_alignment", "spectral_suppression", "delta_rel")
@@ -246,38 +246,170 @@ def format_report(record: RunRecord, window: int = 10) -> str:
     return "\n".join(lines)
 
 
-def write_report_png(record: RunRecord, path: str | Path) -> Path:
-    """A one-page PNG: drift ratio, step size and step gap over steps, and drift ratio per layer."""
+# Where the training loss and the validation metrics live: this project's app, plain Lightning, Hugging Face.
+LOSS_TAGS = {"train loss": ("train_loss", "train/loss"),
+             "validation loss": (summary_tag("val_loss"), "val_loss", "eval/loss"),
+             "validation accuracy": (summary_tag("val_acc"), "val_acc", "eval/accuracy")}
+VERDICT_LABELS = {-1.0: "alpha-too-small", 0.0: "in-regime", 1.0: "too-aggressive"}
+
+
+def _first(record: RunRecord, tags: tuple[str, ...]) -> dict[int, float]:
+    return next((record.scalars[t] for t in tags if record.scalars.get(t)), {})
+
+
+def _verdict_parts(text: str | None) -> tuple[str, str]:
+    """(verdict, suggestion) of the advisor's text ``**verdict**  \nevidence  \nsuggestion``."""
+    if not text or "**" not in text:
+        return "no verdict", "no optimization-gap probe ran; train longer than the probe cadence"
+    lines = [line.strip() for line in text.replace("**", "").split("\n")]
+    return lines[0], lines[-1] if len(lines) > 2 else ""
+
+
+def _plot_series(ax, series: dict[int, float], **kw) -> None:
+    steps = sorted(series)
+    ax.plot(steps, [series[s] for s in steps], **kw)
+
+
+def _empty(ax, what: str) -> None:
+    ax.text(0.5, 0.5, f"no {what} in this run", ha="center", va="center", fontsize=9, color="gray",
+            transform=ax.transAxes)
+
+
+def _heatmap(fig, ax, record: RunRecord, window: int) -> None:
+    """Layers x metrics: each value against the median over layers of its metric (log10), so one colour
+    scale serves metrics of any size; legible for hundreds of layers (labels thinned)."""
+    import numpy as np
+
+    from callbacks.tensorboard import short_layer_names
+
+    rows = layer_table(record, window)
+    metrics = [m for m in REPORT_METRICS if any(r[m] is not None and r[m] > 0 for r in rows)]
+    if not rows or not metrics:
+        _empty(ax, "per-layer value")
+        ax.set_axis_off()
+        return
+    grid = np.full((len(metrics), len(rows)), np.nan)
+    for j, r in enumerate(rows):
+        for i, m in enumerate(metrics):
+            if r[m] is not None and r[m] > 0:
+                grid[i, j] = r[m]
+    medians = np.nanmedian(grid, axis=1, keepdims=True)
+    rel = np.clip(np.log10(grid / medians), -1, 1)
+    image = ax.imshow(np.ma.masked_invalid(rel), aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1,
+                      interpolation="nearest")
+    ax.set_yticks(range(len(metrics)), [f"{m}\n(median {medians[i, 0]:.2g})" for i, m in enumerate(metrics)],
+                  fontsize=8)
+    names = short_layer_names([r["layer"] for r in rows])
+    every = max(1, math.ceil(len(rows) / 40))
+    ticks = list(range(0, len(rows), every))
+    ax.set_xticks(ticks, [names[rows[j]["layer"]] if every == 1 else str(j) for j in ticks], rotation=90, fontsize=8)
+    ax.set_xlabel("layer" + ("" if every == 1 else f" (index in module order; every {every}th labelled)"), fontsize=9)
+    top = sorted((r for r in rows if r["drift_ratio"] is not None), key=lambda r: -r["drift_ratio"])[:3]
+    most = ", ".join(f"{names[r['layer']]} ({r['drift_ratio']:.3g})" for r in top)
+    ax.set_title(f"Per layer, {len(rows)} layers: value / median over layers (recent {window} measurements)"
+                 + (f"\nlargest drift_ratio: {most}" if most else ""), fontsize=10)
+    bar = fig.colorbar(image, ax=ax, fraction=0.025, pad=0.01)
+    bar.set_label("log10(value / median)", fontsize=8)
+    bar.ax.tick_params(labelsize=8)
+
+
+def write_report_png(record: RunRecord, path: str | Path, window: int = 10) -> Path:
+    """A one-page PNG answering "is my alpha right?": the verdict, alpha and the suggestion in the title;
+    step_gap with the verdict's thresholds; the verdict over time; drift_ratio and step_size with the
+    collapse levels; train and validation loss; validation accuracy; a per-layer heatmap."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    from signaldrift import regime
+
     by_key = measured(record)
-    for ax, metric in zip(axes.flat[:3], ("drift_ratio", "step_size", "step_gap")):
-        series = by_key.get(TagKey(metric), {})
-        if series:
-            steps = sorted(series)
-            ax.plot(steps, [series[s] for s in steps], label="median over layers")
-            mx = by_key.get(TagKey(metric, None, "max"), {})
-            if mx:
-                ax.plot(sorted(mx), [mx[s] for s in sorted(mx)], alpha=0.5, label="max over layers")
-            ax.legend(fontsize=8)
-        ax.set_title(metric)
-        ax.set_xlabel("optimizer step")
-        if metric != "step_gap":
+    fig = plt.figure(figsize=(12, 14), dpi=100, layout="constrained")
+    grid = fig.add_gridspec(4, 2, height_ratios=[1, 1, 1, 1.25])
+    axes = [fig.add_subplot(grid[i // 2, i % 2]) for i in range(6)]
+    for ax in axes:
+        ax.tick_params(labelsize=8)
+        ax.grid(True, alpha=0.3)
+        ax.set_xlabel("optimizer step", fontsize=9)
+
+    ax = axes[0]  # step_gap and the verdict's thresholds
+    gap = by_key.get(TagKey("step_gap"), {})
+    ax.axhspan(regime.GAP_TOO_AGGRESSIVE, regime.GAP_TOO_SMALL, color="tab:green", alpha=0.12,
+               label=f"in-regime band [{regime.GAP_TOO_AGGRESSIVE:g}, {regime.GAP_TOO_SMALL:g})")
+    ax.axhline(regime.GAP_TOO_SMALL, color="tab:blue", ls="--", lw=1, label=f"alpha too small above {regime.GAP_TOO_SMALL:g}")
+    ax.axhline(regime.GAP_TOO_AGGRESSIVE, color="tab:red", ls="--", lw=1,
+               label=f"too aggressive below {regime.GAP_TOO_AGGRESSIVE:g}")
+    if gap:
+        _plot_series(ax, gap, marker="o", ls="", color="black", label="step_gap of each probe (whole model)")
+        median = by_key.get(TagKey("step_gap_median"), {})
+        if median:
+            _plot_series(ax, median, color="black", lw=1.5, label="median of the verdict's window")
+        ax.set_ylim(0, max(max(gap.values()) * 1.6, regime.GAP_TOO_SMALL * 2))  # room for the legend
+    else:
+        _empty(ax, "step_gap probe")
+    ax.set_ylabel("step_gap (loss-optimal multiple of the step)", fontsize=9)
+    ax.set_title("step_gap: where along the step the loss is lowest", fontsize=10)
+    ax.legend(fontsize=8, loc="upper center", ncol=2)
+
+    ax = axes[1]  # the verdict over time
+    codes = by_key.get(TagKey("alpha_verdict"), {})
+    if codes:
+        steps = sorted(codes)
+        ax.step(steps, [codes[s] for s in steps], where="post", color="black")
+        ax.set_ylim(-1.5, 1.5)
+    else:
+        _empty(ax, "verdict series")
+    ax.set_yticks(list(VERDICT_LABELS), list(VERDICT_LABELS.values()), fontsize=8)
+    ax.set_title("verdict over time (the configuration alone until enough probes)", fontsize=10)
+
+    for ax, metric, level, label in ((axes[2], "drift_ratio", regime.DRIFT_RATIO_HIGH, "high drift ratio"),
+                                     (axes[3], "step_size", regime.STEP_SIZE_HIGH, "collapse level of the grid")):
+        median, top = by_key.get(TagKey(metric), {}), by_key.get(TagKey(metric, None, "max"), {})
+        if median:
+            _plot_series(ax, median, color="tab:blue", label="median over layers")
+            if top:
+                _plot_series(ax, top, color="tab:orange", alpha=0.7, label="max over layers")
+            ax.axhline(level, color="tab:red", ls="--", lw=1, label=f"{label} ({level:g})")
             ax.set_yscale("log")
-    rows = [r for r in layer_table(record) if r["drift_ratio"] is not None]
-    ax = axes.flat[3]
-    if rows:
-        ax.barh(range(len(rows)), [r["drift_ratio"] for r in rows])
-        ax.set_yticks(range(len(rows)), [r["layer"].split("model.")[-1][-40:] for r in rows], fontsize=6)
-    ax.set_title("drift_ratio per layer (recent median)")
-    verdict = latest_verdict(record)
-    fig.suptitle("Signal-Drift report: " + (verdict.split("**")[1] if verdict and "**" in verdict else "no verdict"))
-    fig.tight_layout()
+            ax.legend(fontsize=8, loc="best")
+        else:
+            _empty(ax, metric)
+        ax.set_ylabel(metric, fontsize=9)
+        ax.set_title(f"{metric} per step", fontsize=10)
+
+    ax = axes[4]  # losses
+    drawn = False
+    for label, color in (("train loss", "tab:gray"), ("validation loss", "tab:purple")):
+        series = _first(record, LOSS_TAGS[label])
+        if series:
+            _plot_series(ax, series, color=color, marker="o" if len(series) < 30 else None, markersize=3, label=label)
+            drawn = True
+    if drawn:
+        ax.legend(fontsize=8)
+    else:
+        _empty(ax, "loss")
+    ax.set_ylabel("loss", fontsize=9)
+    ax.set_title("train and validation loss", fontsize=10)
+
+    ax = axes[5]
+    acc = _first(record, LOSS_TAGS["validation accuracy"])
+    if acc:
+        _plot_series(ax, acc, color="tab:purple", marker="o", markersize=3)
+        last = acc[max(acc)]
+        ax.set_title(f"validation accuracy (last {last:.4f})", fontsize=10)
+    else:
+        _empty(ax, "validation accuracy")
+        ax.set_title("validation accuracy", fontsize=10)
+    ax.set_ylabel("accuracy", fontsize=9)
+
+    _heatmap(fig, fig.add_subplot(grid[3, :]), record, window)
+
+    verdict, suggestion = _verdict_parts(latest_verdict(record))
+    alpha = by_key.get(TagKey("alpha"), {})
+    head = f"Verdict: {verdict}" + (f"    alpha = {alpha[max(alpha)]:.4g}" if alpha else "")
+    fig.suptitle(head + (f"\n{suggestion}" if suggestion else ""), fontsize=13, fontweight="bold")
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

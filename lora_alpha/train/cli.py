@@ -43,52 +43,97 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    """The model, data and LoRA flags that `train` and `find-alpha` share."""
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after each flag's help (unless it names its default); descriptions kept as written."""
+
+    def _get_help_string(self, action):
+        help = action.help or ""
+        if "default" in help or isinstance(action, (argparse._StoreTrueAction, argparse._VersionAction)):
+            return help
+        return super()._get_help_string(action)
+
+
+EXAMPLES = """examples:
+  signaldrift train --name demo --output runs            # the embedded demo: MiniLM on Rotten Tomatoes
+  signaldrift train --name a1k --alpha 1000 --output runs # another alpha; compare both in one TensorBoard
+  tensorboard --logdir runs                              # every run under runs/, side by side
+  signaldrift report runs/demo                           # the diagnosis as text, and runs/demo/report.png
+  signaldrift find-alpha --target-steps 250              # short trials over alpha; suggests one
+
+Every number is defined in docs/metrics.md of the signaldrift repository; the README explains the
+TensorBoard dashboard."""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("signaldrift")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree that is not installed
+        return "unknown"
+
+
+def _add_model_args(p: argparse.ArgumentParser, *, test_data: bool = True) -> None:
+    """The model, data and LoRA flags that `train` and `find-alpha` share (find-alpha reads no test split)."""
     p.add_argument("--model", default=None, help="Hugging Face model folder (default: the embedded all-MiniLM-L6-v2)")
-    p.add_argument("--task", default="sequence-classification", choices=["sequence-classification", "causal-lm"])
+    p.add_argument("--task", default="sequence-classification", choices=["sequence-classification", "causal-lm"],
+                   help="what the model learns: labels of texts, or the next token")
     p.add_argument("--data", default="rotten-tomatoes",
                    help="'rotten-tomatoes' (embedded) or a CSV/JSONL training file")
     p.add_argument("--val-data", default=None, help="CSV/JSONL validation file (default: 10%% of --data)")
-    p.add_argument("--test-data", default=None, help="CSV/JSONL test file (default: the validation split)")
-    p.add_argument("--text-column", default="text")
-    p.add_argument("--label-column", default="label")
+    if test_data:
+        p.add_argument("--test-data", default=None, help="CSV/JSONL test file (default: the validation split)")
+    p.add_argument("--text-column", default="text", help="column of the text in --data files")
+    p.add_argument("--label-column", default="label", help="column of the label in --data files")
     p.add_argument("--targets", default="query,key,value,dense", help="comma-separated LoRA target patterns")
-    p.add_argument("--rank", type=int, default=DEMO["rank"])
-    p.add_argument("--rule", default=DEMO["rule"], choices=list(RULES))
-    p.add_argument("--lr", type=float, default=DEMO["lr"])
+    p.add_argument("--rank", type=int, default=DEMO["rank"], help="LoRA rank r")
+    p.add_argument("--rule", default=DEMO["rule"], choices=list(RULES),
+                   help="scaling rule: scale = alpha/r (standard, lora-alpha) or alpha/sqrt(r) (rslora)")
+    p.add_argument("--lr", type=float, default=DEMO["lr"], help="learning rate of the LoRA factors")
     p.add_argument("--head-lr", type=float, default=DEMO["head_lr"], help="learning rate of the classifier head")
-    p.add_argument("--batch-size", type=int, default=DEMO["batch_size"])
-    p.add_argument("--max-length", type=int, default=DEMO["max_length"])
-    p.add_argument("--train-size", type=int, default=None, help="use only this many training examples")
-    p.add_argument("--eval-size", type=int, default=None, help="cap the validation and test splits")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=DEMO["batch_size"], help="examples per optimizer step")
+    p.add_argument("--max-length", type=int, default=DEMO["max_length"], help="tokens per example (longer ones are cut)")
+    p.add_argument("--train-size", type=int, default=None, help="use only this many training examples (default: all)")
+    p.add_argument("--eval-size", type=int, default=None, help="cap the validation and test splits (default: no cap)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data order and initialization")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="signaldrift", description="LoRA fine-tuning that tells you whether alpha is right.",
-                                allow_abbrev=False)
-    sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", allow_abbrev=False, help="fine-tune with LoRA, the SignalDriftMonitor and the AlphaRegimeAdvisor attached")
+                                allow_abbrev=False, formatter_class=_HelpFormatter, epilog=EXAMPLES)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,find-alpha,report}")
+    t = sub.add_parser("train", allow_abbrev=False, formatter_class=_HelpFormatter, epilog=EXAMPLES,
+                       help="fine-tune with LoRA, the SignalDriftMonitor and the AlphaRegimeAdvisor attached",
+                       description="Fine-tune with LoRA while measuring every step; the verdict on alpha,\n"
+                                   "the adapter and a TensorBoard log go to OUTPUT/NAME/.")
     _add_model_args(t)
     t.add_argument("--alpha", type=float, default=DEMO["alpha"],
-                   help="LoRA alpha, > 0 (default: the rule's own; lora-alpha: c*sqrt(r); standard: 2r; rslora: 16)")
-    t.add_argument("--loraplus-ratio", type=float, default=None, help="LoRA+: B's learning rate = lr * ratio")
-    t.add_argument("--weight-decay", type=float, default=0.0)
-    t.add_argument("--warmup-steps", type=int, default=0)
-    t.add_argument("--schedule", default="constant", choices=["constant", "linear", "cosine"])
+                   help="LoRA alpha, > 0 (default: the rule's own; lora-alpha: c*sqrt(r) with c = 270; standard: 2r; "
+                        "rslora: 16)")
+    t.add_argument("--loraplus-ratio", type=float, default=None, help="LoRA+: B's learning rate = lr * ratio (default: off)")
+    t.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    t.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warmup steps")
+    t.add_argument("--schedule", default="constant", choices=["constant", "linear", "cosine"],
+                   help="learning-rate decay after warmup")
     t.add_argument("--max-steps", type=int, default=DEMO["max_steps"], help="optimizer steps (-1: use --epochs)")
-    t.add_argument("--epochs", type=int, default=1)
-    t.add_argument("--precision", default="auto", help="any Lightning precision (default: bf16-mixed on CUDA, else 32-true)")
+    t.add_argument("--epochs", type=int, default=1, help="passes over the data, with --max-steps -1")
+    t.add_argument("--val-every", type=int, default=50,
+                   help="validate every this many steps during training, on --val-batches batches (0: only at the "
+                        "end, on the whole validation split)")
+    t.add_argument("--val-batches", type=int, default=8,
+                   help="validation batches per check during training (the final check reads the whole split)")
+    t.add_argument("--precision", default="auto", help="any Lightning precision (auto: bf16-mixed on CUDA, else 32-true)")
     t.add_argument("--devices", default="auto", help="Lightning devices (e.g. 1, 2, auto)")
-    t.add_argument("--accelerator", default="auto")
+    t.add_argument("--accelerator", default="auto", help="Lightning accelerator (cpu, gpu, auto)")
     t.add_argument("--strategy", default="auto", help="any Lightning strategy name, e.g. ddp")
-    t.add_argument("--every-n-steps", type=int, default=1, help="SignalDriftMonitor cadence")
+    t.add_argument("--every-n-steps", type=int, default=1, help="measure the LoRA layers every this many steps")
     t.add_argument("--full-grad-every", "--probe-every", dest="full_grad_every", type=int, default=50,
                    help="capture the full-weight gradient every this many steps, for spectral_suppression "
-                        "(docs/metrics.md section 4; --probe-every is the deprecated old name)")
-    t.add_argument("--gap-every", type=int, default=50, help="optimization-gap probe cadence (docs/metrics.md §5)")
+                        "(--probe-every is the deprecated old name)")
+    t.add_argument("--gap-every", type=int, default=50,
+                   help="probe the loss along the step (step_gap, the evidence of the verdict) every this many steps")
     t.add_argument("--output", default="runs", help="runs are written to OUTPUT/NAME/")
     t.add_argument("--name", default=None,
                    help="run name: letters, digits, '-', '_', '.' (default: run-<date>-<time>-<random>)")
@@ -98,18 +143,28 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true",
                    help="continue the interrupted run OUTPUT/NAME from its last checkpoint, with its recorded "
                         "configuration (other flags may be omitted; given ones must agree)")
-    f = sub.add_parser("find-alpha", allow_abbrev=False, help="short trials over a log grid of alpha at one lr; suggest alpha, plot loss vs alpha")
-    _add_model_args(f)
+    f = sub.add_parser("find-alpha", allow_abbrev=False, formatter_class=_HelpFormatter, epilog=EXAMPLES,
+                       help="short trials over a log grid of alpha at one lr; suggest alpha, plot loss vs alpha",
+                       description="Short trials over a log grid of alpha at one learning rate, each scored by\n"
+                                   "the held-out loss; suggests an alpha for a run of --target-steps.")
+    _add_model_args(f, test_data=False)
     f.add_argument("--alphas", default=None, help="comma-separated grid (default: 4, 16, ..., 16384)")
     f.add_argument("--steps", type=int, default=16, help="optimizer steps per trial")
     f.add_argument("--eval-batches", type=int, default=4, help="held-out batches that score each trial")
     f.add_argument("--target-steps", type=int, default=None,
                    help="the length of the run you plan; the trials' best alpha is scaled by steps/target-steps "
                         "(default: --steps, no scaling)")
-    f.add_argument("--output", default="runs/find-alpha", help="folder for find_alpha.json and find_alpha.png")
-    r = sub.add_parser("report", allow_abbrev=False, help="print a run's per-layer diagnosis and verdict; write report.png")
-    r.add_argument("run_dir")
-    r.add_argument("--window", type=int, default=10, help="recent measurements to take the median over")
+    f.add_argument("--output", default="runs/find-alpha",
+                   help="folder for find_alpha.json, find_alpha.png and a TensorBoard event file of the plot")
+    r = sub.add_parser("report", allow_abbrev=False, formatter_class=_HelpFormatter, epilog=EXAMPLES,
+                       help="print a run's per-layer diagnosis and verdict; write report.png",
+                       description="Read a run's TensorBoard events (a `signaldrift train` run, or any run logged\n"
+                                   "by the callbacks under Lightning or Hugging Face), print the verdict and a\n"
+                                   "per-layer table, and write RUN_DIR/report.png.")
+    r.add_argument("run_dir", metavar="RUN_DIR",
+                   help="the run's folder, e.g. runs/demo (OUTPUT/NAME of `signaldrift train`)")
+    r.add_argument("--window", type=int, default=10,
+                   help="each value in the table is the median of this many most recent measurements")
     return p
 
 
@@ -123,7 +178,7 @@ def _datamodule(args, model_path: str):
                                         train_size=args.train_size, val_size=args.eval_size, test_size=args.eval_size,
                                         seed=args.seed)
     sizes = dict(batch_size=args.batch_size, max_length=args.max_length, seed=args.seed, val_file=args.val_data,
-                 test_file=args.test_data, train_size=args.train_size, eval_size=args.eval_size)
+                 test_file=getattr(args, "test_data", None), train_size=args.train_size, eval_size=args.eval_size)
     if args.task == "causal-lm":
         return CausalLMDataModule(model_path, args.data, **sizes)
     return TextClassificationDataModule(model_path, args.data, text_column=args.text_column,
@@ -162,7 +217,8 @@ def _check_args(args, given: set[str] = frozenset()) -> None:
     _check_positive(args, ("rank", "batch_size", "max_length", "every_n_steps", "full_grad_every", "gap_every", "epochs"))
     if args.max_steps == 0 or args.max_steps < -1:
         raise UsageError(f"--max-steps must be > 0 (or -1 to train --epochs), got {args.max_steps}")
-    _check_positive(args, ("lr", "head_lr", "weight_decay", "checkpoint_every", "warmup_steps"), inclusive=True)
+    _check_positive(args, ("lr", "head_lr", "weight_decay", "checkpoint_every", "warmup_steps", "val_every"), inclusive=True)
+    _check_positive(args, ("val_batches",))
     if args.alpha is not None and (not math.isfinite(args.alpha) or args.alpha <= 0):
         raise UsageError(f"--alpha must be a finite number > 0 (omit it for the rule's default), got {args.alpha}")
     _check_positive(args, tuple(n for n in ("loraplus_ratio", "train_size", "eval_size") if getattr(args, n) is not None))
@@ -212,6 +268,9 @@ def find_alpha_cmd(args, given: set[str] = frozenset()) -> int:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "find_alpha.json", {**res.as_dict(), "config": {k: v for k, v in vars(args).items() if k != "command"}})
     atomic_write(out / "find_alpha.png", res.plot)
+    from lora_alpha.train.dashboard import write_finder_events
+
+    write_finder_events(out, res, res.plot())
     lines = [f"alpha finder: {res.steps} steps per trial at lr {res.lr:g} ({res.rule} rule, rank {args.rank})",
              f"{'alpha':>10}  {'held-out loss':>13}  {'drift ratio':>11}"]
     for a, l, d in zip(res.alphas, res.losses, res.drift_ratio):
@@ -225,7 +284,8 @@ def find_alpha_cmd(args, given: set[str] = frozenset()) -> int:
         lines.append(f"suggested alpha: {res.suggestion:.4g}" + ("  (at the edge of the grid: widen --alphas)" if res.at_edge else ""))
     if res.interrupted:
         lines.append("interrupted: the suggestion uses the trials that finished")
-    lines.append(f"wrote {out / 'find_alpha.json'} and {out / 'find_alpha.png'}")
+    lines.append(f"wrote {out / 'find_alpha.json'}, {out / 'find_alpha.png'} and TensorBoard events in {out} "
+                 f"(tensorboard --logdir {out.parent})")
     print("\n".join(lines))
     return 130 if res.interrupted else 0
 
@@ -240,7 +300,17 @@ def _trainer_kwargs(args) -> dict:
     return dict(max_steps=args.max_steps, max_epochs=args.epochs if args.max_steps == -1 else -1,
                 precision=precision, devices=devices, accelerator=args.accelerator, strategy=args.strategy,
                 enable_checkpointing=args.checkpoint_every > 0, num_sanity_val_steps=0,
-                enable_progress_bar=not args.no_progress, log_every_n_steps=10, enable_model_summary=False)
+                enable_progress_bar=not args.no_progress, log_every_n_steps=10, enable_model_summary=False,
+                **_validation_kwargs(args))
+
+
+def _validation_kwargs(args) -> dict:
+    """Validation during training: every --val-every steps on the first --val-batches batches."""
+    every = getattr(args, "val_every", 0) or 0
+    if every <= 0:
+        return dict(limit_val_batches=0)
+    return dict(val_check_interval=every, check_val_every_n_epoch=None,
+                limit_val_batches=getattr(args, "val_batches", None) or 1.0)
 
 
 # Flags that may differ on --resume: they change how a run is shown, not what it computes.
@@ -347,6 +417,7 @@ def _build(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from callbacks import AlphaRegimeAdvisor, SignalDriftMonitor
+    from lora_alpha.train.dashboard import validation_charts, validation_summary_callback
     from lora_alpha.train.data import demo_model_path
     from lora_alpha.train.module import check_model_path
 
@@ -359,11 +430,13 @@ def _build(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
                      schedule=args.schedule, loraplus_ratio=args.loraplus_ratio, adapter_dir=run_dir / "adapter")
     if resumed is not None:
         _check_checkpoint(last_ckpt, module)
-    monitor = SignalDriftMonitor(every_n_steps=args.every_n_steps, full_grad_every=args.full_grad_every)
+    classification = args.task == "sequence-classification"
+    monitor = SignalDriftMonitor(every_n_steps=args.every_n_steps, full_grad_every=args.full_grad_every,
+                                 dashboard=validation_charts(classification) if args.val_every else {})
     advisor = AlphaRegimeAdvisor(gap_every=args.gap_every)
     logger = TensorBoardLogger(save_dir=str(output), name=name, version="", default_hp_metric=False)
     guard = _lifecycle_callback(stop, last_ckpt)
-    callbacks = [monitor, advisor, guard]
+    callbacks = [monitor, advisor, guard, validation_summary_callback()]
     if args.checkpoint_every:
         from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -390,6 +463,10 @@ def _train(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
     write_record(target.build_path, record)
     target.swap_in()
     guard.on_first_step = target.commit
+    if trainer.is_global_zero:
+        from lora_alpha.train.dashboard import run_hparams, write_hparams
+
+        write_hparams(trainer.logger, run_hparams(module, args))
     start = time.time()
     stop.in_fit = True
     try:
@@ -398,6 +475,7 @@ def _train(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
         if stop.signum is None and (trainer.interrupted or guard.interrupted):
             stop.signum = signal.SIGINT
         if stop.signum is None:
+            trainer.limit_val_batches = 1.0  # the final check reads the whole validation split
             val = trainer.validate(module, datamodule=dm, verbose=False)[0]
             test = trainer.test(module, datamodule=dm, verbose=False)[0]
     except (KeyboardInterrupt, SystemExit) as err:
@@ -563,7 +641,7 @@ def _summary(record, monitor, advisor, run_dir: Path, dm) -> str:
         ("suggestion", "" if v is None else v.suggestion),
         ("adapter", str(run_dir / "adapter")),
         ("logs", str(run_dir)),
-        ("next", f"tensorboard --logdir {run_dir}    |    signaldrift report {run_dir}"),
+        ("next", f"tensorboard --logdir {run_dir.parent}    |    signaldrift report {run_dir}"),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(["", "Signal-Drift summary", "=" * 20] + [f"{k:<{width}}  {v}" for k, v in rows])

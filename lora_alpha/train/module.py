@@ -107,7 +107,8 @@ class LoRAAlphaModule(LightningModule):
         for name, value in (("lr", lr), ("head_lr", head_lr), ("loraplus_ratio", loraplus_ratio)):
             check_number(name, value, inclusive=True, allow_none=True, error=UsageError)
         check_int("warmup_steps", warmup_steps, minimum=0, error=UsageError)
-        self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
+        # Lightning would log these as given (alpha None, a Path object); on_fit_start logs resolved_hparams().
+        self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None, logger=False)
         if adapter_dir is not None:  # checkpoints hold plain types only: torch.load(weights_only=True) reads them
             self.hparams["adapter_dir"] = str(adapter_dir)
         self.task = task
@@ -125,6 +126,24 @@ class LoRAAlphaModule(LightningModule):
         self.weight_decay, self.warmup_steps, self.schedule = weight_decay, warmup_steps, schedule
         self.loraplus_ratio = loraplus_ratio
         self.adapter_dir = Path(adapter_dir) if adapter_dir is not None else None
+
+    def resolved_hparams(self) -> dict[str, str | int | float]:
+        """The configuration as it took effect, in plain types: alpha resolved by the rule, the scale it
+        gives, the targets as one string; unset options left out. What the loggers receive
+        (TensorBoard's ``hparams.yaml`` loads with ``yaml.safe_load``)."""
+        model = self.hparams.get("model")
+        out = {"model": model if isinstance(model, str) else type(self.model).__name__, "task": self.task,
+               "targets": ",".join(self.hparams.get("targets", ())), "rank": self.lora_summary.rank,
+               "alpha": float(self.lora_summary.alpha), "rule": self.lora_summary.rule,
+               "scale": float(self.lora_summary.scale), "lr": float(self.lr), "head_lr": float(self.head_lr),
+               "weight_decay": float(self.weight_decay), "warmup_steps": int(self.warmup_steps),
+               "schedule": self.schedule, "dropout": float(self.hparams.get("dropout", 0.0)),
+               "loraplus_ratio": self.loraplus_ratio}
+        return {k: v for k, v in out.items() if v is not None}
+
+    def on_fit_start(self) -> None:
+        for logger in self.loggers:
+            logger.log_hyperparams(self.resolved_hparams())
 
     # ----------------------------------------------------------------- steps
     def forward(self, **batch: Any) -> Any:

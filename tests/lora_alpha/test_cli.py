@@ -102,6 +102,9 @@ def test_find_alpha_prints_a_suggestion_and_writes_json_and_png(workspace):
     assert data["alphas"] == [1.0, 8.0, 64.0] and len(data["losses"]) == 3 and data["train_steps"] == 6
     assert data["suggestion"] is not None and 1.0 <= data["suggestion"] <= 64.0
     assert (out_dir / "find_alpha.png").stat().st_size > 5_000
+    from tests.callbacks.helpers import read_tags
+
+    assert "find_alpha/loss_vs_alpha" in read_tags(out_dir)["images"]  # the plot in TensorBoard, beside the runs
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -163,3 +166,56 @@ def test_every_numeric_train_flag_is_checked_before_anything_runs():
             assert v > 0
 
     check()
+
+
+def test_a_run_logs_resolved_hparams_validation_during_training_and_a_layout_that_matches(workspace):
+    import re
+
+    import yaml
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    out = run_cli(*_train_args(workspace, "--name", "dash", "--val-every", "2", "--val-batches", "1"), cwd=workspace)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = workspace / "runs" / "dash"
+    hp = yaml.safe_load((run / "hparams.yaml").read_text())  # plain values only
+    assert hp["alpha"] == pytest.approx(270 * math.sqrt(2)) and hp["c"] == pytest.approx(270.0)
+    assert hp["rank"] == 2 and hp["targets"] == "query,value" and hp["batch_size"] == 8 and hp["max_steps"] == 4
+    acc = EventAccumulator(str(run), size_guidance={"tensors": 0, "scalars": 0})  # every event file of the run
+    acc.Reload()
+    scalars = {t: {e.step: e.value for e in acc.Scalars(t)} for t in acc.Tags()["scalars"]}
+    # the HParams plugin: the run's resolved alpha, and metric columns that the run logs
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        acc.SummaryMetadata("_hparams_/session_start_info").plugin_data.content).session_start_info
+    assert start.hparams["alpha"].number_value == pytest.approx(hp["alpha"])
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(
+        acc.SummaryMetadata("_hparams_/experiment").plugin_data.content).experiment
+    columns = {m.name.tag for m in experiment.metric_infos}
+    assert {"Summary/val_acc", "test_acc", "Summary/alpha_verdict"} <= columns
+    assert columns <= set(scalars)
+    # validation during training (steps 2 and 4), then the whole split at the end (step 4 again)
+    assert set(scalars["Summary/val_loss"]) == {2, 4} and set(scalars["Summary/val_acc"]) == {2, 4}
+    layout = layout_pb2.Layout.FromString(acc.Tensors("custom_scalars__config__")[-1].tensor_proto.string_val[0])
+    patterns = [p for c in layout.category for chart in c.chart for p in chart.multiline.tag]
+    assert any(re.search(p, "Summary/val_loss") for p in patterns)
+    for pattern in patterns:
+        assert any(re.search(pattern, t) for t in scalars), pattern
+
+
+def test_help_shows_defaults_examples_and_only_each_commands_flags(capsys):
+    from lora_alpha.train.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices  # noqa: SLF001
+    top, train, find, report = (parser.format_help(), sub["train"].format_help(), sub["find-alpha"].format_help(),
+                                sub["report"].format_help())
+    assert "examples:" in top and "tensorboard --logdir runs" in top
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--version"])
+    assert capsys.readouterr().out.startswith("signaldrift ")
+    assert "(default: 250)" in train and "(default: 0.0001)" in train and "--val-every" in train
+    assert "--test-data" not in find and "--max-steps" not in find and "(default: 16)" in find
+    assert "RUN_DIR" in report and "the run's folder" in report and "(default: 10)" in report
+    for text in (top, train, find, report):
+        assert "section " not in text and "§" not in text
