@@ -28,6 +28,9 @@ class SignalDriftMonitor(CallbackBase):
     start; scale, rank and active adapters are read live at each measurement. Gradients are read
     in ``on_before_optimizer_step`` (after accumulation and AMP unscaling, before clipping); the
     realized update after the step. A step that AMP skipped (nothing moved) is not counted.
+    Runs on one device, under DDP and under FSDP2 (``ModelParallelStrategy`` or ``fully_shard``:
+    the factors and gradients are gathered whole on every rank for the measurement, the base norms
+    come from the shards); FSDP1 and DeepSpeed are refused at setup (:mod:`callbacks.parallel`).
 
     Logged (step = the optimizer step measured, 0-based), to every logger, from rank zero:
 
