@@ -32,6 +32,13 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/signaldrift train --name demo --output runs --overwrite
 	HF_HUB_OFFLINE=1 $(VENV)/bin/signaldrift report $(RUN_DIR)
 
+# Screenshots of TensorBoard as a person sees it (headless Chromium; Debian: apt-get install chromium),
+# written to docs/screenshots/. RUN=runs/demo reuses a finished run; without it a short run is trained.
+RUN ?=
+.PHONY: screenshots
+screenshots: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) docs/screenshots.py $(if $(RUN),--run $(RUN))
+
 # Mutation testing of signaldrift/ and callbacks/engine.py with the fast unit tests (setup.cfg [mutmut]).
 # Not part of `make test`: 13 min on a 2-core machine (the budget is 60). Installs its pinned
 # mutmut into the venv and writes benchmarks/results/mutation.{json,md}.

@@ -348,7 +348,7 @@ def write_report_png(record: RunRecord, path: str | Path, window: int = 10) -> P
         ax.set_ylim(0, max(max(gap.values()) * 1.6, regime.GAP_TOO_SMALL * 2))  # room for the legend
     else:
         _empty(ax, "step_gap probe")
-    ax.set_ylabel("step_gap (loss-optimal multiple of the step)", fontsize=9)
+    ax.set_ylabel("step_gap (best multiple of the step)", fontsize=9)
     ax.set_title("step_gap: where along the step the loss is lowest", fontsize=10)
     ax.legend(fontsize=8, loc="upper center", ncol=2)
 
