@@ -108,7 +108,7 @@ class SignalDriftTrainerCallback(TrainerCallback):
                              devices="one device")
         self._probing = self.engine.full_grad_every is not None and mode == "single"
         if self.engine.full_grad_every is not None and not self._probing:
-            warnings.warn("SignalDriftTrainerCallback: spectral_suppression and spectral_gain (section 4) are not "
+            warnings.warn("SignalDriftTrainerCallback: spectral_suppression and spectral_gain (docs/metrics.md §4) are not "
                           "measured under data parallelism or sharding (they need the global batch's full-weight "
                           "gradient)", SignalDriftWarning, stacklevel=2)
         self.engine.attach(model)

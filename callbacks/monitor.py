@@ -105,7 +105,7 @@ class SignalDriftMonitor(CallbackBase):
         mode = refuse_sharded(trainer, "SignalDriftMonitor", pl_module, allow_fsdp2=True)
         self._probing = self.engine.full_grad_every is not None and world_size(trainer) == 1 and mode == "single"
         if self.engine.full_grad_every is not None and not self._probing:
-            warnings.warn("SignalDriftMonitor: spectral_suppression and spectral_gain (section 4) are not measured "
+            warnings.warn("SignalDriftMonitor: spectral_suppression and spectral_gain (docs/metrics.md §4) are not measured "
                           "under data parallelism or sharding: they need the full-weight gradient of the global batch, "
                           "which only an all-reduce of an (m, n) matrix per layer would give", SignalDriftWarning,
                           stacklevel=2)
