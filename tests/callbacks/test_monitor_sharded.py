@@ -78,7 +78,7 @@ def _trainer(strategy, world=2):
 
 def test_fsdp2_is_accepted_by_the_monitor_and_refused_by_the_advisor_with_a_reason():
     monitor = SignalDriftMonitor(full_grad_every=5)
-    with pytest.warns(UserWarning, match="section 4"):
+    with pytest.warns(UserWarning, match="docs/metrics.md §4"):
         monitor.setup(_trainer(ModelParallelStrategy), make_module(), "fit")
     assert monitor._probing is False
     with pytest.raises(RuntimeError, match=r"AlphaRegimeAdvisor does not support FSDP2 .*moves the sharded LoRA "
