@@ -18,6 +18,7 @@ from callbacks.measurements import PREFIX, summary_tag, threshold_tag
 from callbacks.tensorboard import mark_restart
 from signaldrift import DEFAULT_TAUS, NonFiniteError, RegimeVerdict, lora_layers, regime_verdict, step_gap_probe, step_split
 from signaldrift import regime
+from signaldrift.sharded import base_weight_norm, gather_full, is_dtensor
 
 log = logging.getLogger("signaldrift")
 
@@ -48,6 +49,23 @@ def _silenced_logging(pl_module):
         del pl_module.log_dict
 
 
+def _local(t: Tensor) -> Tensor:
+    """A DTensor's local shard (sharing its storage), else ``t``."""
+    if not is_dtensor(t):
+        return t
+    with torch.no_grad():
+        return t.to_local()
+
+
+def _reshard(pl_module) -> None:
+    """Free every FSDP2 unit's gathered parameters, so that the next forward gathers the shards again."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in pl_module.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+
+
 def _loss_value(out: Any) -> float:
     if isinstance(out, Tensor):
         return float(out.detach().float())
@@ -68,7 +86,11 @@ class AlphaRegimeAdvisor(CallbackBase):
     (§6) counts the last ``window`` probes and their steps' drift ratios, once
     ``min_probes`` probes exist (before that, the configuration alone). When
     alpha is judged too small, one :class:`AlphaRegimeWarning` (rank zero) names the evidence and
-    an alpha to try. The probe runs on every rank at the same steps, with no collective call.
+    an alpha to try. The probe runs on every rank at the same steps, each rank on its own probe batch,
+    the losses averaged over ranks (DDP, FSDP2). Under FSDP2 every rank moves its shard of the factors
+    in place and the forward passes gather them as in training; the step split reads the factors whole.
+    The base norm ``||W0||_F`` is computed once per layer per fit, as the engine does (from the shards,
+    or the dequantized weight of a 4/8-bit base).
 
     The loss: ``loss_fn(pl_module, batch)`` if given, else ``pl_module.probe_loss(batch)`` if the
     module defines it, else ``pl_module.training_step(batch, 0)`` with its ``self.log`` silenced.
@@ -123,10 +145,12 @@ class AlphaRegimeAdvisor(CallbackBase):
         self._config_verdict: RegimeVerdict | None = None  # the configuration alone, until probes count
         self._warned = False
         self._before: list[Tensor] | None = None
+        self._base_norms: dict[str, float] = {}  # ||W0||_F per layer, once per fit (sharded, quantized or plain)
 
     # ----------------------------------------------------------------- hooks
     def setup(self, trainer, pl_module, stage: str) -> None:
-        refuse_sharded(trainer, "AlphaRegimeAdvisor")
+        refuse_sharded(trainer, "AlphaRegimeAdvisor", pl_module, allow_fsdp2=True)
+        self._base_norms = {}
 
     def on_train_start(self, trainer, pl_module) -> None:
         if trainer.global_step > 0:  # resumed: see callbacks.tensorboard.mark_restart
@@ -168,11 +192,20 @@ class AlphaRegimeAdvisor(CallbackBase):
         params = [p for v in views for p in (v.A, v.B)]
         if len(params) != len(before):
             return
-        delta = [p.detach() - b for p, b in zip(params, before)]
-        if not any(bool(d.any()) for d in delta):
+        # Whole factors before and after the step for the step split (a collective under FSDP2: every
+        # rank gathers the same tensors in the same order), and so every rank sees the same delta.
+        sharded = any(is_dtensor(p) for p in params)
+        full_before = [gather_full(b) for b in before]
+        full_after = [gather_full(p) for p in params]
+        if not any(bool((a - b).any()) for a, b in zip(full_after, full_before)):
             return  # the optimizer skipped the step (AMP overflow, zero learning rate)
+        # The probe moves each rank's own shard in place (a DTensor's local tensor shares its storage);
+        # the forward passes all-gather the moved factors as FSDP does.
+        params = [_local(p) for p in params]
+        before = [_local(b) for b in before]
+        delta = [p.detach() - b for p, b in zip(params, before)]
         step = trainer.global_step - 1
-        record = self._probe(trainer, pl_module, views, params, before, delta)
+        record = self._probe(trainer, pl_module, views, params, full_before, full_after, delta, sharded)
         if record is None:
             return
         record["step"] = step
@@ -209,24 +242,38 @@ class AlphaRegimeAdvisor(CallbackBase):
         with _silenced_logging(pl_module):
             return _loss_value(pl_module.training_step(batch, 0))
 
-    def _probe(self, trainer, pl_module, views, params, before, delta) -> dict[str, float] | None:
+    def _base_norm(self, view) -> float:
+        """``||W0||_F`` as the engine computes it (:func:`signaldrift.sharded.base_weight_norm`: from the
+        shards, or the dequantized weight), once per layer per fit; a collective under sharding."""
+        if view.name not in self._base_norms:
+            self._base_norms[view.name] = base_weight_norm(view.base_weight)
+        return self._base_norms[view.name]
+
+    def _probe(self, trainer, pl_module, views, params, before, after, delta, sharded) -> dict[str, float] | None:
         batch = move_to_device(self.probe_batch, pl_module.device)
         was_training = pl_module.training
         context = trainer.precision_plugin.forward_context()
+        norms = [self._base_norm(v) for v in views]  # every rank, the same order
         pl_module.eval()
+
+        def loss() -> float:
+            if sharded:  # the next forward gathers the moved shards (FSDP's root keeps its gathered ones)
+                _reshard(pl_module)
+            return self._loss(pl_module, batch)
+
         try:
             with torch.no_grad(), context:
-                probe = step_gap_probe(lambda: self._loss(pl_module, batch), params, delta, self.taus,
-                                       reduce=rank_mean(trainer, pl_module.device))
+                probe = step_gap_probe(loss, params, delta, self.taus, reduce=rank_mean(trainer, pl_module.device))
         except NonFiniteError:
             return None
         finally:
+            if sharded:  # training's next forward gathers the restored factors
+                _reshard(pl_module)
             pl_module.train(was_training)
         drifts, sizes = [], []
         for i, v in enumerate(views):
             try:
-                norm = float(torch.linalg.matrix_norm(v.base_weight.detach().float()))
-                split = step_split(before[2 * i], before[2 * i + 1], v.A, v.B, v.scale, norm)
+                split = step_split(before[2 * i], before[2 * i + 1], after[2 * i], after[2 * i + 1], v.scale, norms[i])
             except NonFiniteError:
                 continue
             if split.drift_ratio is not None:

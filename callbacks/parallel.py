@@ -46,7 +46,7 @@ def parallel_mode(who: str, settings: Iterable[str], world_size: int, *, sharded
             :data:`FSDP2_STRATEGIES` count.
         world_size: processes in the run.
         sharded: the LoRA factors are already FSDP2 ``DTensor`` (:func:`factors_sharded`).
-        allow_fsdp2: False for a callback that does not support FSDP2 (the advisor).
+        allow_fsdp2: False for a callback that does not support FSDP2 (every callback here does).
         devices: how the message names one device ("single device", "one device").
 
     Raises:
@@ -62,9 +62,8 @@ def parallel_mode(who: str, settings: Iterable[str], world_size: int, *, sharded
     fsdp2 = sharded or bool(names & set(FSDP2_STRATEGIES))
     if fsdp2 and not allow_fsdp2:
         raise RuntimeError(
-            f"{who} does not support FSDP2 (ModelParallelStrategy / fully_shard): its step-gap probe moves the "
-            f"sharded LoRA factors in place and re-runs forward passes, which is not tested under sharding. "
-            f"{supported}; under FSDP2 use SignalDriftMonitor alone; see README, 'Running at scale'.")
+            f"{who} does not support FSDP2 (ModelParallelStrategy / fully_shard). {supported}; see README, "
+            "'Running at scale'.")
     if fsdp2:
         return "fsdp2"
     return "ddp" if world_size > 1 else "single"

@@ -1,5 +1,6 @@
-"""The monitor itself under FSDP2 (Lightning's ModelParallelStrategy, 2 CPU gloo processes) equals one
-process; the one guard for sharded runs; quantized bases and float32 products in the engine."""
+"""The monitor and the advisor under FSDP2 (Lightning's ModelParallelStrategy, 2 CPU gloo processes) equal
+one process; the one guard for sharded runs; quantized bases and float32 products in the engine and the
+advisor."""
 import json
 import math
 import os
@@ -30,9 +31,10 @@ def _run(out: Path, world: int) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_monitor_under_fsdp2_model_parallel_strategy_equals_one_process(tmp_path):
-    """One launch of each: every logged number, the base norms from the shards, the section-4 warning,
-    and logging from rank zero alone."""
+def test_monitor_and_advisor_under_fsdp2_model_parallel_strategy_equal_one_process(tmp_path):
+    """One launch of each: every logged number, the base norms from the shards, the §4 warning, logging
+    from rank zero alone; the advisor's probes (moving each rank's shards, the root's unit included) and
+    the factors bit-identical after each probe."""
     pytest.importorskip("torch.distributed.fsdp")
     one = _run(tmp_path / "one", 1)[0]
     ranks = _run(tmp_path / "fsdp", 2)
@@ -50,10 +52,22 @@ def test_monitor_under_fsdp2_model_parallel_strategy_equals_one_process(tmp_path
             for k, v in tags.items():  # every rank measured what one process measured on the global batch
                 assert math.isclose(got[k], v, rel_tol=1e-5, abs_tol=1e-9), (step, k, got[k], v)
         assert not any("spectral" in k for tags in r["history"].values() for k in tags)
-        assert [w for w in r["warnings"] if "section 4" in w] == [
-            "SignalDriftMonitor: spectral_suppression and spectral_gain (section 4) are not measured under data "
+        assert [w for w in r["warnings"] if "§4" in w] == [
+            "SignalDriftMonitor: spectral_suppression and spectral_gain (docs/metrics.md §4) are not measured under data "
             "parallelism or sharding: they need the full-weight gradient of the global batch, which only an "
             "all-reduce of an (m, n) matrix per layer would give"]
+        assert r["advisor_base_norms"] == r["base_norms"]  # the advisor's from the shards too, once
+        assert [p["step"] for p in r["probes"]] == [p["step"] for p in one["probes"]] == [1, 2, 3]
+        for p, q in zip(r["probes"], one["probes"]):  # losses averaged over ranks = the global batch's
+            assert len(p["losses"]) == len(q["losses"]) == 8
+            for k in ("step_gap", "drift_ratio", "step_size"):
+                assert math.isclose(p[k], q[k], rel_tol=1e-5, abs_tol=1e-9), (p["step"], k, p[k], q[k])
+            # a difference of two float32 losses over one of them: their round-off (~1e-7 here), not relative
+            assert math.isclose(p["gap_gain"], q["gap_gain"], abs_tol=1e-6), (p["step"], p["gap_gain"], q["gap_gain"])
+            for a, b in zip(p["losses"], q["losses"]):
+                assert math.isclose(a, b, rel_tol=1e-5), (p["step"], p["losses"], q["losses"])
+        assert {k: r["restored"][k] for k in ("1", "2", "3")} == {"1": True, "2": True, "3": True}
+    assert [p["step_gap"] for p in one["probes"]] != [one["probes"][0]["step_gap"]] * 3  # the probes tell steps apart
     steps = scalar_steps(tmp_path / "fsdp" / "tb")  # logged once, from rank zero
     logged = {k: [int(s) for s in one["history"] if k in one["history"][s]] for k in one["history"]["3"]}
     assert {k: steps.get(k) for k in logged} == logged  # each tag at each of its steps exactly once
@@ -76,14 +90,15 @@ def _trainer(strategy, world=2):
     return T()
 
 
-def test_fsdp2_is_accepted_by_the_monitor_and_refused_by_the_advisor_with_a_reason():
+def test_fsdp2_is_accepted_by_the_monitor_and_the_advisor_and_deepspeed_refused_by_both():
     monitor = SignalDriftMonitor(full_grad_every=5)
     with pytest.warns(UserWarning, match="docs/metrics.md §4"):
         monitor.setup(_trainer(ModelParallelStrategy), make_module(), "fit")
     assert monitor._probing is False
-    with pytest.raises(RuntimeError, match=r"AlphaRegimeAdvisor does not support FSDP2 .*moves the sharded LoRA "
-                                           r"factors.*Supported: single device and DDP; under FSDP2 use SignalDriftMonitor"):
-        AlphaRegimeAdvisor().setup(_trainer(ModelParallelStrategy), make_module(), "fit")
+    AlphaRegimeAdvisor().setup(_trainer(ModelParallelStrategy), make_module(), "fit")
+    with pytest.raises(RuntimeError, match=r"AlphaRegimeAdvisor does not support DeepSpeedStrategy: .*Supported: single "
+                                           r"device and DDP, and FSDP2"):
+        AlphaRegimeAdvisor().setup(_trainer(DeepSpeedStrategy), make_module(), "fit")
 
 
 def test_deepspeed_refusal_names_the_strategy_and_the_gpu_check():
@@ -186,3 +201,43 @@ def test_engine_base_norm_of_an_8bit_base_is_the_dequantized_weights():
     engine = SignalDriftEngine(full_grad_every=None)
     engine.attach(model)
     assert math.isclose(engine.base_norms["fc1"], dense, rel_tol=1e-6)
+
+
+def test_advisor_step_size_uses_the_dequantized_base_norm_once_per_fit(monkeypatch):
+    """A 4-bit base (the stand-in of bitsandbytes' Linear4bit interface): the advisor's step_size divides by
+    the dequantized weight's norm (not the norm of its packed codes), dequantized once per layer per fit."""
+    peft = pytest.importorskip("peft")
+    from signaldrift import lora_layers, step_split
+    from tests.callbacks.helpers import make_trainer
+    from tests.callbacks.test_sharded import StandInLinear4bit, _dequantize_4bit, _install_fake_bnb
+
+    torch.manual_seed(0)
+    model = peft.get_peft_model(TinyMLP(), peft.LoraConfig(r=2, lora_alpha=4, target_modules=["fc1", "fc2"],
+                                                           init_lora_weights=False))
+    for name in ("fc1", "fc2"):
+        layer = getattr(model.base_model.model, name)
+        layer.base_layer = StandInLinear4bit(layer.base_layer)
+    calls = _install_fake_bnb(monkeypatch)
+    from callbacks._lightning import CallbackBase
+
+    class Factors(CallbackBase):  # the factors before and after each step (listed before the advisor)
+        before, after = {}, {}
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            self.before[trainer.global_step] = [(v.A.detach().clone(), v.B.detach().clone()) for v in lora_layers(pl_module)]
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.after[trainer.global_step - 1] = [(v.A.detach().clone(), v.B.detach().clone()) for v in lora_layers(pl_module)]
+
+    factors, advisor = Factors(), AlphaRegimeAdvisor(gap_every=1, min_probes=1, window=1)
+    module = make_module(model=model, optimizer="sgd", lr=0.05)
+    make_trainer(max_steps=4, callbacks=[factors, advisor]).fit(module)
+    views = lora_layers(module)
+    norms = [float(torch.linalg.matrix_norm(_dequantize_4bit(v.base_weight.data, v.base_weight.quant_state).double()))
+             for v in views]
+    assert len(calls) == 2  # once per layer, not per probe
+    assert [p["step"] for p in advisor.probes] == [1, 2, 3]
+    for p in advisor.probes:
+        sizes = [step_split(*factors.before[p["step"]][i], *factors.after[p["step"]][i], v.scale, norms[i]).step_size
+                 for i, v in enumerate(views)]
+        assert math.isclose(p["step_size"], sorted(sizes)[0] / 2 + sorted(sizes)[1] / 2, rel_tol=1e-9)
