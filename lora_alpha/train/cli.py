@@ -317,8 +317,18 @@ def _validation_kwargs(args) -> dict:
 SESSION_FLAGS = ("no_progress", "resume", "overwrite", "name", "output", "command")
 
 
+# Flags that name files or folders: recorded as absolute paths, so a run resumes from any folder.
+PATH_FLAGS = ("model", "data", "val_data", "test_data")
+
+
+def _absolute(key: str, value):
+    if key in PATH_FLAGS and isinstance(value, str) and value != "rotten-tomatoes" and Path(value).exists():
+        return str(Path(value).resolve())
+    return value
+
+
 def _config(args) -> dict:
-    return {k: v for k, v in vars(args).items() if k not in SESSION_FLAGS}
+    return {k: _absolute(k, v) for k, v in vars(args).items() if k not in SESSION_FLAGS}
 
 
 def _resume_args(args, given: set[str], record: dict) -> argparse.Namespace:
@@ -330,7 +340,7 @@ def _resume_args(args, given: set[str], record: dict) -> argparse.Namespace:
     for key, value in recorded.items():
         if key not in merged or key in SESSION_FLAGS:
             continue
-        if key in given and merged[key] != value:
+        if key in given and _absolute(key, merged[key]) != value:
             flag = "--" + key.replace("_", "-")
             raise UsageError(f"{flag} {merged[key]!r} contradicts the run's recorded {flag} {value!r}; "
                              f"--resume continues the run as it was configured (drop {flag}, or start a new run)")
@@ -378,6 +388,17 @@ def _check_checkpoint(path: Path, module) -> None:
 
 def train(args, given: set[str] = frozenset()) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with StopSignals() as stop:
+        try:
+            return _checked_train(args, given, stop)
+        except (StopRequested, KeyboardInterrupt):
+            signum = stop.signum or signal.SIGINT
+            print(f"signaldrift: {signal.Signals(signum).name} before training started; nothing was written or "
+                  "replaced", file=sys.stderr)
+            return 128 + int(signum)
+
+
+def _checked_train(args, given: set[str], stop: StopSignals) -> int:
     if args.resume:
         if args.name is None:
             raise UsageError("--resume needs --name: the run to continue")
@@ -395,8 +416,7 @@ def train(args, given: set[str] = frozenset()) -> int:
         last_ckpt = _check_resume_state(run_dir, record)
     elif run_dir.exists() and not args.overwrite:
         raise UsageError(f"run directory {run_dir} exists; pass another --name, --overwrite, or --resume")
-    with StopSignals() as stop:
-        return _train(args, name, output, run_dir, last_ckpt, record if args.resume else None, stop)
+    return _train(args, name, output, run_dir, last_ckpt, record if args.resume else None, stop)
 
 
 @dataclass
@@ -426,10 +446,12 @@ def _build(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
     check_model_path(model_path)
     dm = _datamodule(args, model_path)
     dm.setup("fit")  # tokenize now: bad data is refused before anything is written
+    stop.check()
     module = _module(args, model_path, dm, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
                      schedule=args.schedule, loraplus_ratio=args.loraplus_ratio, adapter_dir=run_dir / "adapter")
     if resumed is not None:
         _check_checkpoint(last_ckpt, module)
+    stop.check()
     classification = args.task == "sequence-classification"
     monitor = SignalDriftMonitor(every_n_steps=args.every_n_steps, full_grad_every=args.full_grad_every,
                                  dashboard=validation_charts(classification) if args.val_every else {})
@@ -453,9 +475,11 @@ def _build(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
 def _train(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resumed: dict | None, stop) -> int:
     run = _build(args, name, output, run_dir, last_ckpt, resumed, stop)
     dm, module, trainer, monitor, advisor, guard = run.dm, run.module, run.trainer, run.monitor, run.advisor, run.guard
+    stop.check()
     # Every input has been checked: only now is anything on disk created or replaced.
     if resumed is not None:
         record = dict(resumed, status="running", resumed=resumed.get("resumed", 0) + 1, **process_info())
+        record.pop("signal", None)
         target = RunDir(run_dir)
     else:
         target = RunDir.create(output, name, args.overwrite)
@@ -471,7 +495,7 @@ def _train(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
     stop.in_fit = True
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(last_ckpt) if resumed is not None else None)
-        stop.in_fit = False
+        stop.in_fit, stop.after_fit = False, True
         if stop.signum is None and (trainer.interrupted or guard.interrupted):
             stop.signum = signal.SIGINT
         if stop.signum is None:
@@ -482,6 +506,8 @@ def _train(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
         if isinstance(err, SystemExit) and not (guard.interrupted or stop.signum is not None):
             raise
         stop.signum = stop.signum or signal.SIGINT
+    except StopRequested as err:  # a signal before the first step (see the lifecycle callback)
+        stop.signum = err.signum
     except BaseException:
         if not guard.stepped and resumed is not None:
             write_record(run_dir, resumed)  # nothing was trained: the run stays as it was
@@ -493,8 +519,10 @@ def _train(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
         raise
     finally:
         stop.in_fit = False
+    if stop.signum is not None and not guard.stepped:
+        return _not_started(run_dir, resumed, target, stop.signum)
     if stop.signum is not None:
-        return _interrupted(args, name, run_dir, last_ckpt, record, trainer, target, guard, stop.signum, start)
+        return _interrupted(args, name, run_dir, last_ckpt, record, trainer, stop.signum, start)
     target.commit()
     verdict = advisor.verdict
     record.update(status="finished", seconds=round(time.time() - start, 1), val=_floats(val), test=_floats(test),
@@ -507,19 +535,27 @@ def _train(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
     return 0
 
 
-def _interrupted(args, name, run_dir, last_ckpt, record, trainer, target, guard, signum: int, start: float) -> int:
+def _not_started(run_dir: Path, resumed: dict | None, target: RunDir, signum: int) -> int:
+    """A stop before the first training step: the run is left as if this command had not run."""
+    what = signal.Signals(signum).name
+    if resumed is not None:
+        write_record(run_dir, resumed)
+        print(f"signaldrift: {what} before the first training step; {run_dir} is as it was", file=sys.stderr)
+    else:
+        had_old = target.old is not None or target.staged is not None
+        target.abort()
+        print(f"signaldrift: {what} before the first training step; " +
+              (f"the existing run {run_dir} is unchanged" if had_old else "nothing was written"), file=sys.stderr)
+    return 128 + int(signum)
+
+
+def _interrupted(args, name, run_dir, last_ckpt, record, trainer, signum: int, start: float) -> int:
     code = 128 + int(signum)
     what = signal.Signals(signum).name
-    if not guard.stepped and target.old is not None:
-        target.abort()
-        print(f"signaldrift: {what} before the first training step; the existing run {run_dir} is unchanged",
-              file=sys.stderr)
-        return code
-    target.commit()
     record.update(status="interrupted", signal=what, seconds=round(time.time() - start, 1), steps=trainer.global_step,
                   last_checkpoint=str(last_ckpt) if last_ckpt.is_file() else None)
     write_record(run_dir, record)
-    again = f"signaldrift train --name {shlex.quote(name)} --output {shlex.quote(str(args.output))} --resume"
+    again = f"signaldrift train --name {shlex.quote(name)} --output {shlex.quote(str(run_dir.parent.resolve()))} --resume"
     if last_ckpt.is_file():
         how = f"resume with: {again}"
     else:
@@ -529,12 +565,22 @@ def _interrupted(args, name, run_dir, last_ckpt, record, trainer, target, guard,
     return code
 
 
-class StopSignals:
-    """Ctrl-C (SIGINT) and SIGTERM stop a run at the end of the current training step.
+class StopRequested(Exception):
+    """A stop signal arrived before training started: nothing is written, nothing is replaced."""
 
-    The first signal during training asks for a graceful stop: the step finishes, a checkpoint
-    and the adapter are written, ``run.json`` says ``interrupted``. A second signal, or one outside
-    training, stops at once (KeyboardInterrupt). The previous handlers are restored on exit.
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StopSignals:
+    """Ctrl-C (SIGINT) and SIGTERM: a graceful stop, whatever the run is doing.
+
+    While the run is being built (data, model, trainer) a first signal is noted and the build stops
+    at its next check (:meth:`check`), before anything is written. During training it asks for a
+    stop at the end of the current step: a checkpoint and the adapter are written, ``run.json``
+    says ``interrupted``. After training (the final evaluation) and on a second signal it stops at
+    once (KeyboardInterrupt). The previous handlers are restored on exit.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -542,6 +588,7 @@ class StopSignals:
     def __init__(self) -> None:
         self.signum: int | None = None
         self.in_fit = False
+        self.after_fit = False
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopSignals:
@@ -559,8 +606,13 @@ class StopSignals:
     def _handle(self, signum: int, frame) -> None:
         first = self.signum is None
         self.signum = self.signum or signum
-        if not (first and self.in_fit):
+        if not first or self.after_fit:
             raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """Raise :class:`StopRequested` if a signal arrived (called between the build's phases)."""
+        if self.signum is not None:
+            raise StopRequested(self.signum)
 
 
 def _lifecycle_callback(stop: StopSignals, last_ckpt: Path):
@@ -572,6 +624,10 @@ def _lifecycle_callback(stop: StopSignals, last_ckpt: Path):
         stepped = False
         saved = False
         on_first_step = None
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if stop.signum is not None and not self.stepped:
+                raise StopRequested(stop.signum)  # asked before the first step: nothing to keep
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             if not self.stepped:
@@ -654,6 +710,10 @@ def report(args) -> int:
     if not run_dir.is_dir():
         raise UsageError(f"run directory {run_dir} does not exist")
     info = read_record(run_dir) if (run_dir / RECORD_NAME).exists() else None  # corrupt: one line, exit 2
+    runs = sorted(p.parent.name for p in run_dir.glob(f"*/{RECORD_NAME}"))
+    if info is None and runs:
+        shown = ", ".join(str(run_dir / r) for r in runs[:3]) + (", ..." if len(runs) > 3 else "")
+        raise UsageError(f"{run_dir} holds {len(runs)} runs, not one; pass a run folder, e.g. {shown}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -699,6 +759,9 @@ def main(argv: list[str] | None = None) -> int:
     given = given_flags(parser, argv)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # a Lightning-internal deprecation, not the user's
+    # Our data modules resume mid-epoch from the checkpoint's data position (LoRAAlphaModule), which
+    # Lightning cannot see: its warning that the dataloader is not resumable would be wrong here.
+    warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
     try:
         if args.command == "report":
             return report(args)

@@ -275,7 +275,7 @@ def read_records(path: str | os.PathLike, columns: Sequence[str]) -> Records:
     if not path.is_file():
         raise UsageError(f"data file {str(path)!r} does not exist")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (spreadsheet exports) is not text
     except UnicodeDecodeError as err:
         raise UsageError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); re-save it as UTF-8") from None
     rows, lines = [], []

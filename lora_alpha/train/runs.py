@@ -84,6 +84,9 @@ class RunDir:
         path = output / name
         if overwrite and path.exists():
             staged = Path(_mkdtemp(output, f".{name}.new-"))
+            mask = os.umask(0)
+            os.umask(mask)
+            staged.chmod(0o777 & ~mask)  # mkdtemp makes it private; a run folder is readable like any other
             return cls(path, staged=staged, created=True)
         try:
             path.mkdir()
@@ -156,7 +159,7 @@ def read_record(run_dir: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as err:
         raise UsageError(f"cannot read {path}: {err}") from None
     except json.JSONDecodeError as err:
-        raise UsageError(f"{path} is corrupt (not JSON: {err.msg} at line {err.lineno}); "
+        raise UsageError(f"{path} is corrupt (not JSON: {err}); "
                          "the run's logs and adapter are still there") from None
     if not isinstance(record, dict) or record.get("status") not in STATUSES:
         raise UsageError(f"{path} is corrupt: expected a JSON object with a status in {list(STATUSES)}")

@@ -146,3 +146,13 @@ def test_sizes_cap_file_splits_and_causal_lm_takes_a_test_file(tmp_path):
     lm = CausalLMDataModule(tokenizer_path(), tmp_path / "lm.jsonl", test_file=tmp_path / "t.jsonl", train_size=7)
     lm.setup()
     assert len(lm.splits["train"]) == 7 and len(lm.splits["test"]) == 1 and len(lm.splits["val"]) == 2
+
+
+def test_a_csv_with_a_byte_order_mark_reads_its_first_column(tmp_path):
+    """Spreadsheet exports start with a byte-order mark; it is not part of the first column's name."""
+    from lora_alpha.train.data import read_records
+
+    path = tmp_path / "excel.csv"
+    path.write_bytes("\ufefftext,label\nhello,1\nbye,0\n".encode("utf-8"))
+    rows = read_records(path, ["text", "label"])
+    assert [r["text"] for r in rows] == ["hello", "bye"]

@@ -377,3 +377,88 @@ def test_resume_from_a_checkpoint_of_another_rank_names_the_file_and_the_mismatc
     assert code == 2, err.getvalue()
     assert f"checkpoint {ckpt} does not match this run:" in err.getvalue() and "(2, " in err.getvalue()
     assert record_path.read_bytes() == before  # still `interrupted`, untouched
+
+
+def _old_finished_run(workspace, out, monkeypatch):
+    from lora_alpha.train.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(_args(workspace, "--name", "old", "--max-steps", "1", "--checkpoint-every", "1", output=out)) == 0
+    return tree_state(out / "old")
+
+
+@pytest.mark.parametrize("when", ["while the model loads", "after the swap, before the first step"])
+def test_a_signal_before_the_first_step_leaves_the_old_run_as_it_was(workspace, tmp_path, monkeypatch, capsys, when):
+    """Review findings: Ctrl-C during loading was lost, and a signal after the swap but before step 1
+    still deleted the overwritten run."""
+    from lora_alpha.train import cli, runs
+
+    out = tmp_path / "runs"
+    before = _old_finished_run(workspace, out, monkeypatch)
+    capsys.readouterr()
+    if when == "while the model loads":
+        real = cli._module
+
+        def loading(*a, **k):
+            os.kill(os.getpid(), signal.SIGINT)  # arrives during the build: noted, acted on at the next check
+            return real(*a, **k)
+
+        monkeypatch.setattr(cli, "_module", loading)
+    else:
+        real_swap = runs.RunDir.swap_in
+
+        def swap_then_term(self):
+            real_swap(self)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        monkeypatch.setattr(runs.RunDir, "swap_in", swap_then_term)
+    code = cli.main(_args(workspace, "--name", "old", "--overwrite", "--max-steps", "50", output=out))
+    err = capsys.readouterr().err
+    assert code == (130 if when == "while the model loads" else 143), err[-2000:]
+    assert "Traceback" not in err and err.count("signaldrift: ") == 1, err[-2000:]
+    assert "before" in err and ("nothing was written or replaced" in err or "is unchanged" in err), err[-2000:]
+    assert tree_state(out / "old") == before
+    assert sorted(p.name for p in out.iterdir()) == ["old"]  # no staging or trash folders left
+
+
+def test_an_overwritten_run_folder_is_readable_and_resume_works_from_another_folder(workspace, tmp_path,
+                                                                                      monkeypatch, capsys):
+    import shutil
+
+    from lora_alpha.train.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    shutil.copytree(workspace / "bert", tmp_path / "bert")
+    write_csv(tmp_path / "d.csv", n=40)
+    monkeypatch.chdir(tmp_path)
+    rel = ["train", "--model", "bert", "--data", "d.csv", "--targets", "query,value", "--rank", "2",
+           "--batch-size", "8", "--max-steps", "3", "--checkpoint-every", "1", "--output", "runs", "--no-progress"]
+    assert main(rel + ["--name", "r"]) == 0
+    old_umask = os.umask(0o022)
+    try:
+        assert main(rel + ["--name", "r", "--overwrite"]) == 0
+    finally:
+        os.umask(old_umask)
+    assert (tmp_path / "runs" / "r").stat().st_mode & 0o777 == 0o755  # not mkdtemp's 0700
+    record = json.loads((tmp_path / "runs" / "r" / "run.json").read_text())
+    assert record["config"]["model"] == str(tmp_path / "bert") and record["config"]["data"] == str(tmp_path / "d.csv")
+    record["status"] = "interrupted"
+    record["config"]["max_steps"] = 5
+    (tmp_path / "runs" / "r" / "run.json").write_text(json.dumps(record))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    # A relative path given again that names the same file agrees with the record.
+    assert main(["train", "--name", "r", "--output", str(tmp_path / "runs"), "--resume", "--no-progress",
+                 "--data", "../d.csv"]) == 0, capsys.readouterr().err[-2000:]
+    assert json.loads((tmp_path / "runs" / "r" / "run.json").read_text())["steps"] == 5
+
+
+def test_report_on_a_folder_of_runs_asks_for_one_run(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run.json").write_text(json.dumps({"status": "finished", "name": name}))
+    (code, err), = run_cli_many([["report", str(tmp_path)]], cwd=tmp_path)
+    assert code == 2 and f"{tmp_path} holds 2 runs, not one; pass a run folder, e.g. {tmp_path / 'a'}" in err
+    assert not (tmp_path / "report.png").exists()
