@@ -128,7 +128,7 @@ def markdown(r: dict) -> str:
     lines = [
         "# Mutation testing: signaldrift/ and callbacks/engine.py",
         "",
-        f"mutmut 3.8.1 (setup.cfg `[mutmut]`), the fast unit tests (tests/signaldrift/, tests/callbacks/test_engine_path.py and test_engine_unit.py); "
+        f"mutmut 3.8.1 (setup.cfg `[mutmut]`), the fast unit tests (tests/signaldrift/, tests/callbacks/test_engine_path.py, test_engine_unit.py and test_engine_latest.py); "
         f"commit {r['commit']}; {r['machine']['cpu']}, {r['machine']['cores']} cores, torch {r['machine']['torch']}, "
         f"{r['machine']['date']}; {r['mutmut_max_children']} workers; wall time {minutes}.",
         "",
