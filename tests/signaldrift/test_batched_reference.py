@@ -131,3 +131,12 @@ def test_a_tiny_update_is_measured_not_called_zero():
     assert res.spectrum.delta_norm == pytest.approx(ref["delta_norm"], rel=1e-9)
     assert res.spectrum.stable_rank == pytest.approx(ref["stable_rank"], rel=1e-9)
     assert res.grad.grad_alignment == pytest.approx(ref["grad_alignment"], rel=1e-8)
+
+
+def test_singular_vectors_of_float32_layers():
+    layers = _layers(torch.float32)
+    for ly, res in zip(layers, BatchedStep.measure(layers, vectors=True).results):
+        U, V, S = res.spectrum.svd.U.double(), res.spectrum.svd.V.double(), res.spectrum.svd.S.double()
+        dW = ly.scale * ly.B.double() @ ly.A.double()
+        assert torch.allclose(U @ torch.diag(S) @ V.T, dW, rtol=0, atol=1e-5 * float(S[0]))
+        assert torch.allclose(U.T @ U, torch.eye(U.shape[1], dtype=torch.float64), atol=1e-5)
