@@ -198,3 +198,9 @@ def test_huge_alpha_and_tiny_scale_are_value_errors_not_overflow_or_zero_divisio
 def test_series_values_are_validated(series, bad):
     with pytest.raises(ValueError, match=r"\[1\] must be a number >= 0 \(inf allowed; NaN is dropped and counted\)"):
         regime_verdict(ALPHA, R, S, **{series: [1.0, bad]})
+
+
+def test_missing_values_are_dropped_and_counted_like_nan():
+    v = regime_verdict(8.0, 8, 1.0, step_gaps=[None, None, 1.5, 1.6], drift_ratios=[None, math.nan, 0.01])
+    assert v.dropped == 4
+    assert "2 NaN dropped" in v.evidence
