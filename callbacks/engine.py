@@ -94,7 +94,7 @@ class SignalDriftEngine:
         gram_dtype: dtype of the tall (m or n long) products of sections 1-3: ``torch.float64``
             (default; equal to the per-layer definitions to round-off) or ``torch.float32`` (about
             1e-7 relative from them, and two to four times faster on a CPU: what meets 0.3 s per
-            measured step for a 7B-shaped adapter set on a 2-core CPU; docs/metrics.md, "Batched").
+            measured step for a 7B-shaped adapter set on a 2-core CPU; docs/metrics.md, Notation).
     """
 
     def __init__(self, every_n_steps: int = 1, *, top_k: int | None = None, full_grad_every: int | None = 50,

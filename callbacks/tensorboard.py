@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from torch import Tensor
 
-from callbacks.measurements import LAYER_PREFIX, PREFIX, threshold_tag, summary_tag
+from callbacks.measurements import PREFIX, layer_tag, summary_tag, threshold_tag
 
 DASHBOARD_TITLE = "Signal-Drift"  # the Custom Scalars category a person reads first
 DETAILS_TITLE = "Signal-Drift details"
@@ -72,7 +72,7 @@ def add_custom_layout(writer, **kw) -> None:
 def add_spectrum_histograms(writer, spectra: dict[str, Tensor], step: int) -> None:
     for name, S in spectra.items():
         if S.numel() and float(S.sum()) > 0:
-            writer.add_histogram(f"{LAYER_PREFIX}/{name}/singular_values", S.float(), global_step=step)
+            writer.add_histogram(layer_tag(name, "singular_values"), S.float(), global_step=step)
 
 
 def short_layer_names(names: Sequence[str]) -> dict[str, str]:

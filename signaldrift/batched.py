@@ -297,7 +297,6 @@ def _measure_group(layers: list[LayerState], index: list[int], with_grad: bool, 
             M[:, :r, r:] /= gs[:, None, None]
             M[:, r:, :r] /= gs[:, None, None]
             M[:, r:, r:] /= (gs * gs)[:, None, None]
-    Gbb, Haa = G[:, :r, :r], H[:, :r, :r]
     s = torch.tensor([float(ly.scale) for ly in layers], dtype=d, device=dev)
     finite = torch.isfinite(G).flatten(1).all(1) & torch.isfinite(H).flatten(1).all(1)
     G = torch.where(finite[:, None, None], G, torch.zeros_like(G))  # keep NaN out of the batched eigh/svd

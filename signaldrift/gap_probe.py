@@ -112,7 +112,7 @@ def step_gap_probe(
     loss1 = losses[taus.index(1.0)]
     if not math.isfinite(loss1):
         raise NonFiniteError(f"the probe loss at tau=1 is not finite ({loss1})")
-    best = min(range(len(taus)), key=lambda j: losses[j])
+    best = min(range(len(taus)), key=lambda j: losses[j] if math.isfinite(losses[j]) else math.inf)  # as the refinement
     gain = (loss1 - losses[best]) / loss1 if loss1 != 0 else None
     gap = refine_log_argmin(taus, losses)
     return GapProbe(step_gap=gap, gap_gain=gain, taus=taus, losses=tuple(losses))

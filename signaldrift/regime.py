@@ -6,7 +6,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from signaldrift.errors import check_number
+from signaldrift.errors import check_int, check_number
 
 # The constant c of LoRA-α's law alpha* = c * sqrt(r) (under scale = alpha / r), from
 # benchmarks/results/rank_sweep.md: MiniLM-L6 + Rotten Tomatoes, LoRA on query/value at LoRA-α's lr 1e-4,
@@ -55,8 +55,7 @@ def recommended_alpha(rank: int, c: float = SQRT_LAW_C) -> float:
         ValueError: rank is not a positive int (bools refused), c is not a positive finite number
             (bools refused), or ``c * sqrt(rank)`` is not a finite float.
     """
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
-        raise ValueError(f"rank must be a positive int, got {rank!r}")
+    check_int("rank", rank)
     c = check_number("c", c)
     try:
         value = c * math.sqrt(rank)

@@ -65,3 +65,20 @@ class TinyMLP(torch.nn.Module):
 def ids():
     g = torch.Generator().manual_seed(1)
     return torch.randint(0, 100, (2, 7), generator=g)
+
+
+def install_fake_module(monkeypatch, dotted: str, **attributes):
+    """Put ``package.module`` (a stand-in for an optional dependency: bitsandbytes, deepspeed) into
+    ``sys.modules`` for one test, with ``attributes`` on the module; returns the module."""
+    import sys
+    import types
+
+    package_name, _, module_name = dotted.partition(".")
+    module = types.ModuleType(dotted)
+    for name, value in attributes.items():
+        setattr(module, name, value)
+    package = types.ModuleType(package_name)
+    setattr(package, module_name, module)
+    monkeypatch.setitem(sys.modules, package_name, package)
+    monkeypatch.setitem(sys.modules, dotted, module)
+    return module

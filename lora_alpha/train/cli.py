@@ -492,10 +492,9 @@ def _train(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
 
         write_hparams(trainer.logger, run_hparams(module, args))
     start = time.time()
-    stop.in_fit = True
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(last_ckpt) if resumed is not None else None)
-        stop.in_fit, stop.after_fit = False, True
+        stop.after_fit = True
         if stop.signum is None and (trainer.interrupted or guard.interrupted):
             stop.signum = signal.SIGINT
         if stop.signum is None:
@@ -517,8 +516,6 @@ def _train(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
             record.update(status="failed", seconds=round(time.time() - start, 1), steps=trainer.global_step)
             write_record(run_dir, record)
         raise
-    finally:
-        stop.in_fit = False
     if stop.signum is not None and not guard.stepped:
         return _not_started(run_dir, resumed, target, stop.signum)
     if stop.signum is not None:
@@ -587,7 +584,6 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.signum: int | None = None
-        self.in_fit = False
         self.after_fit = False
         self._previous: dict[int, object] = {}
 

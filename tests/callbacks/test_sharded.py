@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -122,13 +121,11 @@ class StandInLinear4bit(torch.nn.Module):
 def _install_fake_bnb(monkeypatch) -> list:
     """``bitsandbytes.functional.dequantize_4bit`` for the stand-in, counting the calls the measurement makes
     (installed after PEFT has wrapped the model, so PEFT's own bitsandbytes detection is not fooled)."""
+    from tests.conftest import install_fake_module
+
     calls = []
-    functional = types.ModuleType("bitsandbytes.functional")
-    functional.dequantize_4bit = lambda data, state: calls.append(1) or _dequantize_4bit(data, state)
-    package = types.ModuleType("bitsandbytes")
-    package.functional = functional
-    monkeypatch.setitem(sys.modules, "bitsandbytes", package)
-    monkeypatch.setitem(sys.modules, "bitsandbytes.functional", functional)
+    install_fake_module(monkeypatch, "bitsandbytes.functional",
+                        dequantize_4bit=lambda data, state: calls.append(1) or _dequantize_4bit(data, state))
     return calls
 
 

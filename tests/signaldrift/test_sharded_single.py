@@ -6,8 +6,6 @@ A second rank is simulated where a collective's result matters: ``all_reduce`` a
 rank's part, ``all_gather`` hands back every rank's partition. The multi-process runs are in
 tests/callbacks/test_sharded.py (slow)."""
 import math
-import sys
-import types
 from types import SimpleNamespace
 
 import pytest
@@ -17,6 +15,7 @@ import torch.distributed as dist
 from signaldrift import sharded
 from signaldrift.batched import LayerState
 from signaldrift.quantized import dequantize, is_quantized
+from tests.conftest import install_fake_module
 
 
 def _rand(*shape, seed=0, dtype=torch.float64):
@@ -138,13 +137,9 @@ def test_dtensor_norm_and_gather_on_a_world_of_one(world_of_one, monkeypatch):
 # ----------------------------------------------------------------- gathering through DeepSpeed's API
 def _install_fake_deepspeed(monkeypatch, params: dict, grads: dict) -> list:
     calls = []
-    utils = types.ModuleType("deepspeed.utils")
-    utils.safe_get_full_fp32_param = lambda p: calls.append(("param", p)) or params[id(p)]
-    utils.safe_get_full_grad = lambda p: calls.append(("grad", p)) or grads[id(p)]
-    package = types.ModuleType("deepspeed")
-    package.utils = utils
-    monkeypatch.setitem(sys.modules, "deepspeed", package)
-    monkeypatch.setitem(sys.modules, "deepspeed.utils", utils)
+    install_fake_module(monkeypatch, "deepspeed.utils",
+                        safe_get_full_fp32_param=lambda p: calls.append(("param", p)) or params[id(p)],
+                        safe_get_full_grad=lambda p: calls.append(("grad", p)) or grads[id(p)])
     return calls
 
 
@@ -242,12 +237,7 @@ def test_4bit_base_weight_is_dequantized_by_bitsandbytes(monkeypatch):
         seen.append((d, s))
         return ((d.to(torch.float64) - 7.5) / 7.5 * s.absmax).to(torch.float16)
 
-    functional = types.ModuleType("bitsandbytes.functional")
-    functional.dequantize_4bit = dequantize_4bit
-    package = types.ModuleType("bitsandbytes")
-    package.functional = functional
-    monkeypatch.setitem(sys.modules, "bitsandbytes", package)
-    monkeypatch.setitem(sys.modules, "bitsandbytes.functional", functional)
+    install_fake_module(monkeypatch, "bitsandbytes.functional", dequantize_4bit=dequantize_4bit)
     p = torch.nn.Parameter(data, requires_grad=False)
     p.quant_state = state
     dense = (data.double() - 7.5) / 7.5 * 2.5
