@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default="1400,1000", help="browser window, width,height in pixels")
     p.add_argument("--browser", default=shutil.which("chromium") or shutil.which("chromium-browser") or "chromium")
     args = p.parse_args(argv)
+    if args.run is not None and not (args.run / "run.json").is_file():
+        p.error(f"--run {args.run} is not a run folder (no run.json); pass a finished run or omit --run")
     tmp = Path(tempfile.mkdtemp(prefix="signaldrift-shots-"))
     try:
         run = args.run if args.run is not None else train_short_run(tmp / "runs")
