@@ -50,12 +50,15 @@ def test_every_layout_pattern_matches_a_logged_tag_and_charts_one_quantity(run):
             hits = [t for t in scalars if re.search(pattern, t)]
             assert hits, f"chart {title!r}: pattern {pattern!r} matches no logged tag"
         quantities = {parse_tag(t).metric for p in patterns for t in scalars if re.search(p, t) and parse_tag(t)}
-        quantities = {q.split("_too_")[0].removesuffix("_median").removesuffix("_high") for q in quantities}
+        # a series and its median, spread (step_gap_lo/_hi: quartiles over the probe set) or thresholds chart one quantity
+        quantities = {q.split("_too_")[0].removesuffix("_median").removesuffix("_high").removesuffix("_lo")
+                      .removesuffix("_hi") for q in quantities}
         assert len(quantities) <= 1, f"chart {title!r} mixes {quantities}"
     first = layout["Signal-Drift"]
     gap = next(p for t, p in first.items() if t.startswith("step_gap"))
     drawn = {t for p in gap for t in scalars if re.search(p, t)}
-    assert drawn == {summary_tag("step_gap"), summary_tag("step_gap_median"), threshold_tag("step_gap_too_small"),
+    assert drawn == {summary_tag("step_gap"), summary_tag("step_gap_lo"), summary_tag("step_gap_hi"),
+                     summary_tag("step_gap_median"), threshold_tag("step_gap_too_small"),
                      threshold_tag("step_gap_too_aggressive")}
     drift = next(p for t, p in first.items() if t.startswith("drift_ratio"))
     assert {t for p in drift for t in scalars if re.search(p, t)} == {"Summary/drift_ratio", "Summary/drift_ratio_max"}
@@ -76,8 +79,9 @@ def test_the_summary_is_small_sorts_first_and_holds_alpha_and_the_verdict(run):
     assert sorted(scalars["Summary/alpha"]) == list(range(STEPS))
     assert set(scalars["Summary/alpha"].values()) == {8.0}
     verdicts = scalars["Summary/alpha_verdict"]
-    assert sorted(verdicts) == list(range(STEPS)) and set(verdicts.values()) <= {-1.0, 0.0, 1.0}
-    assert verdicts[STEPS - 1] == {"alpha-too-small": -1.0, "in-regime": 0.0, "too-aggressive": 1.0}[advisor.verdict.verdict]
+    assert sorted(verdicts) == list(range(STEPS)) and set(verdicts.values()) <= {-1.0, 0.0, 0.5, 1.0}
+    assert verdicts[STEPS - 1] == {"alpha-too-small": -1.0, "in-regime": 0.0, "uncertain": 0.5,
+                                   "too-aggressive": 1.0}[advisor.verdict.verdict]
     assert set(scalars[threshold_tag("step_gap_too_small")].values()) == {regime.GAP_TOO_SMALL}
     assert set(scalars[threshold_tag("step_gap_too_aggressive")].values()) == {regime.GAP_TOO_AGGRESSIVE}
     median = statistics.median([advisor.probes[0]["step_gap"], advisor.probes[1]["step_gap"]])
