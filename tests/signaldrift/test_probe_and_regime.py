@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from signaldrift import (
-    GAP_TOO_SMALL,
     MAX_SUGGESTED_FACTOR,
     SQRT_LAW_C,
     NonFiniteError,
+    VerdictRules,
     recommended_alpha,
     regime_verdict,
     step_gap_probe,
@@ -110,26 +110,37 @@ def test_recommended_alpha_is_the_square_root_law():
 
 
 def test_verdicts():
+    """The verdict's rules v2 in one pass (docs/metrics.md §6); thresholds read from the rules."""
+    rules = VerdictRules()
+    k, big, mid = rules.agree, 2 * rules.gap_too_small, (rules.gap_too_aggressive + rules.gap_too_small) / 2
     r = 16
     alpha = recommended_alpha(r)  # on the law: not too small by configuration
     s = alpha / r
-    v = regime_verdict(alpha, r, s, step_gaps=[5, 6, 5.5], drift_ratios=[0.01, 0.012])
-    assert v.verdict == "alpha-too-small"
-    assert v.suggested_alpha == pytest.approx(alpha * 5.5, rel=0.05)
-    v = regime_verdict(alpha, r, s, step_gaps=[20, 24, 18], drift_ratios=[0.01, 0.012])
-    assert v.suggested_alpha == pytest.approx(alpha * MAX_SUGGESTED_FACTOR, rel=0.05)  # capped
-    assert "capped" in v.suggestion
-    assert "step_gap 20" in v.evidence and "try alpha" in v.suggestion
-    v = regime_verdict(alpha, r, s, step_gaps=[0.2, 0.3])
+    gaps = [big * 1.5] * (k - 1) + [big]  # k say larger; the k-th largest is what they agree on
+    v = regime_verdict(alpha, r, s, step_gaps=gaps, drift_ratios=[0.0, 0.0])
+    assert v.verdict == "alpha-too-small" and v.agreeing == k
+    assert v.suggested_alpha == float(f"{alpha * min(big, MAX_SUGGESTED_FACTOR):.2g}")
+    v = regime_verdict(alpha, r, s, step_gaps=[MAX_SUGGESTED_FACTOR * 3] * k)
+    assert v.suggested_alpha == float(f"{alpha * MAX_SUGGESTED_FACTOR:.2g}") and "capped" in v.suggestion
+    assert "try alpha" in v.suggestion and f"{k} say larger" in v.evidence
+    v = regime_verdict(alpha, r, s, step_gaps=[0.0] * k)
     assert v.verdict == "too-aggressive" and v.suggested_alpha is None and "learning rate" in v.suggestion
-    v = regime_verdict(alpha, r, s, step_gaps=[GAP_TOO_SMALL * 2], drift_ratios=[0.5])
+    v = regime_verdict(alpha, r, s, step_gaps=[big] * k, drift_ratios=[rules.drift_ratio_high] * k)
     assert v.verdict == "too-aggressive"  # high drift: alpha is not the knob
-    assert regime_verdict(alpha, r, s, step_gaps=[1.5], drift_ratios=[0.02]).verdict == "in-regime"
+    v = regime_verdict(alpha, r, s, step_gaps=[mid] * k, step_sizes=[rules.step_size_high] * k)
+    assert v.verdict == "too-aggressive"  # so are large steps
+    assert regime_verdict(alpha, r, s, step_gaps=[mid], drift_ratios=[0.0]).verdict == "in-regime"
+    # not significant: the large gaps do not vote
+    v = regime_verdict(alpha, r, s, step_gaps=[big] * k, gap_gains=[rules.gap_gain_min / 2] * k)
+    assert v.verdict == "in-regime" and v.votes["in range"] == k
+    # both sides: uncertain; and no direct flip from the other side
+    assert regime_verdict(alpha, r, s, step_gaps=[big] * rules.split + [0.0] * rules.split).verdict == "uncertain"
+    assert regime_verdict(alpha, r, s, step_gaps=[big] * k, previous="too-aggressive").verdict == "uncertain"
     # Below a quarter of c*sqrt(r), with no probe yet.
     v = regime_verdict(2.0, r, 2.0 / r)
-    assert v.verdict == "alpha-too-small" and v.suggested_alpha == pytest.approx(alpha, rel=0.05)
+    assert v.verdict == "alpha-too-small" and v.suggested_alpha == float(f"{alpha:.2g}")
     # ...but once a probe measured a matched step, the measurement outranks the law (c holds at one lr).
-    assert regime_verdict(2.0, r, 2.0 / r, step_gaps=[1.5]).verdict == "in-regime"
+    assert regime_verdict(2.0, r, 2.0 / r, step_gaps=[mid]).verdict == "in-regime"
     # Under rslora (scale alpha/sqrt r) the same scale gives the same verdict, suggested in rslora's alpha.
     v = regime_verdict((2.0 / r) * math.sqrt(r), r, 2.0 / r)  # rslora alpha for scale 2/r
     assert v.verdict == "alpha-too-small"
