@@ -16,13 +16,16 @@ from callbacks.batches import map_tensors, move_to_device
 from callbacks.engine import check_positive_int, medians_of_views
 from callbacks.measurements import PREFIX, summary_tag, threshold_tag
 from callbacks.tensorboard import mark_restart
-from signaldrift import DEFAULT_TAUS, NonFiniteError, RegimeVerdict, lora_layers, regime_verdict, step_gap_probe, step_split
+from signaldrift import DEFAULT_TAUS, NonFiniteError, RegimeVerdict, lora_layers, regime_verdict, step_gap_estimate, step_split
 from signaldrift import regime
+from signaldrift.regime import DEFAULT_RULES, VerdictRules
 from signaldrift.sharded import base_weight_norm, gather_full, is_dtensor
 
 log = logging.getLogger("signaldrift")
 
-VERDICT_CODES = {"alpha-too-small": -1.0, "in-regime": 0.0, "too-aggressive": 1.0}
+# uncertain sits half-way between in-regime and too-aggressive only so that a chart shows it apart from both;
+# the TEXT tab and run.json say it in words.
+VERDICT_CODES = {"alpha-too-small": -1.0, "in-regime": 0.0, "uncertain": 0.5, "too-aggressive": 1.0}
 # The levels charts draw next to the values (constant series): the verdict's step-gap thresholds and the
 # collapse evidence's levels (signaldrift.regime; docs/metrics.md section 6).
 THRESHOLD_VALUES = {"step_gap_too_small": regime.GAP_TOO_SMALL, "step_gap_too_aggressive": regime.GAP_TOO_AGGRESSIVE,
@@ -80,11 +83,13 @@ class AlphaRegimeAdvisor(CallbackBase):
     """Probe the optimization gap along the realized LoRA step and judge the alpha regime.
 
     Every ``gap_every`` optimizer steps (not at step 0: from ``B0 = 0`` Adam's first step moves
-    only B, a step unlike the rest), after the step, the loss on one fixed probe batch is
-    evaluated at ``theta_t + tau * delta`` for tau in ``taus`` (eval mode, no gradients,
-    parameters restored exactly): ``step_gap`` and ``gap_gain`` (§5). The verdict
-    (§6) counts the last ``window`` probes and their steps' drift ratios, once
-    ``min_probes`` probes exist (before that, the configuration alone). When
+    only B, a step unlike the rest), after the step, the step-gap estimate of §5 (v2): the loss on
+    the probe set (the first ``probe_batches`` training batches, one unit per example when the module
+    has ``probe_losses``) along the net update of the last ``W = min(window_steps, gap_every)`` steps
+    divided by W, by a descent search over ``taus`` (eval mode, no gradients, parameters restored
+    exactly): ``step_gap``, its spread ``step_gap_lo``/``step_gap_hi``, ``gap_z`` and ``gap_gain``. The
+    verdict (§6, rules v2) counts the last ``rules.window`` probes with their steps' drift ratios and
+    step sizes, and never flips straight between ``alpha-too-small`` and ``too-aggressive``. When
     alpha is judged too small, one :class:`AlphaRegimeWarning` (rank zero) names the evidence and
     an alpha to try. The probe runs on every rank at the same steps, each rank on its own probe batch,
     the losses averaged over ranks (DDP, FSDP2). Under FSDP2 every rank moves its shard of the factors
@@ -92,16 +97,20 @@ class AlphaRegimeAdvisor(CallbackBase):
     The base norm ``||W0||_F`` is computed once per layer per fit, as the engine does (from the shards,
     or the dequantized weight of a 4/8-bit base).
 
-    The loss: ``loss_fn(pl_module, batch)`` if given, else ``pl_module.probe_loss(batch)`` if the
-    module defines it, else ``pl_module.training_step(batch, 0)`` with its ``self.log`` silenced.
+    The loss: ``loss_fn(pl_module, batch)`` if given (one unit per batch, or per value when it returns a
+    1-D tensor), else ``pl_module.probe_losses(batch)`` (one loss per example) or ``pl_module.probe_loss(batch)``
+    if the module defines them, else ``pl_module.training_step(batch, 0)`` with its ``self.log`` silenced.
+    A run resumed between a window's start and its probe skips that probe (the window's start is not
+    checkpointed).
 
     Logged (step = the optimizer step probed), to every logger, from rank zero:
 
-    * ``Summary/step_gap``, ``signaldrift/gap_gain``: this probe's values; ``Summary/step_gap_median``:
-      the median step gap of the probes the verdict counts (once there are ``min_probes``);
+    * ``Summary/step_gap``, ``Summary/step_gap_lo``, ``Summary/step_gap_hi``, ``signaldrift/gap_z``,
+      ``signaldrift/gap_gain``: this probe's values; ``Summary/step_gap_median``: the median step gap of
+      the probes the verdict counts;
     * ``Summary/alpha`` (median over layers, read live) and ``Summary/alpha_verdict`` (-1
-      alpha-too-small, 0 in-regime, 1 too-aggressive; before the first probes, the verdict of the
-      configuration alone) at every optimizer step, so that a chart's smoothing bends only the
+      alpha-too-small, 0 in-regime, 0.5 uncertain, 1 too-aggressive; before the first probe, the verdict
+      of the configuration alone) at every optimizer step, so that a chart's smoothing bends only the
       step where the verdict changes;
     * ``signaldrift/thresholds/<name>`` at every step: constant series of ``THRESHOLD_VALUES``
       (``step_gap_too_small``, ``step_gap_too_aggressive``, ``step_size_high``);
@@ -109,14 +118,14 @@ class AlphaRegimeAdvisor(CallbackBase):
 
     Args:
         gap_every: probe every this many optimizer steps (> 0).
-        probe_batch: the batch to probe on (default: the first training batch).
-        taus: step multiples (must include 1).
-        window: how many recent probes the verdict counts (a side of a threshold needs a majority of
-            them: see :func:`signaldrift.regime_verdict`). One probe is one batch along one step, so
-            single probes are noisy; over the alpha x lr grid the median of the last 5 (for an odd
-            window the same rule) named the grid's label in 17 of 20 cells, of the last 3 in 15
-            (benchmarks/results/gap_calibration.md).
-        min_probes: probes needed before the step gap counts as evidence.
+        probe_batch: the batch to probe on (default: the first ``probe_batches`` training batches).
+        probe_batches: how many of the first training batches form the probe set (> 0).
+        window_steps: the direction is the net update over the last ``min(window_steps, gap_every)``
+            steps (> 0; 1: the last step alone, as in version 1).
+        size_every: every this many steps (and at each probe) the step's median step size over layers
+            is measured; the largest so far (``step_size_peak``) is the verdict's collapse evidence (> 0).
+        taus: step multiples (must include 1 and a value above 1).
+        rules: the verdict's thresholds and counts (:class:`signaldrift.VerdictRules`).
         loss_fn: optional ``(pl_module, batch) -> loss``.
 
     Example::
@@ -126,49 +135,70 @@ class AlphaRegimeAdvisor(CallbackBase):
         advisor.verdict.verdict, advisor.verdict.suggestion
     """
 
-    def __init__(self, gap_every: int = 50, *, probe_batch: Any = None, taus: Sequence[float] = DEFAULT_TAUS,
-                 window: int = 5, min_probes: int = 2, loss_fn: Callable[[Any, Any], Any] | None = None) -> None:
+    def __init__(self, gap_every: int = 50, *, probe_batch: Any = None, probe_batches: int = 2,
+                 window_steps: int = 8, size_every: int = 10, taus: Sequence[float] = DEFAULT_TAUS,
+                 rules: VerdictRules = DEFAULT_RULES, loss_fn: Callable[[Any, Any], Any] | None = None) -> None:
         super().__init__()
         check_positive_int("gap_every", gap_every)
-        check_positive_int("window", window)
-        check_positive_int("min_probes", min_probes)
-        if min_probes > window:
-            raise ValueError(f"min_probes ({min_probes}) must not exceed window ({window})")
-        self.min_probes = min_probes
+        check_positive_int("size_every", size_every)
+        check_positive_int("probe_batches", probe_batches)
+        check_positive_int("window_steps", window_steps)
+        if not isinstance(rules, VerdictRules):
+            raise ValueError(f"rules must be a signaldrift.VerdictRules, got {type(rules).__name__}")
         taus = tuple(float(t) for t in taus)
-        if 1.0 not in taus or any(t < 0 for t in taus):
-            raise ValueError(f"taus must be >= 0 and include 1, got {taus}")
-        self.gap_every, self.taus, self.window, self.loss_fn = gap_every, taus, window, loss_fn
-        self.probe_batch = probe_batch
+        if 1.0 not in taus or not any(t > 1 for t in taus) or any(t < 0 or t != t or t == float("inf") for t in taus):
+            raise ValueError(f"taus must be finite, >= 0 and include 1 and a value above 1, got {taus}")
+        self.gap_every, self.taus, self.rules, self.loss_fn = gap_every, taus, rules, loss_fn
+        self.window_steps = min(window_steps, gap_every)
+        self.size_every = size_every
+        self.step_size_peak: float | None = None  # the largest step size watched so far (collapse evidence)
+        self._probe_now = False
+        self.probe_batches_wanted = probe_batches
+        self.probe_set: list[Any] = [probe_batch] if probe_batch is not None else []
+        self._fixed_probe_set = probe_batch is not None
         self.probes: list[dict[str, float]] = []
         self.verdict: RegimeVerdict | None = None
         self._config_verdict: RegimeVerdict | None = None  # the configuration alone, until probes count
         self._warned = False
         self._before: list[Tensor] | None = None
+        self._window_start: list[Tensor] | None = None
         self._base_norms: dict[str, float] = {}  # ||W0||_F per layer, once per fit (sharded, quantized or plain)
 
     # ----------------------------------------------------------------- hooks
     def setup(self, trainer, pl_module, stage: str) -> None:
         refuse_sharded(trainer, "AlphaRegimeAdvisor", pl_module, allow_fsdp2=True)
         self._base_norms = {}
+        # a fit (or a resumed one) starts without a window or a step in flight from an earlier fit
+        self._before = self._window_start = None
+        self._probe_now = False
 
     def on_train_start(self, trainer, pl_module) -> None:
         if trainer.global_step > 0:  # resumed: see callbacks.tensorboard.mark_restart
             for w in tensorboard_writers(trainer):
                 mark_restart(w, trainer.global_step)
 
+    @property
+    def window(self) -> int:
+        """How many recent probes the verdict counts (``rules.window``)."""
+        return self.rules.window
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        if self.probe_batch is None:
-            self.probe_batch = _detached(batch)
+        if not self._fixed_probe_set and len(self.probe_set) < self.probe_batches_wanted:
+            self.probe_set.append(_detached(batch))
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         self._before = None
-        if trainer.global_step > 0 and trainer.global_step % self.gap_every == 0:
+        step, w = trainer.global_step, self.window_steps
+        # The window of the probe after step k*gap_every + 1 starts W steps earlier (W = 1: this step).
+        if step + w - 1 > 0 and (step + w - 1) % self.gap_every == 0:
+            self._window_start = [_local(p).detach().clone() for v in self._views(pl_module) for p in (v.A, v.B)]
+        self._probe_now = step > 0 and step % self.gap_every == 0
+        if self._probe_now or step % self.size_every == 0:
             self._before = [p.detach().clone() for v in self._views(pl_module) for p in (v.A, v.B)]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if self._before is not None:
-            self._probe_step(trainer, pl_module)
+            (self._probe_step if self._probe_now else self._watch_step)(trainer, pl_module)
         self._log_state(trainer, pl_module, trainer.global_step - 1)
 
     def _log_state(self, trainer, pl_module, step: int) -> None:
@@ -186,12 +216,45 @@ class AlphaRegimeAdvisor(CallbackBase):
         metrics.update({threshold_tag(k): v for k, v in THRESHOLD_VALUES.items()})
         log_metrics(trainer, metrics, step)
 
-    def _probe_step(self, trainer, pl_module) -> None:
+    def _watch_step(self, trainer, pl_module) -> None:
+        """Every ``size_every`` steps: this step's median step size over layers, for the peak (§6)."""
         before, self._before = self._before, None
         views = self._views(pl_module)
         params = [p for v in views for p in (v.A, v.B)]
         if len(params) != len(before):
             return
+        full_before = [gather_full(b) for b in before]
+        full_after = [gather_full(p) for p in params]
+        if not any(bool((a - b).any()) for a, b in zip(full_after, full_before)):
+            return
+        self._splits(views, full_before, full_after)
+
+    def _splits(self, views, before, after) -> tuple[float | None, float | None]:
+        """The step's median drift ratio and step size over layers (§2); the step size feeds the peak."""
+        norms = [self._base_norm(v) for v in views]  # every rank, the same order
+        drifts, sizes = [], []
+        for i, v in enumerate(views):
+            try:
+                split = step_split(before[2 * i], before[2 * i + 1], after[2 * i], after[2 * i + 1], v.scale, norms[i])
+            except NonFiniteError:
+                continue
+            if split.drift_ratio is not None:
+                drifts.append(split.drift_ratio)
+            if split.step_size is not None:
+                sizes.append(split.step_size)
+        drift = statistics.median(drifts) if drifts else None
+        size = statistics.median(sizes) if sizes else None
+        if size is not None and (self.step_size_peak is None or size > self.step_size_peak):
+            self.step_size_peak = size
+        return drift, size
+
+    def _probe_step(self, trainer, pl_module) -> None:
+        before, self._before = self._before, None
+        start, self._window_start = self._window_start, None
+        views = self._views(pl_module)
+        params = [p for v in views for p in (v.A, v.B)]
+        if len(params) != len(before) or start is None or len(start) != len(params):
+            return  # a resumed run without its window's start, or the LoRA layers changed
         # Whole factors before and after the step for the step split (a collective under FSDP2: every
         # rank gathers the same tensors in the same order), and so every rank sees the same delta.
         sharded = any(is_dtensor(p) for p in params)
@@ -203,20 +266,20 @@ class AlphaRegimeAdvisor(CallbackBase):
         # the forward passes all-gather the moved factors as FSDP does.
         params = [_local(p) for p in params]
         before = [_local(b) for b in before]
-        delta = [p.detach() - b for p, b in zip(params, before)]
+        direction = [(p.detach() - s) / self.window_steps for p, s in zip(params, start)]
         step = trainer.global_step - 1
-        record = self._probe(trainer, pl_module, views, params, full_before, full_after, delta, sharded)
+        record = self._probe(trainer, pl_module, views, params, full_before, full_after, direction, sharded)
         if record is None:
             return
         record["step"] = step
         self.probes.append(record)
         self._update_verdict(pl_module, views)
-        metrics = {summary_tag("step_gap"): record["step_gap"]}
+        metrics = {summary_tag(k): record[k] for k in ("step_gap", "step_gap_lo", "step_gap_hi")}
         recent = self.probes[-self.window:]
-        if len(recent) >= self.min_probes:
-            metrics[summary_tag("step_gap_median")] = statistics.median(p["step_gap"] for p in recent)
-        if record.get("gap_gain") is not None:
-            metrics[summary_tag("gap_gain")] = record["gap_gain"]
+        metrics[summary_tag("step_gap_median")] = statistics.median(p["step_gap"] for p in recent)
+        for k in ("gap_gain", "gap_z"):
+            if record.get(k) is not None:
+                metrics[summary_tag(k)] = record[k]
         log_metrics(trainer, metrics, step)
         for w in tensorboard_writers(trainer):
             w.add_text(f"{PREFIX}/verdict", self._verdict_text(), global_step=step)
@@ -234,13 +297,20 @@ class AlphaRegimeAdvisor(CallbackBase):
     def _views(pl_module):
         return [v for v in lora_layers(pl_module) if not v.variant and not v.merged]
 
-    def _loss(self, pl_module, batch) -> float:
+    def _unit_losses(self, pl_module, batch) -> list[float]:
+        """The probe set's unit losses of one batch: one per example (``probe_losses``, or a 1-D tensor from
+        ``loss_fn``), else one for the batch."""
         if self.loss_fn is not None:
-            return _loss_value(self.loss_fn(pl_module, batch))
+            out = self.loss_fn(pl_module, batch)
+            if isinstance(out, Tensor) and out.dim() == 1:
+                return out.detach().double().tolist()
+            return [_loss_value(out)]
+        if hasattr(pl_module, "probe_losses"):
+            return pl_module.probe_losses(batch).detach().double().reshape(-1).tolist()
         if hasattr(pl_module, "probe_loss"):
-            return _loss_value(pl_module.probe_loss(batch))
+            return [_loss_value(pl_module.probe_loss(batch))]
         with _silenced_logging(pl_module):
-            return _loss_value(pl_module.training_step(batch, 0))
+            return [_loss_value(pl_module.training_step(batch, 0))]
 
     def _base_norm(self, view) -> float:
         """``||W0||_F`` as the engine computes it (:func:`signaldrift.sharded.base_weight_norm`: from the
@@ -249,54 +319,61 @@ class AlphaRegimeAdvisor(CallbackBase):
             self._base_norms[view.name] = base_weight_norm(view.base_weight)
         return self._base_norms[view.name]
 
-    def _probe(self, trainer, pl_module, views, params, before, after, delta, sharded) -> dict[str, float] | None:
-        batch = move_to_device(self.probe_batch, pl_module.device)
+    def _probe(self, trainer, pl_module, views, params, before, after, direction, sharded) -> dict[str, float] | None:
+        batches = [move_to_device(b, pl_module.device) for b in self.probe_set]
         was_training = pl_module.training
         context = trainer.precision_plugin.forward_context()
-        norms = [self._base_norm(v) for v in views]  # every rank, the same order
         pl_module.eval()
 
-        def loss() -> float:
-            if sharded:  # the next forward gathers the moved shards (FSDP's root keeps its gathered ones)
-                _reshard(pl_module)
-            return self._loss(pl_module, batch)
+        def loss() -> list[float]:
+            units: list[float] = []
+            for batch in batches:
+                if sharded:  # the next forward gathers the moved shards (FSDP's root keeps its gathered ones)
+                    _reshard(pl_module)
+                units += self._unit_losses(pl_module, batch)
+            return units
 
         try:
             with torch.no_grad(), context:
-                probe = step_gap_probe(loss, params, delta, self.taus, reduce=rank_mean(trainer, pl_module.device))
+                probe = step_gap_estimate(loss, params, direction, self.taus, reduce=rank_mean(trainer, pl_module.device))
         except NonFiniteError:
             return None
         finally:
             if sharded:  # training's next forward gathers the restored factors
                 _reshard(pl_module)
             pl_module.train(was_training)
-        drifts, sizes = [], []
-        for i, v in enumerate(views):
-            try:
-                split = step_split(before[2 * i], before[2 * i + 1], after[2 * i], after[2 * i + 1], v.scale, norms[i])
-            except NonFiniteError:
-                continue
-            if split.drift_ratio is not None:
-                drifts.append(split.drift_ratio)
-            if split.step_size is not None:
-                sizes.append(split.step_size)
+        drift, size = self._splits(views, before, after)
         return {
             "step_gap": probe.step_gap,
+            "step_gap_lo": probe.step_gap_lo,
+            "step_gap_hi": probe.step_gap_hi,
+            "gap_z": probe.gap_z,
             "gap_gain": probe.gap_gain,
+            "taus": list(probe.taus),
             "losses": list(probe.losses),
-            "drift_ratio": statistics.median(drifts) if drifts else None,
-            "step_size": statistics.median(sizes) if sizes else None,
+            "units": probe.units,
+            "window_steps": self.window_steps,
+            "drift_ratio": drift,
+            "step_size": size,
+            "step_size_peak": self.step_size_peak,
         }
 
     def _update_verdict(self, pl_module, views) -> None:
         alpha, rank, scale = medians_of_views(views)
         recent = self.probes[-self.window:]
+        # after a resume the previous verdict is the one recorded with the previous probe
+        previous = self.verdict.verdict if self.verdict is not None else \
+            (self.probes[-2].get("verdict") if len(self.probes) > 1 else None)
         self.verdict = regime_verdict(
             alpha, rank, scale,
-            step_gaps=[p["step_gap"] for p in recent] if len(recent) >= self.min_probes else None,
-            drift_ratios=[p["drift_ratio"] for p in recent if p.get("drift_ratio") is not None],
-            step_sizes=[p["step_size"] for p in recent if p.get("step_size") is not None],
+            step_gaps=[p["step_gap"] for p in recent],
+            gap_zs=[p.get("gap_z") for p in recent],
+            gap_gains=[p.get("gap_gain") for p in recent],
+            drift_ratios=[p.get("drift_ratio") for p in recent],
+            step_sizes=[p.get("step_size") for p in recent],
+            step_size_peak=self.step_size_peak, previous=previous, rules=self.rules,
         )
+        self.probes[-1]["verdict"] = self.verdict.verdict
 
     def _verdict_text(self) -> str:
         v = self.verdict
@@ -307,20 +384,30 @@ class AlphaRegimeAdvisor(CallbackBase):
         if self.verdict is None:
             return "Alpha regime: no probe yet."
         lines = [f"Alpha regime: {self.verdict.verdict}", f"  evidence:   {self.verdict.evidence}",
-                 f"  suggestion: {self.verdict.suggestion}", "  probes (step: step_gap, gap_gain, drift_ratio):"]
+                 f"  suggestion: {self.verdict.suggestion}",
+                 "  probes (step: step_gap [spread], gap_z, drift_ratio, step_size -> verdict):"]
+
+        def fmt(x) -> str:
+            return "n/a" if x is None else f"{x:.3g}"
+
         for p in self.probes[-8:]:
-            dr = "n/a" if p.get("drift_ratio") is None else f"{p['drift_ratio']:.3g}"
-            gg = "n/a" if p.get("gap_gain") is None else f"{p['gap_gain']:.3g}"
-            lines.append(f"    {int(p['step']):>6}: {p['step_gap']:.3g}, {gg}, {dr}")
+            lines.append(f"    {int(p['step']):>6}: {p['step_gap']:.3g} [{fmt(p.get('step_gap_lo'))}, "
+                         f"{fmt(p.get('step_gap_hi'))}], {fmt(p.get('gap_z'))}, {fmt(p.get('drift_ratio'))}, "
+                         f"{fmt(p.get('step_size'))} -> {p.get('verdict', 'n/a')}")
         return "\n".join(lines)
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict:
-        batch = move_to_device(self.probe_batch, torch.device("cpu")) if self.probe_batch is not None else None
-        return {"probes": [dict(p) for p in self.probes], "warned": self._warned, "probe_batch": batch}
+        cpu = torch.device("cpu")
+        return {"probes": [dict(p) for p in self.probes], "warned": self._warned, "step_size_peak": self.step_size_peak,
+                "probe_set": [move_to_device(b, cpu) for b in self.probe_set]}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.probes = [dict(p) for p in state_dict.get("probes", [])]
         self._warned = bool(state_dict.get("warned", False))
-        if state_dict.get("probe_batch") is not None:
-            self.probe_batch = state_dict["probe_batch"]
+        self.step_size_peak = state_dict.get("step_size_peak")
+        if state_dict.get("probe_set"):
+            self.probe_set = list(state_dict["probe_set"])
+        elif state_dict.get("probe_batch") is not None:  # a checkpoint of version 1
+            self.probe_set = [state_dict["probe_batch"]]
+

@@ -26,10 +26,11 @@ METRICS: dict[str, int] = {
     "spectral_gain": 4, "spectral_suppression": 4,
 }
 # Whole-model quantities logged by the advisor (docs/metrics.md sections 5 and 6) and the engine:
-# alpha (median over layers), the verdict as a code (-1 alpha-too-small, 0 in-regime, 1 too-aggressive),
-# each probe's step_gap and the median of the probes the verdict counts.
-MODEL_METRICS: dict[str, int] = {"alpha": 6, "alpha_verdict": 6, "step_gap": 5, "step_gap_median": 6,
-                                 "gap_gain": 5, "skipped_steps": 0}
+# alpha (median over layers), the verdict as a code (-1 alpha-too-small, 0 in-regime, 0.5 uncertain,
+# 1 too-aggressive), each probe's step_gap with its spread, gap_z and gap_gain, and the median of the
+# probes the verdict counts.
+MODEL_METRICS: dict[str, int] = {"alpha": 6, "alpha_verdict": 6, "step_gap": 5, "step_gap_lo": 5, "step_gap_hi": 5,
+                                 "step_gap_median": 6, "gap_z": 5, "gap_gain": 5, "skipped_steps": 0}
 # The levels the verdict and the collapse evidence compare against (signaldrift.regime), logged as constant
 # series so that charts can draw them next to the values: signaldrift/thresholds/<name>.
 THRESHOLDS = ("step_gap_too_small", "step_gap_too_aggressive", "step_size_high")
@@ -38,7 +39,7 @@ VALIDATION = ("val_loss", "val_acc")
 KINDS = ("median", "max")  # how a per-layer metric is summarized over layers
 # What goes under SUMMARY: (metric, kind) pairs; every other whole-model value goes under PREFIX.
 SUMMARY_KEYS = frozenset({("alpha", "median"), ("alpha_verdict", "median"), ("step_gap", "median"),
-                          ("step_gap_median", "median"), ("drift_ratio", "median"), ("drift_ratio", "max"),
+                          ("step_gap_lo", "median"), ("step_gap_hi", "median"), ("step_gap_median", "median"), ("drift_ratio", "median"), ("drift_ratio", "max"),
                           ("step_size", "median"), ("step_size", "max")} | {(v, "median") for v in VALIDATION})
 # Names the old scheme used (runs written before the summary existed): old name -> metric.
 _OLD_NAMES = {"verdict_code": "alpha_verdict"}

@@ -250,7 +250,7 @@ def format_report(record: RunRecord, window: int = 10) -> str:
 LOSS_TAGS = {"train loss": ("train_loss", "train/loss"),
              "validation loss": (summary_tag("val_loss"), "val_loss", "eval/loss"),
              "validation accuracy": (summary_tag("val_acc"), "val_acc", "eval/accuracy")}
-VERDICT_LABELS = {-1.0: "alpha-too-small", 0.0: "in-regime", 1.0: "too-aggressive"}
+VERDICT_LABELS = {-1.0: "alpha-too-small", 0.0: "in-regime", 0.5: "uncertain", 1.0: "too-aggressive"}
 
 
 def _first(record: RunRecord, tags: tuple[str, ...]) -> dict[int, float]:
@@ -341,6 +341,11 @@ def write_report_png(record: RunRecord, path: str | Path, window: int = 10) -> P
     ax.axhline(regime.GAP_TOO_AGGRESSIVE, color="tab:red", ls="--", lw=1,
                label=f"too aggressive below {regime.GAP_TOO_AGGRESSIVE:g}")
     if gap:
+        lo, hi = by_key.get(TagKey("step_gap_lo"), {}), by_key.get(TagKey("step_gap_hi"), {})
+        both = sorted(set(lo) & set(hi) & set(gap))
+        if both:
+            ax.vlines(both, [lo[s] for s in both], [hi[s] for s in both], color="grey", lw=2, alpha=0.6,
+                      label="spread over the probe set (quartiles)")
         _plot_series(ax, gap, marker="o", ls="", color="black", label="step_gap of each probe (whole model)")
         median = by_key.get(TagKey("step_gap_median"), {})
         if median:

@@ -40,11 +40,13 @@ def dashboard_layout(*, advisor: bool = True, full_grad: bool = True,
     """
     first: dict[str, list] = {}
     if advisor:
-        first["alpha_verdict: -1 alpha too small, 0 in regime, 1 too aggressive"] = [
+        first["alpha_verdict: -1 alpha too small, 0 in regime, 0.5 uncertain, 1 too aggressive"] = [
             "Multiline", [_exact(summary_tag("alpha_verdict"))]]
         first["alpha (median over layers)"] = ["Multiline", [_exact(summary_tag("alpha"))]]
-        first["step_gap: each probe, the median the verdict reads, the thresholds"] = [
-            "Multiline", [_exact(summary_tag("step_gap"), summary_tag("step_gap_median"),
+        first["step_gap: each probe with its spread (quartiles over the probe set), the median the verdict reads, "
+              "the thresholds"] = [
+            "Multiline", [_exact(summary_tag("step_gap"), summary_tag("step_gap_lo"), summary_tag("step_gap_hi"),
+                                 summary_tag("step_gap_median"),
                                  threshold_tag("step_gap_too_small"), threshold_tag("step_gap_too_aggressive"))]]
     first["drift_ratio: median and max over layers"] = ["Multiline", [_median_max("drift_ratio")]]
     step_size = [summary_tag("step_size"), summary_tag("step_size", "max")]
@@ -61,6 +63,8 @@ def dashboard_layout(*, advisor: bool = True, full_grad: bool = True,
                         for m in PROBE_METRICS})
     if advisor:
         details["gap_gain (each probe)"] = ["Multiline", [_exact(summary_tag("gap_gain"))]]
+        details["gap_z (each probe): how clearly the probe set's units agree"] = [
+            "Multiline", [_exact(summary_tag("gap_z"))]]
     return {DASHBOARD_TITLE: first, DETAILS_TITLE: details}
 
 

@@ -4,7 +4,7 @@ Tensors in, small frozen dataclasses out; no Lightning, no logging, no printing.
 """
 from signaldrift.batched import BatchedStep, LayerState
 from signaldrift.errors import NonFiniteError
-from signaldrift.gap_probe import DEFAULT_TAUS, GapProbe, step_gap_probe
+from signaldrift.gap_probe import DEFAULT_TAUS, GapEstimate, GapProbe, step_gap_estimate, step_gap_probe
 from signaldrift.grad_split import GradSplit, equivalent_gradient_factors, grad_split
 from signaldrift.lowrank import LowRankSVD, frob_inner, frob_norm, lowrank_svd, update_factors
 from signaldrift.regime import (
@@ -16,7 +16,12 @@ from signaldrift.regime import (
     SQRT_LAW_C,
     STEP_SIZE_HIGH,
     VERDICTS,
+    DEFAULT_RULES,
+    GAP_GAIN_MIN,
+    GAP_Z_MIN,
     RegimeVerdict,
+    VerdictRules,
+    gap_vote,
     recommended_alpha,
     regime_verdict,
 )
@@ -26,10 +31,10 @@ from signaldrift.suppression import FullGradAccumulator, SpectralSuppression, fu
 from signaldrift.views import LoRAProtocol, LoRAView, lora_layers
 
 __all__ = [
-    "ALPHA_FLOOR_FRACTION", "BatchedStep", "DEFAULT_TAUS", "LayerState", "DRIFT_RATIO_HIGH", "GAP_TOO_AGGRESSIVE", "GAP_TOO_SMALL", "MAX_SUGGESTED_FACTOR",
-    "SQRT_LAW_C", "STEP_SIZE_HIGH", "VERDICTS", "GapProbe", "GradSplit", "LoRAProtocol", "LoRAView",
+    "ALPHA_FLOOR_FRACTION", "DEFAULT_RULES", "GAP_GAIN_MIN", "GAP_Z_MIN", "VerdictRules", "gap_vote", "BatchedStep", "DEFAULT_TAUS", "LayerState", "DRIFT_RATIO_HIGH", "GAP_TOO_AGGRESSIVE", "GAP_TOO_SMALL", "MAX_SUGGESTED_FACTOR",
+    "SQRT_LAW_C", "STEP_SIZE_HIGH", "VERDICTS", "GapEstimate", "GapProbe", "GradSplit", "LoRAProtocol", "LoRAView",
     "LowRankSVD", "NonFiniteError", "RegimeVerdict", "SpectralSuppression", "StepSplit", "UpdateSpectrum",
     "FullGradAccumulator", "equivalent_gradient_factors", "frob_inner", "frob_norm", "full_grad_sq_norm", "full_weight_grad", "grad_split",
     "lora_layers", "lowrank_svd", "recommended_alpha", "regime_verdict", "spectral_suppression",
-    "step_gap_probe", "step_split", "update_factors", "update_spectrum",
+    "step_gap_estimate", "step_gap_probe", "step_split", "update_factors", "update_spectrum",
 ]

@@ -116,3 +116,159 @@ def step_gap_probe(
     gain = (loss1 - losses[best]) / loss1 if loss1 != 0 else None
     gap = refine_log_argmin(taus, losses)
     return GapProbe(step_gap=gap, gap_gain=gain, taus=taus, losses=tuple(losses))
+
+
+@dataclass(frozen=True)
+class GapEstimate:
+    """The step-gap estimate of docs/metrics.md §5 (v2): the loss along the recent net update, averaged
+    over the probe set's units, with its spread.
+
+    Attributes:
+        step_gap: the descent search's minimum of the mean loss over tau, refined by a parabola in log tau.
+        gap_gain: ``(L(1) - L(best)) / L(1)`` with ``L`` the mean loss and ``best`` the best tau evaluated;
+            None when ``L(1)`` is 0.
+        gap_z: how clearly the units agree that ``best`` beats tau = 1: the mean of the per-unit
+            differences ``l_i(1) - l_i(best)`` over their standard error (0 when ``best`` is 1; inf when
+            every unit improves by the same amount; None with fewer than 2 units).
+        step_gap_lo, step_gap_hi: the lower and upper quartile of the per-unit step gaps (each unit's
+            own refined minimum over the taus evaluated): the spread across the probe set.
+        taus: the taus evaluated (ascending; the descent search stops early).
+        losses: the mean loss at each evaluated tau (inf where not finite).
+        units: how many loss values each evaluation gave (examples, or batches).
+    """
+
+    step_gap: float
+    gap_gain: float | None
+    gap_z: float | None
+    step_gap_lo: float
+    step_gap_hi: float
+    taus: tuple[float, ...]
+    losses: tuple[float, ...]
+    units: int
+
+
+def _as_floats(values) -> list[float]:
+    if isinstance(values, Tensor):
+        values = values.detach().double().reshape(-1).tolist()
+    elif isinstance(values, (int, float)):
+        values = [values]
+    out = [float(v) for v in values]
+    return [v if math.isfinite(v) else math.inf for v in out]
+
+
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    s = sorted(values)
+    if len(s) == 1:
+        return s[0], s[0]
+
+    def at(q: float) -> float:  # linear interpolation between order statistics ("inclusive")
+        pos = q * (len(s) - 1)
+        lo = math.floor(pos)
+        hi = min(lo + 1, len(s) - 1)
+        if s[lo] == s[hi]:  # also keeps inf - inf out
+            return s[lo]
+        return s[lo] + (pos - lo) * (s[hi] - s[lo])
+
+    return at(0.25), at(0.75)
+
+
+def step_gap_estimate(
+    loss_fn: Callable[[], Sequence[float] | Tensor | float],
+    params: Sequence[Tensor],
+    direction: Sequence[Tensor],
+    taus: Sequence[float] = DEFAULT_TAUS,
+    reduce: Callable[[list[float]], Sequence[float]] | None = None,
+) -> GapEstimate:
+    """The step-gap estimate (docs/metrics.md §5, v2) along ``direction`` from the current parameters.
+
+    ``params`` hold ``theta_t`` (tau = 1); ``loss_fn`` is evaluated at ``theta_t + (tau - 1) * direction``
+    and returns one loss per unit (a 1-D tensor or a sequence: examples, or batches), the same units
+    every call. The descent search evaluates tau = 1 and the next tau above it; while the mean loss
+    falls it goes on up the grid, otherwise it goes down the grid below 1 while the mean loss falls; it
+    stops at the first tau whose mean loss is not lower than the best so far. The parameters are
+    restored bit-exactly afterwards, also when ``loss_fn`` raises.
+
+    Args:
+        loss_fn: forward passes over the fixed probe set; the caller sets eval mode and no_grad.
+        params: the parameters to move (in place).
+        direction: the unit step per parameter (e.g. the net update over the last W steps divided by W).
+        taus: the tau grid (finite, >= 0, including 1 and a value above 1).
+        reduce: maps ``[mean loss]`` of this process to the mean the search decides on (data-parallel
+            callers average over ranks, so every rank takes the same path); the spread and ``gap_z``
+            come from this process's units.
+
+    Raises:
+        ValueError: params and direction differ in number or shape; taus lack 1 or a value above 1,
+            or hold a negative or non-finite value; ``loss_fn`` returns no units or a different count.
+        NonFiniteError: the mean loss at tau = 1 is not finite.
+    """
+    params, direction = list(params), list(direction)
+    if len(params) != len(direction):
+        raise ValueError(f"got {len(params)} params but {len(direction)} directions; they must pair up")
+    for i, (p, d) in enumerate(zip(params, direction)):
+        check_same_shape(f"direction[{i}]", d, f"params[{i}]", p)
+    grid = sorted({float(t) for t in taus})
+    if 1.0 not in grid or grid[-1] <= 1.0 or any(t < 0 or not math.isfinite(t) for t in grid):
+        raise ValueError(f"taus must be finite, >= 0, include 1 and a value above 1, got {tuple(taus)}")
+    saved = [p.detach().clone() for p in params]
+    per_tau: dict[float, tuple[float, list[float]]] = {}  # tau -> (decision mean, unit losses)
+
+    def evaluate(tau: float) -> float:
+        with torch.no_grad():
+            for p, p0, d in zip(params, saved, direction):
+                p.copy_(p0 + (tau - 1.0) * d.to(p0.dtype))
+        units = _as_floats(loss_fn())
+        if not units or (per_tau and len(units) != len(next(iter(per_tau.values()))[1])):
+            raise ValueError(f"loss_fn must return the same number (>= 1) of unit losses every call, got {len(units)}")
+        mean = math.fsum(units) / len(units) if all(math.isfinite(u) for u in units) else math.inf
+        if reduce is not None:
+            mean = float(reduce([mean])[0])
+        per_tau[tau] = (mean if math.isfinite(mean) else math.inf, units)
+        return per_tau[tau][0]
+
+    try:
+        one = grid.index(1.0)
+        best = evaluate(1.0)
+        if not math.isfinite(best):
+            raise NonFiniteError(f"the probe loss at tau=1 is not finite ({best})")
+        up = grid[one + 1:]
+        if evaluate(up[0]) < best:
+            best = per_tau[up[0]][0]
+            for tau in up[1:]:
+                if evaluate(tau) >= best:
+                    break
+                best = per_tau[tau][0]
+        else:
+            for tau in reversed(grid[:one]):
+                if evaluate(tau) >= best:
+                    break
+                best = per_tau[tau][0]
+    finally:
+        with torch.no_grad():
+            for p, p0 in zip(params, saved):
+                p.copy_(p0)
+    done = sorted(per_tau)
+    means = [per_tau[t][0] for t in done]
+    units = [per_tau[t][1] for t in done]
+    gap = refine_log_argmin(done, means)
+    i_best = min(range(len(done)), key=lambda j: means[j])
+    loss1 = per_tau[1.0][0]
+    gain = (loss1 - means[i_best]) / loss1 if loss1 != 0 else None
+    n = len(units[0])
+    z: float | None = None
+    if n >= 2:
+        if done[i_best] == 1.0:
+            z = 0.0
+        else:
+            diffs = [a - b for a, b in zip(per_tau[1.0][1], units[i_best])]
+            if not all(math.isfinite(d) for d in diffs):
+                z = None
+            else:
+                mean = math.fsum(diffs) / n
+                var = math.fsum((d - mean) ** 2 for d in diffs) / (n - 1)
+                se = math.sqrt(var / n)
+                z = mean / se if se > 0 else (math.inf if mean > 0 else 0.0)
+    unit_gaps = [refine_log_argmin(done, [units[j][i] for j in range(len(done))]) for i in range(n)]
+    lo, hi = _quartiles(unit_gaps)
+    return GapEstimate(step_gap=gap, gap_gain=gain, gap_z=z, step_gap_lo=lo, step_gap_hi=hi,
+                       taus=tuple(done), losses=tuple(means), units=n)

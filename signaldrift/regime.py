@@ -1,10 +1,10 @@
-"""docs/metrics.md §6: the square-root law, its constant c, and the alpha-regime verdict."""
+"""docs/metrics.md §6: the square-root law, its constant c, and the alpha-regime verdict (rules v2)."""
 from __future__ import annotations
 
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from signaldrift.errors import check_int, check_number
 
@@ -14,38 +14,80 @@ from signaldrift.errors import check_int, check_number
 # (95% bootstrap interval [226, 324]); the free fit is c = 259 [189, 355], p = 0.52 [0.28, 0.76].
 # It holds for that lr and budget: the best alpha falls about as 1/lr (alpha_vs_lr.md) and as 1/steps
 # (alpha_finder.md), and a synthetic linear task at the same lr gives c = 22 (the exponent carries over
-# between tasks, the constant does not).
+# between tasks, the constant does not). The verdict uses it only as a prior before any probe.
 SQRT_LAW_C: float = 270.0
 
-# Verdict thresholds (docs/metrics.md §6), from benchmarks/results/gap_calibration.md: every cell
-# of the alpha x lr grid (MiniLM-L6, r=8 on query/value, 63 steps) rerun with the step-gap probe every 8
-# steps, labelled by the grid's mean held-out accuracy against the best alpha at its lr (margin 0.02).
-# With the median of the last 5 probes (the advisor's default window), GAP_TOO_SMALL = 4 separates the
-# alpha-too-small cells with balanced accuracy 0.96 (the best any threshold reached) and
-# GAP_TOO_AGGRESSIVE = 0.5 the too-aggressive ones with 0.88 (also the best); the gap rule alone names the
-# grid's label in 17 of 20 cells. One seed, 20 cells: the values are confirmed there, not tuned finely.
-# The step gap is the weaker sign of overshoot: converged healthy runs also probe at 0 now and then,
-# while the mean step size split the grid cleanly (too-aggressive >= 0.0156, in-regime <= 0.0066 in those
-# runs; >= 0.0159 and <= 0.0064 in alpha_vs_lr.md's 3-seed means).
-GAP_TOO_SMALL: float = 4.0  # median step_gap at or above this: the step could be much larger
-GAP_TOO_AGGRESSIVE: float = 0.5  # median step_gap below this: the step overshoots
-# No cell of alpha_vs_lr.md came near 0.1 (healthy cells 0.002-0.032; the collapsed cells 0.005-0.013):
-# at this scale the drift ratio did not mark failures, the step size did (STEP_SIZE_HIGH). Kept as a guard.
-DRIFT_RATIO_HIGH: float = 0.1  # median drift_ratio at or above this counts as "high"
+# The verdict's thresholds (docs/metrics.md §6, rules v2). Each is set on the Rotten Tomatoes half of
+# benchmarks/results/verdict_calibration.md (alpha x lr x 2 budgets x 2 seeds, labels from held-out accuracy)
+# and scored out of sample on the presidential-debates task; see that file for the numbers.
+GAP_TOO_SMALL: float = 4.0  # a probe's step_gap at or above this (and significant) says "the step could be larger"
+GAP_TOO_AGGRESSIVE: float = 0.5  # below this (the loss is lowest a step back, tau = 0) and significant: "overshoots"
+# A probe's step gap counts only when the probe set's units agree that its best tau beats tau = 1:
+# gap_z (mean per-unit improvement over its standard error) at or above this. Converged healthy runs
+# probe at 0 now and then by noise; this is what keeps such probes out of the count.
+GAP_Z_MIN: float = 2.0
+# ... and the mean loss improves by at least this fraction of L(1) (gap_gain): one step back along a
+# noise-dominated direction often lowers the loss a little, many steps forward along a real one a lot.
+GAP_GAIN_MIN: float = 0.05
+# In benchmarks/results/alpha_vs_lr.md no cell came near 0.1 (healthy 0.002-0.032): at this scale the
+# drift ratio did not mark failures, the step size did (STEP_SIZE_HIGH). Kept as a guard (inf counts high).
+DRIFT_RATIO_HIGH: float = 0.1
+# The update-to-weight ratio at or above which runs collapsed (too-aggressive evidence): compared with the
+# largest step size the run has had (its peak), because after a collapse Adam's steps shrink fast (the
+# gradients vanish) and the recent step sizes look small.
+STEP_SIZE_HIGH: float = 0.025
+# Agreement: a side needs VERDICT_AGREE of the last VERDICT_WINDOW probes; when both sides have at least
+# VERDICT_SPLIT probes the verdict is `uncertain`. Chosen, not fitted: 3 of 5 is a majority of a window
+# that at the default cadence spans 250 steps.
+VERDICT_WINDOW: int = 5
+VERDICT_AGREE: int = 3
+VERDICT_SPLIT: int = 2
 # The floor (used only before any step gap is measured): at the lr c comes from (1e-4), the grid's cells
 # below 0.25 * c * sqrt(8) = 191 (alpha 8, 16, 64) stayed at 0.532-0.548 held-out accuracy against 0.737
 # at alpha 1024; alpha 256 (0.34 of c * sqrt(8)) reached 0.711 (benchmarks/results/alpha_vs_lr.md). A deliberately
 # low floor: the law's constant falls about as 1/lr, so at larger lrs smaller alphas are right.
 ALPHA_FLOOR_FRACTION: float = 0.25  # alpha below this fraction of c * sqrt(r) is too small
-# A suggestion never multiplies alpha by more than this at once: the probe measures one batch
-# along one step, so a gap of 30 says "much larger", not "exactly 30x". Re-check after changing.
+# A suggestion never multiplies alpha by more than this at once: a gap of 30 says "much larger", not
+# "exactly 30x". Re-check after changing.
 MAX_SUGGESTED_FACTOR: float = 8.0
-# Evidence only (does not change the verdict): in benchmarks/results/alpha_vs_lr.md every cell with a
-# mean per-step update-to-weight ratio >= 0.0278 stayed at the majority class in all seeds, and no other
-# cell exceeded 0.0178.
-STEP_SIZE_HIGH: float = 0.025
 
-VERDICTS = ("alpha-too-small", "too-aggressive", "in-regime")
+VERDICTS = ("alpha-too-small", "too-aggressive", "in-regime", "uncertain")
+
+
+@dataclass(frozen=True)
+class VerdictRules:
+    """The thresholds and counts the verdict applies (defaults: the module's constants).
+
+    The calibration replays runs under other values; a user may pass their own."""
+
+    gap_too_small: float = GAP_TOO_SMALL
+    gap_too_aggressive: float = GAP_TOO_AGGRESSIVE
+    gap_z_min: float = GAP_Z_MIN
+    gap_gain_min: float = GAP_GAIN_MIN
+    drift_ratio_high: float = DRIFT_RATIO_HIGH
+    step_size_high: float = STEP_SIZE_HIGH
+    window: int = VERDICT_WINDOW
+    agree: int = VERDICT_AGREE
+    split: int = VERDICT_SPLIT
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("window", "agree", "split"):
+                check_int(f.name, value)
+            elif f.name in ("gap_z_min", "gap_gain_min"):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                    raise ValueError(f"{f.name} must be a finite number >= 0, got {value!r}")
+            else:
+                check_number(f.name, value)
+        if self.agree > self.window:
+            raise ValueError(f"agree ({self.agree}) must not exceed window ({self.window})")
+        if self.gap_too_aggressive >= self.gap_too_small:
+            raise ValueError(f"gap_too_aggressive ({self.gap_too_aggressive}) must be below gap_too_small "
+                             f"({self.gap_too_small})")
+
+
+DEFAULT_RULES = VerdictRules()
 
 
 def recommended_alpha(rank: int, c: float = SQRT_LAW_C) -> float:
@@ -77,13 +119,13 @@ class RegimeVerdict:
         suggested_alpha: an alpha to try under the user's own rule (None when alpha should stay).
         alpha, rank, scale: the (median) configuration judged.
         recommended_alpha: ``c * sqrt(r)`` expressed under the user's rule.
-        step_gap, drift_ratio, step_size: medians of the values given, for display (NaN dropped,
-            inf kept; None when none). The verdict itself counts values, it does not use these.
-        probes: how many step gaps were given (NaN included).
-        agreeing: how many of them are on the verdict's side (below ``GAP_TOO_AGGRESSIVE`` for
-            too-aggressive, at or above ``GAP_TOO_SMALL`` for alpha-too-small, between for
-            in-regime); 0 when the configuration alone decided.
-        dropped: NaN (or None) values dropped from the three series together.
+        step_gap, drift_ratio, step_size: medians of the values counted, for display (NaN dropped,
+            inf kept; None when none). The verdict counts votes, it does not use these.
+        probes: how many step gaps were counted (the last ``window``, NaN included).
+        agreeing: how many of them vote for the verdict's side (for ``uncertain``: the larger side);
+            0 when the configuration alone decided.
+        dropped: NaN (or None) values among the values counted.
+        votes: the step-gap votes counted: ``{"larger": n, "overshoot": n, "in range": n, "NaN": n}``.
     """
 
     verdict: str
@@ -100,72 +142,47 @@ class RegimeVerdict:
     probes: int = 0
     agreeing: int = 0
     dropped: int = 0
+    votes: dict | None = None
 
 
-@dataclass(frozen=True)
-class _Series:
-    """One kind of evidence: the usable values (finite or +inf, in order) and how many were NaN."""
-
-    name: str
-    values: tuple[float, ...]
-    dropped: int
-
-    @property
-    def total(self) -> int:
-        return len(self.values) + self.dropped
-
-    def count(self, keep) -> int:
-        return sum(1 for v in self.values if keep(v))
-
-    def agree(self, votes: int) -> bool:
-        """``votes`` values are more than half of *all* values given (NaN included): agreement, not
-        a median of two (docs/metrics.md §6). For an odd count without NaN this is the median's
-        side of the threshold, as before."""
-        return 2 * votes > self.total
-
-    def agreed_value(self, largest: bool) -> float:
-        """The value a majority agrees on: the ``total // 2 + 1``-th largest (or smallest). For an
-        odd count without NaN, the median."""
-        need = self.total // 2 + 1
-        return sorted(self.values, reverse=largest)[need - 1]
-
-    def median(self) -> float | None:
-        return statistics.median(self.values) if self.values else None
-
-
-def _series(name: str, values: Sequence[float] | None) -> _Series:
-    kept: list[float] = []
-    dropped = 0
-    for i, v in enumerate(values or ()):
+def _floats(name: str, values: Sequence[float] | None, window: int, *, signed: bool = False) -> list[float]:
+    """The last ``window`` values as floats (NaN for None / NaN); bad values (anywhere) refused with their index."""
+    out: list[float] = []
+    values = list(values if values is not None else ())
+    start = 0  # every value is checked; the last ``window`` are kept
+    allowed = "a number (inf allowed; NaN is counted as unusable)" if signed else \
+        "a number >= 0 (inf allowed; NaN is counted as unusable)"
+    for i in range(start, len(values)):
+        v = values[i]
         if v is None:
-            dropped += 1
+            out.append(math.nan)
             continue
         if isinstance(v, (bool, str)):
-            raise ValueError(f"{name}[{i}] must be a number >= 0 (inf allowed; NaN is dropped and counted), got {v!r}")
+            raise ValueError(f"{name}[{i}] must be {allowed}, got {v!r}")
         try:
             f = float(v)
         except (TypeError, ValueError, OverflowError):
-            raise ValueError(f"{name}[{i}] must be a number >= 0 (inf allowed; NaN is dropped and counted), got {v!r}") from None
-        if math.isnan(f):
-            dropped += 1
-        elif f < 0:
-            raise ValueError(f"{name}[{i}] must be a number >= 0 (inf allowed; NaN is dropped and counted), got {v!r}")
-        else:
-            kept.append(f)
-    return _Series(name, tuple(kept), dropped)
+            raise ValueError(f"{name}[{i}] must be {allowed}, got {v!r}") from None
+        if not signed and f < 0:
+            raise ValueError(f"{name}[{i}] must be {allowed}, got {v!r}")
+        out.append(f)
+    return out[max(len(out) - window, 0):]
 
 
-def _describe(series: _Series, votes: list[tuple[int, str]]) -> str | None:
-    if not series.total:
-        return None
-    median = series.median()
-    shown = ", ".join(f"{v:.3g}" for v in series.values)
-    text = (f"median {series.name} {median:.3g} over {series.total} probes ({shown})" if median is not None
-            else f"{series.name}: none usable over {series.total} probes")
-    counts = [f"{n} of {series.total} {what}" for n, what in votes]
-    if series.dropped:
-        counts.append(f"{series.dropped} NaN dropped")
-    return text + ("; " + ", ".join(counts) if counts else "")
+def _aligned(name: str, values, step_gaps, window: int) -> list[float]:
+    """A per-probe series aligned with ``step_gaps`` (all NaN when not given)."""
+    total = len(list(step_gaps or ()))
+    if values is None:
+        return [math.nan] * min(total, window)
+    if len(list(values)) != total:
+        raise ValueError(f"{name} has {len(list(values))} values but step_gaps has {total}; "
+                         "they must align (None for a gap without one)")
+    return _floats(name[:-1], values, window, signed=True)
+
+
+def _median(values: list[float]) -> float | None:
+    kept = [v for v in values if not math.isnan(v)]
+    return statistics.median(kept) if kept else None
 
 
 def _round2(x: float) -> float:
@@ -176,6 +193,24 @@ def _round2(x: float) -> float:
     return round(x, digits)
 
 
+def gap_vote(step_gap: float, gap_z: float | None = None, gap_gain: float | None = None,
+             rules: VerdictRules = DEFAULT_RULES) -> str:
+    """One probe's vote (docs/metrics.md §6): ``"larger"``, ``"overshoot"``, ``"in range"`` or ``"NaN"``.
+
+    A step gap off the in-range band counts only when it is significant: its ``gap_gain`` is at least
+    ``rules.gap_gain_min`` and its ``gap_z`` at least ``rules.gap_z_min`` (a value not measured, None or
+    NaN, does not hold the vote back: e.g. ``gap_z`` of a probe set of one unit)."""
+    if step_gap is None or math.isnan(step_gap):
+        return "NaN"
+    significant = ((gap_z is None or math.isnan(gap_z) or gap_z >= rules.gap_z_min)
+                   and (gap_gain is None or math.isnan(gap_gain) or gap_gain >= rules.gap_gain_min))
+    if significant and step_gap >= rules.gap_too_small:
+        return "larger"
+    if significant and step_gap < rules.gap_too_aggressive:
+        return "overshoot"
+    return "in range"
+
+
 def regime_verdict(
     alpha: float,
     rank: float,
@@ -184,41 +219,64 @@ def regime_verdict(
     drift_ratios: Sequence[float] | None = None,
     step_sizes: Sequence[float] | None = None,
     c: float = SQRT_LAW_C,
+    *,
+    gap_zs: Sequence[float | None] | None = None,
+    gap_gains: Sequence[float | None] | None = None,
+    step_size_peak: float | None = None,
+    previous: str | None = None,
+    rules: VerdictRules = DEFAULT_RULES,
 ) -> RegimeVerdict:
-    """Judge the alpha regime from the configuration and the recent measurements.
+    """Judge the alpha regime from the configuration and the recent probes (docs/metrics.md §6, rules v2).
 
-    Alpha is compared through the scale, so any rule works: the standard-equivalent alpha
-    is ``scale * rank``, and suggestions are returned under the user's own rule (scale is
-    linear in alpha under every rule).
+    Alpha is compared through the scale, so any rule works: the standard-equivalent alpha is
+    ``scale * rank``, and suggestions are returned under the user's own rule.
 
-    How evidence counts (docs/metrics.md §6): a side of a threshold needs a majority
-    of the values given, NaN included (a NaN is dropped as a value but counted as a probe that did
-    not agree): the step could be larger when more than half of the step gaps are
-    ``>= GAP_TOO_SMALL`` and the drift ratio is low in more than half of its values (or was not
-    measured); the step overshoots when more than half are ``< GAP_TOO_AGGRESSIVE``; the drift is
-    high when more than half of the drift ratios are ``>= DRIFT_RATIO_HIGH``, ``inf`` included. For
-    an odd number of values without NaN this is today's median rule; with two values it needs
-    both. When no side has a majority the verdict is ``in-regime`` and the suggestion says the
-    evidence is missing or split instead of "keep alpha" alone.
+    The last ``rules.window`` values of each series count. Each step gap votes (:func:`gap_vote`):
+    larger, overshoot, in range, or NaN. Then, with ``k = rules.agree``:
+
+    * ``uncertain`` when both "larger" and "overshoot" have at least ``rules.split`` votes;
+    * ``too-aggressive`` when k probes overshoot, or the run's peak step size (``step_size_peak``, or the
+      largest of ``step_sizes``) is ``>= step_size_high``, or k drift ratios are ``>= drift_ratio_high``
+      (inf counts high);
+    * ``alpha-too-small`` when k probes say larger (and fewer than k drift ratios are high);
+    * before any usable step gap: ``alpha-too-small`` when alpha is below ``ALPHA_FLOOR_FRACTION`` of
+      ``c * sqrt(r)`` (the law as a prior), else ``in-regime``;
+    * otherwise ``in-regime``.
+
+    A verdict never goes straight from ``alpha-too-small`` to ``too-aggressive`` or back: given the
+    ``previous`` verdict on the other side, the answer is ``uncertain``.
 
     Args:
         alpha: the alpha the user set (median over layers), under their rule.
         rank: the rank (median over layers).
         scale: the live scale (median over layers).
-        step_gaps: recent ``step_gap`` values (docs/metrics.md §5); >= 0, inf allowed, NaN counted.
-        drift_ratios: recent ``drift_ratio`` values (docs/metrics.md §2); >= 0, inf allowed, NaN counted.
-        step_sizes: recent ``step_size`` values (evidence only).
+        step_gaps: the probes' ``step_gap`` in order (docs/metrics.md §5); >= 0, inf allowed, NaN counted.
+        drift_ratios, step_sizes: the probes' ``drift_ratio`` and ``step_size``; >= 0, inf allowed.
         c: the square-root law's constant.
+        gap_zs, gap_gains: each step gap's ``gap_z`` and ``gap_gain`` (aligned with ``step_gaps``; None: not
+            measured, that condition holds no vote back).
+        step_size_peak: the largest step size of the run so far (None: the largest of ``step_sizes``).
+        previous: the verdict before this one (one of ``VERDICTS``), or None.
+        rules: the thresholds and counts.
 
     Raises:
         ValueError: alpha, rank, scale or c is not a positive finite number (bools refused); a
-            value in a series is negative or not a number; or the configuration's derived
-            numbers (``scale * rank``, ``c * sqrt(r)`` in alpha's units, the largest suggested
-            alpha) leave the float range.
+            value in a series is negative or not a number; ``gap_zs`` does not align with
+            ``step_gaps``; ``previous`` is not a verdict; or the configuration's derived numbers leave
+            the float range.
     """
     alpha, rank, scale, c = (check_number(n, v) for n, v in (("alpha", alpha), ("rank", rank), ("scale", scale), ("c", c)))
-    gaps, drifts, sizes = (_series(n, v) for n, v in (("step_gap", step_gaps), ("drift_ratio", drift_ratios),
-                                                      ("step_size", step_sizes)))
+    if not isinstance(rules, VerdictRules):
+        raise ValueError(f"rules must be a VerdictRules, got {type(rules).__name__}")
+    if previous is not None and previous not in VERDICTS:
+        raise ValueError(f"previous must be one of {VERDICTS} or None, got {previous!r}")
+    n = rules.window
+    step_gaps, drift_ratios, step_sizes = (None if v is None else list(v) for v in (step_gaps, drift_ratios, step_sizes))
+    gap_zs, gap_gains = (None if v is None else list(v) for v in (gap_zs, gap_gains))
+    gaps = _floats("step_gap", step_gaps, n)
+    drifts = _floats("drift_ratio", drift_ratios, n)
+    sizes = _floats("step_size", step_sizes, n)
+    zs, gains = (_aligned(name, values, step_gaps, n) for name, values in (("gap_zs", gap_zs), ("gap_gains", gap_gains)))
     rec_equiv = c * math.sqrt(rank)  # recommended alpha under scale = alpha / r
     equiv = scale * rank  # the user's alpha, expressed under scale = alpha / r
     per_equiv = alpha / equiv if equiv > 0 else math.inf  # converts a standard-equivalent alpha to the user's rule
@@ -231,77 +289,103 @@ def regime_verdict(
                 "positive finite floats; allowed: values whose products and quotients stay finite and non-zero "
                 "(e.g. alpha, scale * rank and c * sqrt(r) between 1e-300 and 1e300)")
 
-    # Each threshold is compared once; the decisions below are made from these counts, so the
-    # displayed counts and the verdict cannot disagree.
-    small_votes = gaps.count(lambda g: g >= GAP_TOO_SMALL)
-    over_votes = gaps.count(lambda g: g < GAP_TOO_AGGRESSIVE)
-    in_range = gaps.total - gaps.dropped - small_votes - over_votes
-    high_votes = drifts.count(lambda d: d >= DRIFT_RATIO_HIGH)
-    low_votes = len(drifts.values) - high_votes  # the values kept are never NaN: below, or at or above
-    gap_small = gaps.agree(small_votes)
-    gap_over = gaps.agree(over_votes)
-    drift_high = drifts.agree(high_votes)
-    drift_low = drifts.total == 0 or drifts.agree(low_votes)
-    gap, drift, step = gaps.median(), drifts.median(), sizes.median()
+    # Every threshold is compared once, here; the decisions and the words use these counts.
+    votes_list = [gap_vote(g, z, gain, rules) for g, z, gain in zip(gaps, zs, gains)]
+    votes = {k: votes_list.count(k) for k in ("larger", "overshoot", "in range", "NaN")}
+    peak = math.nan
+    if step_size_peak is not None:
+        if isinstance(step_size_peak, (bool, str)) or not isinstance(step_size_peak, (int, float)) \
+                or step_size_peak < 0:
+            raise ValueError(f"step_size_peak must be a number >= 0 (inf allowed; None or NaN: not measured), "
+                             f"got {step_size_peak!r}")
+        peak = float(step_size_peak)  # NaN stays NaN: not measured
+    peak = max([v for v in sizes + [peak] if not math.isnan(v)], default=math.nan)
+    size_high = not math.isnan(peak) and peak >= rules.step_size_high
+    drift_high = sum(1 for v in drifts if v >= rules.drift_ratio_high)
+    k = rules.agree
+    split = votes["larger"] >= rules.split and votes["overshoot"] >= rules.split
+    over = votes["overshoot"] >= k or size_high or drift_high >= k
+    small = votes["larger"] >= k and drift_high < k
+    gap, drift, step = _median(gaps), _median(drifts), _median(sizes)
 
     facts = [f"alpha={alpha:g} at r={rank:g} (scale {scale:.4g}); c*sqrt(r) -> alpha ~ {rec_user:.3g}"]
-    for text in (
-        _describe(gaps, [(small_votes, f">= {GAP_TOO_SMALL:g}"), (over_votes, f"< {GAP_TOO_AGGRESSIVE:g}")]),
-        _describe(drifts, [(high_votes, f">= {DRIFT_RATIO_HIGH:g}")]),
-        _describe(sizes, [(sizes.count(lambda v: v >= STEP_SIZE_HIGH),
-                           f">= {STEP_SIZE_HIGH:g}, where the alpha x lr grid's runs collapsed")]),
-    ):
-        if text is not None:
-            facts.append(text)
+    if gaps:
+        shown = ", ".join("NaN" if math.isnan(g) else f"{g:.3g}" for g in gaps)
+        facts.append(f"step_gap over the last {len(gaps)} probes ({shown}): {votes['larger']} say larger (>= "
+                     f"{rules.gap_too_small:g}), {votes['overshoot']} overshoot (< {rules.gap_too_aggressive:g}), "
+                     f"{votes['in range']} in range or not significant (gap_gain < {rules.gap_gain_min:g} or "
+                     f"gap_z < {rules.gap_z_min:g})"
+                     + (f", {votes['NaN']} NaN" if votes["NaN"] else ""))
+    if drifts:
+        facts.append(f"drift_ratio median {_fmt(drift)}, {drift_high} of {len(drifts)} >= {rules.drift_ratio_high:g}")
+    if not math.isnan(peak):
+        facts.append(f"step_size median {_fmt(step)}, peak {peak:.3g} ({'>=' if size_high else '<'} "
+                     f"{rules.step_size_high:g}, where the calibration's runs collapsed)")
     evidence = "; ".join(facts)
 
     suggested: float | None = None
     agreeing = 0
-    if gap_over or drift_high:
+    opposite = {"alpha-too-small": "too-aggressive", "too-aggressive": "alpha-too-small"}
+    if split:
+        verdict = "uncertain"
+        agreeing = max(votes["larger"], votes["overshoot"])
+        suggestion = (f"the probes disagree ({votes['larger']} of {len(gaps)} say the step could be larger, "
+                      f"{votes['overshoot']} that it overshoots): no change is supported; keep alpha={alpha:g} and "
+                      "probe again")
+    elif over:
         verdict = "too-aggressive"
-        agreeing = over_votes
-        if gap_over:
-            agreed = gaps.agreed_value(largest=False)
-            why = f"{over_votes} of {gaps.total} probes say the step overshoots (step_gap {agreed:.2g} or less)"
-            factor = max(agreed, 0.1)
+        if votes["overshoot"] >= k:
+            agreeing = votes["overshoot"]
+            why, factor = f"{votes['overshoot']} of {len(gaps)} probes say the step overshoots", 0.5
+        elif size_high:
+            factor = min(max(0.5 * rules.step_size_high / peak, 0.1), 0.5)
+            why = (f"the step size reached {peak:.2g} (>= {rules.step_size_high:g}, where the calibration's runs "
+                   "collapsed)")
         else:
-            why = f"drift_ratio >= {DRIFT_RATIO_HIGH} in {high_votes} of {drifts.total} probes"
-            factor = 0.5
-        suggestion = f"{why}: lower the learning rate (about {_round2(factor):g}x), not alpha"
-    elif gap_small and drift_low:
+            agreeing = drift_high
+            why, factor = f"drift_ratio >= {rules.drift_ratio_high:g} in {drift_high} of {len(drifts)} probes", 0.5
+        suggestion = f"{why}: lower the learning rate (about {_round2(factor):g}x), not alpha; probe again"
+    elif small:
         verdict = "alpha-too-small"
-        agreeing = small_votes
-        agreed = gaps.agreed_value(largest=True)
+        agreeing = votes["larger"]
+        agreed = sorted((g for g, v in zip(gaps, votes_list) if v == "larger"), reverse=True)[k - 1]
         suggested = _round2(alpha * min(agreed, MAX_SUGGESTED_FACTOR))
         capped = " (a capped first move; probe again)" if agreed > MAX_SUGGESTED_FACTOR else ""
-        suggestion = (f"{small_votes} of {gaps.total} probes say the step could be ~{agreed:.2g}x larger with drift_ratio "
-                      f"{'unmeasured' if drift is None else f'{drift:.2g}'}; try alpha ~ {suggested:g}{capped}")
-    elif not gaps.values and equiv < ALPHA_FLOOR_FRACTION * rec_equiv:
+        suggestion = (f"{votes['larger']} of {len(gaps)} probes say the step could be ~{agreed:.2g}x larger with "
+                      f"drift_ratio {'unmeasured' if drift is None else f'{drift:.2g}'}; try alpha ~ {suggested:g}{capped}")
+    elif votes["NaN"] == len(gaps) and equiv < ALPHA_FLOOR_FRACTION * rec_equiv:
         # The law alone, only until a probe has measured the step: c is calibrated at LoRA-α's lr
-        # (1e-4), and the best alpha falls about as 1/lr (benchmarks/results/alpha_vs_lr.md), so at a
-        # larger lr a measured step_gap in range outranks the law.
+        # (1e-4), and the best alpha falls about as 1/lr (benchmarks/results/alpha_vs_lr.md).
         verdict = "alpha-too-small"
         suggested = _round2(rec_user)
         suggestion = (f"alpha is below {ALPHA_FLOOR_FRACTION:g} of c*sqrt(r) (no step_gap measured yet; the law is "
                       f"a prior); try alpha ~ {suggested:g}")
     else:
         verdict = "in-regime"
-        agreeing = in_range
-        if not gaps.values:
-            nan = f" ({gaps.dropped} NaN)" if gaps.dropped else ""
+        agreeing = votes["in range"]
+        if votes["NaN"] == len(gaps):
+            nan = f" ({len(gaps)} probe(s) gave NaN)" if gaps else ""
             suggestion = (f"no step_gap measured yet{nan}: no evidence either way, so no change is supported; "
                           f"keep alpha={alpha:g} until probes measure the step")
-        elif gap_small:  # the gap says larger, the drift ratio is not low in a majority of probes
-            suggestion = (f"the step gap says larger ({small_votes} of {gaps.total}) but drift_ratio is not low in most "
-                          f"probes: the evidence conflicts; keep alpha={alpha:g} and probe again")
-        elif 2 * in_range <= gaps.total:
-            suggestion = (f"the probes disagree ({small_votes} of {gaps.total} say larger, {over_votes} overshoot, "
-                          f"{gaps.dropped} NaN): no change is supported; keep alpha={alpha:g} and probe again")
+        elif len(gaps) < k:
+            suggestion = f"{len(gaps)} probe(s) so far, {k} must agree before a change is supported; keep alpha={alpha:g}"
+        elif votes["larger"] or votes["overshoot"]:
+            suggestion = (f"no side has {k} of the last {len(gaps)} probes ({votes['larger']} larger, "
+                          f"{votes['overshoot']} overshoot): keep alpha={alpha:g}")
         else:
             suggestion = f"keep alpha={alpha:g}"
+    if previous is not None and opposite.get(verdict) == previous:
+        suggestion = (f"the evidence now points to {verdict} right after {previous}: "
+                      f"not acted on until it holds; {suggestion}")
+        verdict, suggested = "uncertain", None
     return RegimeVerdict(
         verdict=verdict, evidence=evidence, suggestion=suggestion, suggested_alpha=suggested,
         alpha=alpha, rank=rank, scale=scale, recommended_alpha=rec_user,
         step_gap=gap, drift_ratio=drift, step_size=step,
-        probes=gaps.total, agreeing=agreeing, dropped=gaps.dropped + drifts.dropped + sizes.dropped,
+        probes=len(gaps), agreeing=agreeing,
+        dropped=sum(1 for v in gaps + drifts + sizes if math.isnan(v)), votes=votes,
     )
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3g}"

@@ -127,6 +127,27 @@ class LoRAAlphaModule(LightningModule):
         self.loraplus_ratio = loraplus_ratio
         self.adapter_dir = Path(adapter_dir) if adapter_dir is not None else None
 
+    def set_alpha(self, alpha: float) -> None:
+        """Give every injected LoRA layer this alpha (each scale follows the rule) and keep ``lora_summary``,
+        the hyperparameters and the saved adapter in step with it (``--alpha auto`` after the finder).
+
+        Raises:
+            UsageError: alpha is not a positive finite number.
+        """
+        import dataclasses
+
+        from lora_alpha.scaling import scale
+        from lora_alpha.train.finder import set_alpha
+        from signaldrift.views import lora_layers
+
+        alpha = check_number("alpha", alpha, error=UsageError)
+        for view in lora_layers(self.model):
+            if view.variant is None:
+                set_alpha(view, alpha)
+        s = self.lora_summary
+        self.lora_summary = dataclasses.replace(s, alpha=alpha, scale=scale(alpha, s.rank, s.rule))
+        self.hparams["alpha"] = alpha
+
     def resolved_hparams(self) -> dict[str, str | int | float]:
         """The configuration as it took effect, in plain types: alpha resolved by the rule, the scale it
         gives, the targets as one string; unset options left out. What the loggers receive
@@ -173,8 +194,26 @@ class LoRAAlphaModule(LightningModule):
         self._step(batch, "test")
 
     def probe_loss(self, batch: dict) -> torch.Tensor:
-        """The training loss on a batch without logging (the AlphaRegimeAdvisor's probe)."""
+        """The training loss on a batch without logging."""
         return self.model(**batch).loss
+
+    def probe_losses(self, batch: dict) -> torch.Tensor:
+        """One loss per example, without logging (the AlphaRegimeAdvisor's probe units): the cross-entropy
+        of each example (classification), or each sequence's mean next-token cross-entropy over its
+        labelled tokens (causal LM; a sequence without any is NaN). The mean over a classification
+        batch is ``probe_loss``."""
+        import torch.nn.functional as F
+
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = self.model(**inputs).logits.float()
+        labels = batch["labels"]
+        if self.task == "sequence-classification":
+            return F.cross_entropy(logits, labels, reduction="none")
+        logits, labels = logits[:, :-1], labels[:, 1:]
+        tokens = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none",
+                                 ignore_index=-100).view(labels.shape)
+        counted = (labels != -100).sum(1)
+        return tokens.sum(1) / counted  # 0 / 0 = NaN for a sequence without labelled tokens
 
     # ----------------------------------------------------------------- optimization
     def param_groups(self) -> list[dict]:

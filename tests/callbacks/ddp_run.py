@@ -11,6 +11,7 @@ sys.path.insert(0, str(ROOT))
 
 from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
 
+from signaldrift import VerdictRules
 from callbacks import AlphaRegimeAdvisor, SignalDriftMonitor  # noqa: E402
 from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
 
@@ -19,7 +20,7 @@ from tests.callbacks.helpers import make_module, make_trainer, teacher_data  # n
 out, world = Path(sys.argv[1]), int(sys.argv[2])
 warnings.simplefilter("ignore")
 monitor = SignalDriftMonitor(every_n_steps=1, full_grad_every=None, histogram_every=None, layer_log_every=1)
-advisor = AlphaRegimeAdvisor(gap_every=2, min_probes=1, window=1)
+advisor = AlphaRegimeAdvisor(gap_every=2, rules=VerdictRules(window=1, agree=1, split=1))
 # Lightning's own distributed sampler always shuffles training data; an unshuffled one makes the
 # two ranks' batches together exactly the single process's batch.
 kw = dict(strategy="ddp", devices=2, use_distributed_sampler=False) if world == 2 else dict(devices=1)

@@ -18,6 +18,7 @@ import torch  # noqa: E402
 from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
 from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
 
+from signaldrift import VerdictRules
 from callbacks import AlphaRegimeAdvisor, SignalDriftMonitor  # noqa: E402
 from callbacks._lightning import CallbackBase  # noqa: E402
 from callbacks.engine import SignalDriftWarning  # noqa: E402
@@ -32,7 +33,7 @@ warnings.simplefilter("ignore")
 # either here, so the two runs log the same tags).
 monitor = SignalDriftMonitor(every_n_steps=1, full_grad_every=2 if world == 2 else None, histogram_every=None,
                              layer_log_every=1)
-advisor = AlphaRegimeAdvisor(gap_every=1, min_probes=1, window=1)
+advisor = AlphaRegimeAdvisor(gap_every=1, rules=VerdictRules(window=1, agree=1, split=1))
 
 
 class Restored(CallbackBase):

@@ -108,10 +108,18 @@ def test_flip_words():
 
 
 def test_fewer_than_k_probes():
+    v = _v([1.0])
+    assert v.verdict == "in-regime"
+    assert v.suggestion == f"1 probe(s) so far, {K} must agree before a change is supported; keep alpha=1080"
+    assert (v.probes, v.agreeing, v.dropped, v.suggested_alpha) == (1, 1, 0, None)
+
+
+def test_only_nan_gaps_are_no_measurement():
     v = _v([NAN])
     assert v.verdict == "in-regime"
     assert v.evidence == HEAD + "; " + _gap_words(["NaN"], 0, 0, 0, 1)
-    assert v.suggestion == f"1 probe(s) so far, {K} must agree before a change is supported; keep alpha=1080"
+    assert v.suggestion == ("no step_gap measured yet (1 probe(s) gave NaN): no evidence either way, so no change is "
+                            "supported; keep alpha=1080 until probes measure the step")
     assert (v.probes, v.agreeing, v.dropped, v.step_gap, v.suggested_alpha) == (1, 0, 1, None, None)
 
 
