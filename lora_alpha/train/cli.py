@@ -109,9 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Fine-tune with LoRA while measuring every step; the verdict on alpha,\n"
                                    "the adapter and a TensorBoard log go to OUTPUT/NAME/.")
     _add_model_args(t)
-    t.add_argument("--alpha", type=float, default=DEMO["alpha"],
-                   help="LoRA alpha, > 0 (default: the rule's own; lora-alpha: c*sqrt(r) with c = 270; standard: 2r; "
-                        "rslora: 16)")
+    t.add_argument("--alpha", type=_alpha_arg, default=DEMO["alpha"],
+                   help="LoRA alpha, > 0, or 'auto': run the alpha finder's short trials at this --lr for a run of "
+                        "--max-steps and train with its suggestion (default: the rule's own; lora-alpha: c*sqrt(r) "
+                        "with c = 270; standard: 2r; rslora: 16)")
     t.add_argument("--loraplus-ratio", type=float, default=None, help="LoRA+: B's learning rate = lr * ratio (default: off)")
     t.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
     t.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warmup steps")
@@ -219,7 +220,9 @@ def _check_args(args, given: set[str] = frozenset()) -> None:
         raise UsageError(f"--max-steps must be > 0 (or -1 to train --epochs), got {args.max_steps}")
     _check_positive(args, ("lr", "head_lr", "weight_decay", "checkpoint_every", "warmup_steps", "val_every"), inclusive=True)
     _check_positive(args, ("val_batches",))
-    if args.alpha is not None and (not math.isfinite(args.alpha) or args.alpha <= 0):
+    if args.alpha == "auto" and args.max_steps == -1:
+        raise UsageError("--alpha auto needs --max-steps (the finder scales its trials to the planned run's length)")
+    if args.alpha not in (None, "auto") and (not math.isfinite(args.alpha) or args.alpha <= 0):
         raise UsageError(f"--alpha must be a finite number > 0 (omit it for the rule's default), got {args.alpha}")
     _check_positive(args, tuple(n for n in ("loraplus_ratio", "train_size", "eval_size") if getattr(args, n) is not None))
     _refuse_inapplicable(args, given)
@@ -230,8 +233,23 @@ def _module(args, model_path: str, dm, **extra):
 
     return LoRAAlphaModule(
         model_path, task=args.task, targets=[t.strip() for t in args.targets.split(",") if t.strip()],
-        rank=args.rank, alpha=getattr(args, "alpha", None), rule=args.rule, lr=args.lr, head_lr=args.head_lr,
+        rank=args.rank, alpha=_numeric_alpha(getattr(args, "alpha", None)), rule=args.rule, lr=args.lr, head_lr=args.head_lr,
         num_labels=getattr(dm, "num_labels", 2), **extra)
+
+
+def _numeric_alpha(alpha):
+    """The module's alpha before the finder ran: ``auto`` starts from the rule's own."""
+    return None if alpha == "auto" else alpha
+
+
+def _alpha_arg(text: str) -> float | str:
+    """``--alpha``: a number, or ``auto`` (the alpha finder decides before training)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0 or 'auto', got {text!r}") from None
 
 
 def _parse_alphas(text: str | None) -> list[float] | None:
@@ -429,6 +447,7 @@ class _Run:
     monitor: Any
     advisor: Any
     guard: Any
+    finder: Any = None  # the alpha finder's result under --alpha auto
 
 
 def _build(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resumed: dict | None, stop) -> _Run:
@@ -452,6 +471,7 @@ def _build(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
     if resumed is not None:
         _check_checkpoint(last_ckpt, module)
     stop.check()
+    finder = _auto_alpha(args, module, dm, stop) if args.alpha == "auto" else None
     classification = args.task == "sequence-classification"
     monitor = SignalDriftMonitor(every_n_steps=args.every_n_steps, full_grad_every=args.full_grad_every,
                                  dashboard=validation_charts(classification) if args.val_every else {})
@@ -469,7 +489,38 @@ def _build(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
                           **_trainer_kwargs(args))
     except Exception as err:  # noqa: BLE001 - construction has no side effects; any rejection is the user's input
         raise UsageError(f"Lightning rejected the trainer settings: {str(err).strip().splitlines()[0]}") from None
-    return _Run(dm, module, trainer, monitor, advisor, guard)
+    return _Run(dm, module, trainer, monitor, advisor, guard, finder)
+
+
+AUTO_TRIAL_STEPS = 16  # find-alpha's default trial length (benchmarks/results/alpha_finder.md)
+
+
+def _auto_alpha(args, module, dm, stop):
+    """``--alpha auto``: the finder's trials at the run's lr, scaled to --max-steps; the module takes the
+    suggestion. Nothing is written here: the run records the trials once it starts."""
+    from lora_alpha.train.finder import AlphaFinderWarning, find_alpha
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AlphaFinderWarning)  # the record and the printed lines say the same
+        # the finder's 16-step trials, or as many steps as the training data has batches (at least 2)
+        steps = min(AUTO_TRIAL_STEPS, len(dm.train_dataloader()))
+        if steps < 2:
+            raise UsageError(f"--alpha auto: the training data gives {steps} batch(es) of {args.batch_size}; the alpha "
+                             "finder's trials need at least 2")
+        res = find_alpha(module, dm, lr=args.lr, head_lr=args.head_lr, steps=steps, target_steps=args.max_steps,
+                         progress_bar=not args.no_progress)
+    if res.interrupted:
+        raise StopRequested(stop.signum or signal.SIGINT)
+    stop.check()
+    if res.suggestion is None:
+        raise UsageError(f"--alpha auto: every finished trial of the alpha finder diverged at lr {args.lr:g}; "
+                         "lower --lr or pass --alpha")
+    args.alpha = float(res.suggestion)
+    module.set_alpha(args.alpha)
+    edge = " (at the edge of the finder's grid)" if res.at_edge else ""
+    print(f"--alpha auto: the alpha finder suggests {res.suggestion:.4g}{edge} for a {args.max_steps}-step run "
+          f"at lr {args.lr:g}; training with it", flush=True)
+    return res
 
 
 def _train(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resumed: dict | None, stop) -> int:
@@ -484,8 +535,14 @@ def _train(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
     else:
         target = RunDir.create(output, name, args.overwrite)
         record = new_record(name, _config(args), str(module.lora_summary))
+        if run.finder is not None:
+            record["alpha_finder"] = run.finder.as_dict()
     write_record(target.build_path, record)
     target.swap_in()
+    if run.finder is not None and trainer.is_global_zero:
+        from lora_alpha.train.dashboard import write_finder_events
+
+        write_finder_events(run_dir, run.finder, run.finder.plot())
     guard.on_first_step = target.commit
     if trainer.is_global_zero:
         from lora_alpha.train.dashboard import run_hparams, write_hparams
@@ -669,6 +726,21 @@ def _floats(d: dict) -> dict:
     return {k: float(v) for k, v in d.items()}
 
 
+def _last_probe(p: dict) -> str:
+    spread = ""
+    if p.get("step_gap_lo") is not None and p.get("step_gap_hi") is not None:
+        spread = f", quartiles over the probe set [{p['step_gap_lo']:.3g}, {p['step_gap_hi']:.3g}]"
+    gain = "" if p.get("gap_gain") is None else f", gap_gain {p['gap_gain']:.3g}"
+    return f"{p['step_gap']:.3g} (last probe{spread}{gain})"
+
+
+def _finder_line(res: dict) -> str:
+    """--alpha auto: the finder's suggestion and its trials, in one line."""
+    trials = ", ".join(f"{a:g}: {l:.3g}" for a, l in zip(res.get("alphas", []), res.get("losses", [])))
+    return (f"--alpha auto chose {res.get('suggestion', float('nan')):.4g} from {res.get('steps')}-step trials at lr "
+            f"{res.get('lr')} for a {res.get('target_steps')}-step run (held-out loss by alpha: {trials})")
+
+
 def _summary(record, monitor, advisor, run_dir: Path, dm) -> str:
     def recent(metric: str) -> str:
         vals = monitor.latest(metric, window=10)
@@ -681,13 +753,14 @@ def _summary(record, monitor, advisor, run_dir: Path, dm) -> str:
     rows = [
         ("run", f"{record['name']}: {record['steps']} steps in {record['seconds']:.0f} s ({record['precision']})"),
         ("LoRA", record["lora"]),
+        *((("alpha finder", _finder_line(record["alpha_finder"])),) if record.get("alpha_finder") else ()),
         ("held-out accuracy" if held is not None else "held-out loss",
          f"{held:.4f} on {n_test} test examples" if held is not None else f"{test.get('test_loss', float('nan')):.4f}"),
         ("drift_ratio", recent("drift_ratio") + "  (median over layers, then over the last 10 measurements)"),
         ("step_size", recent("step_size")),
         ("grad_alignment", recent("grad_alignment")),
         ("spectral_suppression", recent("spectral_suppression")),
-        ("step_gap", "n/a" if not advisor.probes else f"{advisor.probes[-1]['step_gap']:.3g} (last probe)"),
+        ("step_gap", "n/a" if not advisor.probes else _last_probe(advisor.probes[-1])),
         ("verdict", "none (no probe ran)" if v is None else v.verdict),
         ("evidence", "" if v is None else v.evidence),
         ("suggestion", "" if v is None else v.suggestion),
@@ -724,6 +797,8 @@ def report(args) -> int:
                          "a word; resume it with --resume)",
                 "running": " (still training)"}.get(status, "")
         print(f"Run {info.get('name')}: {status}{note}; {info.get('lora', '')}")
+        if isinstance(info.get("alpha_finder"), dict):
+            print(f"Alpha finder: {_finder_line(info['alpha_finder'])}")
         test = info.get("test")
         if isinstance(test, dict) and isinstance(test.get("test_acc"), (int, float)):
             print(f"Held-out accuracy: {test['test_acc']:.4f}")

@@ -157,7 +157,7 @@ def test_every_numeric_train_flag_is_checked_before_anything_runs():
         if flag in ("--lr", "--head-lr"):
             assert v >= 0 and math.isfinite(v)
         elif flag == "--alpha":
-            assert v > 0 and math.isfinite(v)
+            assert v == "auto" or (v > 0 and math.isfinite(v))
         elif flag == "--max-steps":
             assert v > 0 or v == -1
         elif flag == "--checkpoint-every":
@@ -219,3 +219,33 @@ def test_help_shows_defaults_examples_and_only_each_commands_flags(capsys):
     assert "RUN_DIR" in report and "the run's folder" in report and "(default: 10)" in report
     for text in (top, train, find, report):
         assert "section " not in text and "§" not in text
+
+
+def test_alpha_auto_trains_with_the_finders_suggestion_and_records_it(workspace):
+    from lora_alpha.train.finder import DEFAULT_ALPHAS
+    from tests.callbacks.helpers import read_tags
+
+    out = run_cli(*_train_args(workspace, "--name", "auto", "--alpha", "auto"), cwd=workspace)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = workspace / "runs" / "auto"
+    info = json.loads((run / "run.json").read_text())
+    found = info["alpha_finder"]
+    assert found["alphas"] == list(DEFAULT_ALPHAS) and found["target_steps"] == 4 and found["lr"] == info["config"]["lr"]
+    assert found["steps"] == 5  # 40 rows, 4 held out, 36 in batches of 8: 5 training batches < the finder's 16 steps
+    assert info["config"]["alpha"] == found["suggestion"] and found["suggestion"] > 0
+    assert f"--alpha auto: the alpha finder suggests {found['suggestion']:.4g}" in out.stdout
+    adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert adapter["lora_alpha"] == pytest.approx(found["suggestion"])  # trained with it, saved with it
+    tags = read_tags(run)
+    assert "find_alpha/loss_vs_alpha" in tags["images"] and "find_alpha/held_out_loss" in tags["scalars"]
+    rep = run_cli("report", str(run), cwd=workspace)
+    assert rep.returncode == 0 and f"--alpha auto chose {found['suggestion']:.4g}" in rep.stdout, rep.stderr[-2000:]
+
+
+def test_alpha_auto_needs_max_steps(workspace, tmp_path):
+    out = run_cli(*_train_args(workspace, "--name", "auto2", "--alpha", "auto", "--max-steps", "-1", "--epochs", "1"),
+                  cwd=workspace)
+    assert out.returncode == 2 and "--alpha auto needs --max-steps" in out.stderr, out.stderr[-2000:]
+    assert not (workspace / "runs" / "auto2").exists()
+    bad = run_cli(*_train_args(workspace, "--name", "auto3", "--alpha", "automatic"), cwd=workspace)
+    assert bad.returncode == 2 and "must be a number > 0 or 'auto', got 'automatic'" in bad.stderr
