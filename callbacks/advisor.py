@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import statistics
 import warnings
 from collections.abc import Callable, Sequence
@@ -17,7 +18,6 @@ from callbacks.engine import check_positive_int, medians_of_views
 from callbacks.measurements import PREFIX, summary_tag, threshold_tag
 from callbacks.tensorboard import mark_restart
 from signaldrift import DEFAULT_TAUS, NonFiniteError, RegimeVerdict, lora_layers, regime_verdict, step_gap_estimate, step_split
-from signaldrift import regime
 from signaldrift.regime import DEFAULT_RULES, VerdictRules
 from signaldrift.sharded import base_weight_norm, gather_full, is_dtensor
 
@@ -26,11 +26,6 @@ log = logging.getLogger("signaldrift")
 # uncertain sits half-way between in-regime and too-aggressive only so that a chart shows it apart from both;
 # the TEXT tab and run.json say it in words.
 VERDICT_CODES = {"alpha-too-small": -1.0, "in-regime": 0.0, "uncertain": 0.5, "too-aggressive": 1.0}
-# The levels charts draw next to the values (constant series): the verdict's step-gap thresholds and the
-# collapse evidence's levels (signaldrift.regime; docs/metrics.md section 6).
-THRESHOLD_VALUES = {"step_gap_too_small": regime.GAP_TOO_SMALL, "step_gap_too_aggressive": regime.GAP_TOO_AGGRESSIVE,
-                    "step_size_high": regime.STEP_SIZE_HIGH}
-
 
 class AlphaRegimeWarning(UserWarning):
     """The advisor judged alpha too small (raised once per fit, on rank zero)."""
@@ -112,7 +107,7 @@ class AlphaRegimeAdvisor(CallbackBase):
       alpha-too-small, 0 in-regime, 0.5 uncertain, 1 too-aggressive; before the first probe, the verdict
       of the configuration alone) at every optimizer step, so that a chart's smoothing bends only the
       step where the verdict changes;
-    * ``signaldrift/thresholds/<name>`` at every step: constant series of ``THRESHOLD_VALUES``
+    * ``signaldrift/thresholds/<name>`` at every step: constant series of :meth:`thresholds` (the advisor's ``rules``)
       (``step_gap_too_small``, ``step_gap_too_aggressive``, ``step_size_high``);
     * TensorBoard text ``signaldrift/verdict``: verdict, evidence and suggestion.
 
@@ -176,6 +171,14 @@ class AlphaRegimeAdvisor(CallbackBase):
         if trainer.global_step > 0:  # resumed: see callbacks.tensorboard.mark_restart
             for w in tensorboard_writers(trainer):
                 mark_restart(w, trainer.global_step)
+        if self.probes and self.verdict is None:  # resumed: the verdict the last probe reached, as it was reached
+            self._update_verdict(pl_module, self._views(pl_module))
+
+    def thresholds(self) -> dict[str, float]:
+        """The levels this advisor's verdict compares against (its ``rules``), as charts draw them."""
+        r = self.rules
+        return {"step_gap_too_small": r.gap_too_small, "step_gap_too_aggressive": r.gap_too_aggressive,
+                "step_size_high": r.step_size_high}
 
     @property
     def window(self) -> int:
@@ -213,7 +216,7 @@ class AlphaRegimeAdvisor(CallbackBase):
                 self._config_verdict = regime_verdict(alpha, rank, scale)
             verdict = self._config_verdict
         metrics = {summary_tag("alpha"): alpha, summary_tag("alpha_verdict"): VERDICT_CODES[verdict.verdict]}
-        metrics.update({threshold_tag(k): v for k, v in THRESHOLD_VALUES.items()})
+        metrics.update({threshold_tag(k): v for k, v in self.thresholds().items()})
         log_metrics(trainer, metrics, step)
 
     def _watch_step(self, trainer, pl_module) -> None:
@@ -253,8 +256,8 @@ class AlphaRegimeAdvisor(CallbackBase):
         start, self._window_start = self._window_start, None
         views = self._views(pl_module)
         params = [p for v in views for p in (v.A, v.B)]
-        if len(params) != len(before) or start is None or len(start) != len(params):
-            return  # a resumed run without its window's start, or the LoRA layers changed
+        if len(params) != len(before):
+            return  # the LoRA layers changed
         # Whole factors before and after the step for the step split (a collective under FSDP2: every
         # rank gathers the same tensors in the same order), and so every rank sees the same delta.
         sharded = any(is_dtensor(p) for p in params)
@@ -262,13 +265,16 @@ class AlphaRegimeAdvisor(CallbackBase):
         full_after = [gather_full(p) for p in params]
         if not any(bool((a - b).any()) for a, b in zip(full_after, full_before)):
             return  # the optimizer skipped the step (AMP overflow, zero learning rate)
+        split = self._splits(views, full_before, full_after)  # the step size counts even if the estimate cannot run
+        if start is None or len(start) != len(params):
+            return  # a resumed run without its window's start
         # The probe moves each rank's own shard in place (a DTensor's local tensor shares its storage);
         # the forward passes all-gather the moved factors as FSDP does.
         params = [_local(p) for p in params]
         before = [_local(b) for b in before]
         direction = [(p.detach() - s) / self.window_steps for p, s in zip(params, start)]
         step = trainer.global_step - 1
-        record = self._probe(trainer, pl_module, views, params, full_before, full_after, direction, sharded)
+        record = self._probe(trainer, pl_module, params, direction, sharded, split)
         if record is None:
             return
         record["step"] = step
@@ -278,7 +284,7 @@ class AlphaRegimeAdvisor(CallbackBase):
         recent = self.probes[-self.window:]
         metrics[summary_tag("step_gap_median")] = statistics.median(p["step_gap"] for p in recent)
         for k in ("gap_gain", "gap_z"):
-            if record.get(k) is not None:
+            if record.get(k) is not None and math.isfinite(record[k]):  # gap_z is inf when every unit agrees exactly
                 metrics[summary_tag(k)] = record[k]
         log_metrics(trainer, metrics, step)
         for w in tensorboard_writers(trainer):
@@ -319,7 +325,7 @@ class AlphaRegimeAdvisor(CallbackBase):
             self._base_norms[view.name] = base_weight_norm(view.base_weight)
         return self._base_norms[view.name]
 
-    def _probe(self, trainer, pl_module, views, params, before, after, direction, sharded) -> dict[str, float] | None:
+    def _probe(self, trainer, pl_module, params, direction, sharded, split) -> dict[str, float] | None:
         batches = [move_to_device(b, pl_module.device) for b in self.probe_set]
         was_training = pl_module.training
         context = trainer.precision_plugin.forward_context()
@@ -342,7 +348,7 @@ class AlphaRegimeAdvisor(CallbackBase):
             if sharded:  # training's next forward gathers the restored factors
                 _reshard(pl_module)
             pl_module.train(was_training)
-        drift, size = self._splits(views, before, after)
+        drift, size = split
         return {
             "step_gap": probe.step_gap,
             "step_gap_lo": probe.step_gap_lo,

@@ -325,6 +325,15 @@ def write_report_png(record: RunRecord, path: str | Path, window: int = 10) -> P
     from signaldrift import regime
 
     by_key = measured(record)
+
+    def level(name: str, default: float) -> float:
+        """The run's own threshold (its logged constant series, e.g. custom VerdictRules), else the default."""
+        series = by_key.get(TagKey(name), {})
+        return series[max(series)] if series else default
+
+    too_small, too_aggressive = level("step_gap_too_small", regime.GAP_TOO_SMALL), \
+        level("step_gap_too_aggressive", regime.GAP_TOO_AGGRESSIVE)
+    size_high = level("step_size_high", regime.STEP_SIZE_HIGH)
     fig = plt.figure(figsize=(12, 14), dpi=100, layout="constrained")
     grid = fig.add_gridspec(4, 2, height_ratios=[1, 1, 1, 1.25])
     axes = [fig.add_subplot(grid[i // 2, i % 2]) for i in range(6)]
@@ -335,11 +344,11 @@ def write_report_png(record: RunRecord, path: str | Path, window: int = 10) -> P
 
     ax = axes[0]  # step_gap and the verdict's thresholds
     gap = by_key.get(TagKey("step_gap"), {})
-    ax.axhspan(regime.GAP_TOO_AGGRESSIVE, regime.GAP_TOO_SMALL, color="tab:green", alpha=0.12,
-               label=f"in-regime band [{regime.GAP_TOO_AGGRESSIVE:g}, {regime.GAP_TOO_SMALL:g})")
-    ax.axhline(regime.GAP_TOO_SMALL, color="tab:blue", ls="--", lw=1, label=f"alpha too small above {regime.GAP_TOO_SMALL:g}")
-    ax.axhline(regime.GAP_TOO_AGGRESSIVE, color="tab:red", ls="--", lw=1,
-               label=f"too aggressive below {regime.GAP_TOO_AGGRESSIVE:g}")
+    ax.axhspan(too_aggressive, too_small, color="tab:green", alpha=0.12,
+               label=f"in-regime band [{too_aggressive:g}, {too_small:g})")
+    ax.axhline(too_small, color="tab:blue", ls="--", lw=1, label=f"alpha too small above {too_small:g}")
+    ax.axhline(too_aggressive, color="tab:red", ls="--", lw=1,
+               label=f"too aggressive below {too_aggressive:g}")
     if gap:
         lo, hi = by_key.get(TagKey("step_gap_lo"), {}), by_key.get(TagKey("step_gap_hi"), {})
         both = sorted(set(lo) & set(hi) & set(gap))
@@ -350,7 +359,7 @@ def write_report_png(record: RunRecord, path: str | Path, window: int = 10) -> P
         median = by_key.get(TagKey("step_gap_median"), {})
         if median:
             _plot_series(ax, median, color="black", lw=1.5, label="median of the verdict's window")
-        ax.set_ylim(0, max(max(gap.values()) * 1.6, regime.GAP_TOO_SMALL * 2))  # room for the legend
+        ax.set_ylim(0, max(max(gap.values()) * 1.6, too_small * 2))  # room for the legend
     else:
         _empty(ax, "step_gap probe")
     ax.set_ylabel("step_gap (best multiple of the step)", fontsize=9)
@@ -368,14 +377,14 @@ def write_report_png(record: RunRecord, path: str | Path, window: int = 10) -> P
     ax.set_yticks(list(VERDICT_LABELS), list(VERDICT_LABELS.values()), fontsize=8)
     ax.set_title("verdict over time (the configuration alone until enough probes)", fontsize=10)
 
-    for ax, metric, level, label in ((axes[2], "drift_ratio", regime.DRIFT_RATIO_HIGH, "high drift ratio"),
-                                     (axes[3], "step_size", regime.STEP_SIZE_HIGH, "collapse level of the grid")):
+    for ax, metric, line, label in ((axes[2], "drift_ratio", regime.DRIFT_RATIO_HIGH, "high drift ratio"),
+                                    (axes[3], "step_size", size_high, "collapse level (peak step size)")):
         median, top = by_key.get(TagKey(metric), {}), by_key.get(TagKey(metric, None, "max"), {})
         if median:
             _plot_series(ax, median, color="tab:blue", label="median over layers")
             if top:
                 _plot_series(ax, top, color="tab:orange", alpha=0.7, label="max over layers")
-            ax.axhline(level, color="tab:red", ls="--", lw=1, label=f"{label} ({level:g})")
+            ax.axhline(line, color="tab:red", ls="--", lw=1, label=f"{label} ({line:g})")
             ax.set_yscale("log")
             ax.legend(fontsize=8, loc="best")
         else:

@@ -156,6 +156,15 @@ def _as_floats(values) -> list[float]:
     return [v if math.isfinite(v) else math.inf for v in out]
 
 
+def _gap(taus: list[float], losses: list[float]) -> float:
+    """``refine_log_argmin``, except 1 when no tau's loss is below the loss at tau = 1 (a flat direction
+    is a step that fits, not an overshoot)."""
+    one = losses[taus.index(1.0)]
+    if not any(v < one for v in losses):
+        return 1.0
+    return refine_log_argmin(taus, losses)
+
+
 def _quartiles(values: list[float]) -> tuple[float, float]:
     s = sorted(values)
     if len(s) == 1:
@@ -250,9 +259,11 @@ def step_gap_estimate(
     done = sorted(per_tau)
     means = [per_tau[t][0] for t in done]
     units = [per_tau[t][1] for t in done]
-    gap = refine_log_argmin(done, means)
-    i_best = min(range(len(done)), key=lambda j: means[j])
     loss1 = per_tau[1.0][0]
+    i_best = min(range(len(done)), key=lambda j: means[j])
+    if means[i_best] >= loss1:  # no tau beats the current point (a flat direction)
+        i_best = done.index(1.0)
+    gap = _gap(done, means)
     gain = (loss1 - means[i_best]) / loss1 if loss1 != 0 else None
     n = len(units[0])
     z: float | None = None
@@ -268,7 +279,7 @@ def step_gap_estimate(
                 var = math.fsum((d - mean) ** 2 for d in diffs) / (n - 1)
                 se = math.sqrt(var / n)
                 z = mean / se if se > 0 else (math.inf if mean > 0 else 0.0)
-    unit_gaps = [refine_log_argmin(done, [units[j][i] for j in range(len(done))]) for i in range(n)]
+    unit_gaps = [_gap(done, [units[j][i] for j in range(len(done))]) for i in range(n)]
     lo, hi = _quartiles(unit_gaps)
     return GapEstimate(step_gap=gap, gap_gain=gain, gap_z=z, step_gap_lo=lo, step_gap_hi=hi,
                        taus=tuple(done), losses=tuple(means), units=n)

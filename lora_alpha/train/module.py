@@ -200,7 +200,7 @@ class LoRAAlphaModule(LightningModule):
     def probe_losses(self, batch: dict) -> torch.Tensor:
         """One loss per example, without logging (the AlphaRegimeAdvisor's probe units): the cross-entropy
         of each example (classification), or each sequence's mean next-token cross-entropy over its
-        labelled tokens (causal LM; a sequence without any is NaN). The mean over a classification
+        labelled tokens (causal LM; a sequence without any is left out). The mean over a classification
         batch is ``probe_loss``."""
         import torch.nn.functional as F
 
@@ -213,7 +213,8 @@ class LoRAAlphaModule(LightningModule):
         tokens = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none",
                                  ignore_index=-100).view(labels.shape)
         counted = (labels != -100).sum(1)
-        return tokens.sum(1) / counted  # 0 / 0 = NaN for a sequence without labelled tokens
+        keep = counted > 0  # a sequence without labelled tokens is no unit (the probe set is fixed: always left out)
+        return tokens.sum(1)[keep] / counted[keep]
 
     # ----------------------------------------------------------------- optimization
     def param_groups(self) -> list[dict]:

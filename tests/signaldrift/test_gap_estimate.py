@@ -182,9 +182,10 @@ def test_grid_end_gives_64_and_a_large_z():
     assert est.gap_gain > 0.3 and est.gap_z > 2
 
 
-def test_ties_stop_the_search_and_pick_the_smallest_tau():
-    """A flat loss: L(2) = L(1) is not lower (go down), L(0) = L(1) is not lower (stop); argmin takes the
-    smallest tau on ties (spec: 'the smallest tau on ties'), so step_gap is 0 with gain 0 and z 0."""
+def test_a_flat_direction_is_a_step_that_fits():
+    """A flat loss: L(2) = L(1) is not lower (go down), L(0) = L(1) is not lower (stop); no tau beats tau = 1,
+    so step_gap is 1 (spec: a flat direction), not 0 (which would read as an overshoot), for the mean curve
+    and for every unit's own curve; gain 0, z 0."""
     calls = []
 
     def flat():
@@ -194,8 +195,21 @@ def test_ties_stop_the_search_and_pick_the_smallest_tau():
     p = torch.zeros(3)
     est = step_gap_estimate(flat, [p], [torch.ones(3)])
     assert est.taus == (0.0, 1.0, 2.0) and len(calls) == 3
-    assert est.step_gap == 0.0 and est.gap_gain == 0.0 and est.gap_z == 0.0
+    assert est.step_gap == 1.0 and est.gap_gain == 0.0 and est.gap_z == 0.0
+    assert est.step_gap_lo == est.step_gap_hi == 1.0
     assert est.losses == (2.5, 2.5, 2.5)
+
+
+def test_a_tie_below_one_still_picks_the_smallest_tau():
+    """L(0) = L(0.5) < L(1): a real improvement; the refinement's argmin takes the smallest tau on ties."""
+    losses = {0.0: 1.0, 0.5: 1.0, 1.0: 2.0, 2.0: 3.0}
+    p = torch.zeros(1, dtype=torch.float64)
+
+    def fn():
+        return [losses[float(p[0]) + 1.0]]
+
+    est = step_gap_estimate(fn, [p], [torch.ones(1, dtype=torch.float64)], taus=(0, 0.5, 1, 2))
+    assert est.taus == (0.0, 0.5, 1.0, 2.0) and est.step_gap == 0.0 and est.gap_gain == pytest.approx(0.5)
 
 
 def test_up_branch_stops_on_an_equal_value():

@@ -64,7 +64,7 @@ def _v(gaps=None, drifts=None, sizes=None, zs=None, gains=None, **kw):
 def test_structure_needed_by_these_tests():
     # The tests below place k "larger" and `split` "overshoot" votes in one window; if the chosen counts
     # change so that this no longer fits, the tests must be re-planned (not silently pass).
-    assert K + SPLIT <= N and SPLIT < K and K >= 2
+    assert K + SPLIT <= N and SPLIT <= K and K >= 2
     assert RULES == DEFAULT_RULES
     assert (RULES.gap_too_small, RULES.gap_too_aggressive, RULES.gap_z_min, RULES.gap_gain_min,
             RULES.drift_ratio_high, RULES.step_size_high, RULES.window, RULES.agree, RULES.split) == (
@@ -199,7 +199,8 @@ def test_rule1_uncertain_when_both_sides_reach_split():
     assert _v([LOW] * K + [BIG] * (SPLIT - 1)).verdict == "too-aggressive"
     # exactly `split` on each side, neither with k: still uncertain, not in-regime
     assert _v([BIG] * SPLIT + [LOW] * SPLIT).verdict == "uncertain"
-    assert _v([BIG] * SPLIT + [LOW] * (SPLIT - 1)).verdict == "in-regime"
+    # split larger votes alone: alpha-too-small when they reach k, else in-regime
+    assert _v([BIG] * SPLIT + [LOW] * (SPLIT - 1)).verdict == ("alpha-too-small" if SPLIT >= K else "in-regime")
 
 
 def test_rule1_comes_before_step_size_and_drift():
@@ -571,12 +572,15 @@ def test_rules_agree_must_not_exceed_window():
 
 
 def test_rules_gap_too_aggressive_must_be_below_gap_too_small():
-    with pytest.raises(ValueError, match=r"^gap_too_aggressive \(2\.0\) must be below gap_too_small \(2\.0\)"):
+    with pytest.raises(ValueError, match=r"^gap_too_aggressive \(2\.0\) must be at most 1 and gap_too_small \(2\.0\) above 1"):
         VerdictRules(gap_too_small=2.0, gap_too_aggressive=2.0)
+    with pytest.raises(ValueError, match=r"gap_too_small \(1\.0\) above 1"):
+        VerdictRules(gap_too_small=1.0, gap_too_aggressive=0.5)  # "larger" must mean larger than the step taken
+    assert VerdictRules(gap_too_small=_above(1.0), gap_too_aggressive=1.0).gap_too_aggressive == 1.0
     with pytest.raises(ValueError, match=r"^gap_too_aggressive"):
         VerdictRules(gap_too_small=2.0, gap_too_aggressive=3.0)
-    ok = VerdictRules(gap_too_small=2.0, gap_too_aggressive=_below(2.0))
-    assert gap_vote(_below(2.0), rules=ok) == "in range"
+    ok = VerdictRules(gap_too_small=2.0, gap_too_aggressive=1.0)
+    assert gap_vote(_below(2.0), rules=ok) == "in range" and gap_vote(_below(1.0), rules=ok) == "overshoot"
 
 
 def test_rules_are_frozen():
