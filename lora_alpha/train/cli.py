@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -222,6 +223,9 @@ def _check_args(args, given: set[str] = frozenset()) -> None:
     _check_positive(args, ("val_batches",))
     if args.alpha == "auto" and args.max_steps == -1:
         raise UsageError("--alpha auto needs --max-steps (the finder scales its trials to the planned run's length)")
+    if args.alpha == "auto" and str(getattr(args, "devices", "auto")) not in ("1", "auto"):
+        raise UsageError(f"--alpha auto runs the finder on one device, got --devices {args.devices}; run "
+                         "`signaldrift find-alpha` first and pass its suggestion with --alpha")
     if args.alpha not in (None, "auto") and (not math.isfinite(args.alpha) or args.alpha <= 0):
         raise UsageError(f"--alpha must be a finite number > 0 (omit it for the rule's default), got {args.alpha}")
     _check_positive(args, tuple(n for n in ("loraplus_ratio", "train_size", "eval_size") if getattr(args, n) is not None))
@@ -471,7 +475,6 @@ def _build(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
     if resumed is not None:
         _check_checkpoint(last_ckpt, module)
     stop.check()
-    finder = _auto_alpha(args, module, dm, stop) if args.alpha == "auto" else None
     classification = args.task == "sequence-classification"
     monitor = SignalDriftMonitor(every_n_steps=args.every_n_steps, full_grad_every=args.full_grad_every,
                                  dashboard=validation_charts(classification) if args.val_every else {})
@@ -489,9 +492,13 @@ def _build(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
                           **_trainer_kwargs(args))
     except Exception as err:  # noqa: BLE001 - construction has no side effects; any rejection is the user's input
         raise UsageError(f"Lightning rejected the trainer settings: {str(err).strip().splitlines()[0]}") from None
+    stop.check()
+    finder = _auto_alpha(args, module, dm, stop) if args.alpha == "auto" else None  # last: the longest check
     return _Run(dm, module, trainer, monitor, advisor, guard, finder)
 
 
+PROBE_FIELDS = ("step", "step_gap", "step_gap_lo", "step_gap_hi", "gap_z", "gap_gain", "drift_ratio", "step_size",
+                "step_size_peak", "verdict")
 AUTO_TRIAL_STEPS = 16  # find-alpha's default trial length (benchmarks/results/alpha_finder.md)
 
 
@@ -500,7 +507,7 @@ def _auto_alpha(args, module, dm, stop):
     suggestion. Nothing is written here: the run records the trials once it starts."""
     from lora_alpha.train.finder import AlphaFinderWarning, find_alpha
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), stop.interruptible():
         warnings.simplefilter("ignore", AlphaFinderWarning)  # the record and the printed lines say the same
         # the finder's 16-step trials, or as many steps as the training data has batches (at least 2)
         steps = min(AUTO_TRIAL_STEPS, len(dm.train_dataloader()))
@@ -537,12 +544,11 @@ def _train(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
         record = new_record(name, _config(args), str(module.lora_summary))
         if run.finder is not None:
             record["alpha_finder"] = run.finder.as_dict()
+            from lora_alpha.train.dashboard import write_finder_events
+
+            write_finder_events(target.build_path, run.finder, run.finder.plot())  # in the new run, before the swap
     write_record(target.build_path, record)
     target.swap_in()
-    if run.finder is not None and trainer.is_global_zero:
-        from lora_alpha.train.dashboard import write_finder_events
-
-        write_finder_events(run_dir, run.finder, run.finder.plot())
     guard.on_first_step = target.commit
     if trainer.is_global_zero:
         from lora_alpha.train.dashboard import run_hparams, write_hparams
@@ -582,7 +588,9 @@ def _train(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
     record.update(status="finished", seconds=round(time.time() - start, 1), val=_floats(val), test=_floats(test),
                   steps=trainer.global_step, precision=str(trainer.precision),
                   verdict=None if verdict is None else {"verdict": verdict.verdict, "evidence": verdict.evidence,
-                                                        "suggestion": verdict.suggestion})
+                                                        "suggestion": verdict.suggestion},
+                  # each probe's estimate and the verdict reached after it (docs/metrics.md §5, §6)
+                  probes=[{k: p.get(k) for k in PROBE_FIELDS} for p in advisor.probes])
     write_record(run_dir, record)
     if trainer.is_global_zero:
         print(_summary(record, monitor, advisor, run_dir, dm))
@@ -642,6 +650,7 @@ class StopSignals:
     def __init__(self) -> None:
         self.signum: int | None = None
         self.after_fit = False
+        self.immediate = False
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopSignals:
@@ -659,8 +668,18 @@ class StopSignals:
     def _handle(self, signum: int, frame) -> None:
         first = self.signum is None
         self.signum = self.signum or signum
-        if not first or self.after_fit:
+        if not first or self.after_fit or self.immediate:
             raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def interruptible(self):
+        """Within the block the first signal raises KeyboardInterrupt at once (long work that handles it
+        itself and writes nothing, e.g. the alpha finder under ``--alpha auto``)."""
+        self.immediate = True
+        try:
+            yield self
+        finally:
+            self.immediate = False
 
     def check(self) -> None:
         """Raise :class:`StopRequested` if a signal arrived (called between the build's phases)."""

@@ -28,6 +28,8 @@ def test_train_then_report(workspace):
     run = workspace / "runs" / "ok"
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "finished" and info["steps"] == 4 and "test_acc" in info["test"]
+    assert [p["step"] for p in info["probes"]] == [2]  # --gap-every 2, 4 steps: one probe (never at step 0)
+    assert info["probes"][-1]["verdict"] == info["verdict"]["verdict"]
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     assert list(run.glob("events.out.tfevents.*"))
     rep = run_cli("report", str(run), cwd=workspace)
