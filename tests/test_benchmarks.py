@@ -134,3 +134,55 @@ def test_gap_calibration_split_and_labels():
                      ((8.0, 0.70), (8.0, 0.72), (64.0, 0.75), (256.0, 0.74), (1024.0, 0.53))]}
     labels = {k[0]: v["label"] for k, v in grid_labels(grid, margin=0.02).items()}
     assert labels == {8.0: "alpha-too-small", 64.0: "in-regime", 256.0: "in-regime", 1024.0: "too-aggressive"}
+
+
+def test_verdict_calibration_quick(tmp_path):
+    data = _run("verdict_calibration.py", tmp_path)
+    assert {r["task"] for r in data["runs"]} == {"rotten_tomatoes", "debates"} and len(data["runs"]) == 4
+    assert all(set(r["held_out"]) == {"2", "8"} and r["probes"] for r in data["runs"])
+    assert {(d["fit_on"], d["scored_on"]) for d in data["directions"]} == {("rotten_tomatoes", "debates"),
+                                                                         ("debates", "rotten_tomatoes")}
+
+
+def test_alpha_auto_quick(tmp_path):
+    data = _run("alpha_auto.py", tmp_path)
+    assert [r["task"] for r in data["runs"]] == ["rotten_tomatoes", "debates"]
+    assert all(r["alpha"] == r["finder"]["suggestion"] and r["alpha"] > 0 for r in data["runs"])
+
+
+def test_verdict_calibration_labels_replay_and_flips():
+    """The labelling rule, the replay through regime_verdict and the flip count, on hand-made runs."""
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+    import verdict_calibration as vc
+    from signaldrift.regime import VerdictRules
+
+    def run(alpha, lr, acc63, acc252, probes, seed=0):
+        return {"task": "t", "alpha": alpha, "lr": lr, "seed": seed, "steps": 252, "majority_acc": 0.5,
+                "held_out": {"63": {"acc": acc63}, "252": {"acc": acc252}}, "probes": probes}
+
+    def probe(step, gap=1.0, size=0.001, z=5.0, gain=0.5):
+        return {"step": step, "step_gap": gap, "gap_z": z, "gap_gain": gain, "drift_ratio": 0.01, "step_size": size}
+
+    runs = [run(10.0, 1e-4, 0.60, 0.70, [probe(s, gap=64.0) for s in (12, 24, 36, 48)]),
+            run(100.0, 1e-4, 0.75, 0.80, [probe(s) for s in (12, 24, 36, 48)]),
+            run(1000.0, 1e-4, 0.50, 0.50, [probe(12, size=0.05)] + [probe(s, size=1e-5) for s in (24, 36, 48)]),
+            run(100.0, 1e-3, 0.79, 0.81, [probe(s, gap=(64.0 if (s // 12) % 2 else 0.0)) for s in range(132, 252, 12)])]
+    labels = vc.labels_for(runs, "t", 63, margin=0.02)
+    assert {k: v["label"] for k, v in labels.items()} == {
+        (10.0, 1e-4): "alpha-too-small", (100.0, 1e-4): "in-regime", (1000.0, 1e-4): "too-aggressive",
+        (100.0, 1e-3): "in-regime"}  # alone at its lr: its own best
+    rules = VerdictRules(agree=2, split=2)
+    assert vc.replay(runs[0], rules) == ["in-regime", "alpha-too-small", "alpha-too-small", "alpha-too-small"]
+    # the early peak step size keeps the collapsed run too-aggressive after its steps shrank
+    assert vc.replay(runs[2], rules) == ["too-aggressive"] * 4
+    # before any probe of a budget the run shows in-regime; after, the last verdict
+    assert vc.verdict_at(runs[0], vc.replay(runs[0], rules), 12) == "in-regime"
+    assert vc.verdict_at(runs[0], vc.replay(runs[0], rules), 63) == "alpha-too-small"
+    s = vc.score(runs, "t", rules, margin=0.02)
+    assert s["alpha-too-small"]["tpr"] == 1.0 and s["too-aggressive"]["tpr"] == 1.0
+    flips = {(f["alpha"], f["lr"]): f["changes"] for f in s["flips"]["per_run"]}
+    # alternating 64 / 0 with agree 2 and split 2: 2 larger after 3 probes, then 2 + 2 (uncertain) for good
+    assert vc.replay(runs[3], rules) == ["in-regime"] * 2 + ["alpha-too-small"] + ["uncertain"] * 7
+    assert flips[(100.0, 1e-3)] == 2
+    assert flips[(100.0, 1e-4)] == 0 and s["near_best_called_too_aggressive"] == 0
