@@ -196,7 +196,9 @@ class AlphaRegimeAdvisor(CallbackBase):
         if step + w - 1 > 0 and (step + w - 1) % self.gap_every == 0:
             self._window_start = [_local(p).detach().clone() for v in self._views(pl_module) for p in (v.A, v.B)]
         self._probe_now = step > 0 and step % self.gap_every == 0
-        if self._probe_now or step % self.size_every == 0:
+        # not at step 0: from B0 = 0 Adam's first step moves only B, a step unlike the rest (and unlike the
+        # calibration's, whose first measurement was at step 12)
+        if self._probe_now or (step > 0 and step % self.size_every == 0):
             self._before = [p.detach().clone() for v in self._views(pl_module) for p in (v.A, v.B)]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:

@@ -388,3 +388,34 @@ def test_bad_arguments(kwargs, match):
 def test_version_1_arguments_are_gone(removed):
     with pytest.raises(TypeError):
         AlphaRegimeAdvisor(**removed)
+
+
+def test_the_step_size_watch_skips_step_0_and_feeds_the_peak():
+    """Every size_every steps but never step 0 (B0 = 0: Adam's first step moves only B), and at every probe;
+    the peak is the largest median step size of the steps watched, checked against a recorder's factors."""
+    from signaldrift import step_split
+
+    advisor = AlphaRegimeAdvisor(gap_every=100, size_every=2)
+    watched = []
+    original = advisor._watch_step
+
+    def spy(trainer, pl_module):
+        watched.append(trainer.global_step - 1)
+        original(trainer, pl_module)
+
+    advisor._watch_step = spy
+    rec = make_recorder()
+    module = make_module(lr=0.05)
+    make_trainer(max_steps=5, callbacks=[advisor, rec]).fit(module)
+    assert watched == [2, 4]
+    sizes = {}
+    for step in (0, *watched):
+        per_layer = []
+        for name, b in rec.before[step].items():
+            a = rec.after[step][name]
+            split = step_split(b["A"].double(), b["B"].double(), a["A"].double(), a["B"].double(), b["scale"],
+                               float(b["W0"].double().norm()))
+            per_layer.append(split.step_size)
+        sizes[step] = statistics.median(per_layer)
+    assert advisor.step_size_peak == pytest.approx(max(sizes[s] for s in watched), rel=1e-6)
+    assert sizes[0] != pytest.approx(advisor.step_size_peak, rel=1e-3)  # step 0 would have been another value
