@@ -363,6 +363,9 @@ def figure(runs: list[dict], path: Path) -> None:
     colours = {12.0: "tab:purple", 48.0: "tab:blue", 191.0: "tab:cyan", 764.0: "tab:green", 3056.0: "tab:red"}
     for row, t in zip(axes, tasks):
         for ax, lr in zip(row, LRS):
+            if not any(r["task"] == t and r["lr"] == lr for r in runs):
+                ax.set_axis_off()
+                continue
             for r in runs:
                 if r["task"] == t and r["lr"] == lr:
                     steps = [p["step"] for p in r["probes"]]
@@ -376,13 +379,14 @@ def figure(runs: list[dict], path: Path) -> None:
             ax.legend(fontsize=8)
         ax = row[2]  # the collapse evidence: each run's peak step size against its label at the last budget
         marks = {"alpha-too-small": ("tab:blue", "v"), "in-regime": ("tab:green", "o"), "too-aggressive": ("tab:red", "^")}
-        labels = labels_for(runs, t, BUDGETS[-1], 0.02)
+        last = max(r["steps"] for r in runs if r["task"] == t)
+        labels = labels_for(runs, t, last, 0.02)
         for r in runs:
             if r["task"] == t and (r["alpha"], r["lr"]) in labels:
                 colour, marker = marks[labels[(r["alpha"], r["lr"])]["label"]]
                 ax.scatter(r["alpha"] * r["lr"], max(p["step_size"] for p in r["probes"]), c=colour, marker=marker)
         for lab, (colour, marker) in marks.items():
-            ax.scatter([], [], c=colour, marker=marker, label=f"{lab} at {BUDGETS[-1]} steps")
+            ax.scatter([], [], c=colour, marker=marker, label=f"{lab} at {last} steps")
         ax.set(xscale="log", yscale="log", xlabel="alpha x lr", ylabel="peak step_size over the probes",
                title=f"{t}: peak step size (margin 0.02)")
         ax.legend(fontsize=8)
