@@ -374,8 +374,9 @@ def figure(runs: list[dict], path: Path) -> None:
                             label=f"alpha {r['alpha']:g}" if r["seed"] == 0 else None)
             ax.axhline(regime.GAP_TOO_SMALL, color="grey", ls="--", lw=0.8)
             ax.axhline(regime.GAP_TOO_AGGRESSIVE, color="grey", ls=":", lw=0.8)
-            ax.set(yscale="log", xlabel="step", ylabel="step_gap (0 drawn at 0.05)",
-                   title=f"{t}, lr {lr:g} (dashed: GAP_TOO_SMALL, dotted: GAP_TOO_AGGRESSIVE)")
+            ax.set(yscale="log", xlabel="step", ylabel="step_gap (0 drawn at 0.05)", title=f"{t}, lr {lr:g}")
+            ax.text(0.01, 0.01, f"dashed: GAP_TOO_SMALL {regime.GAP_TOO_SMALL:g}, dotted: GAP_TOO_AGGRESSIVE "
+                    f"{regime.GAP_TOO_AGGRESSIVE:g}", transform=ax.transAxes, fontsize=7, va="bottom")
             ax.legend(fontsize=8)
         ax = row[2]  # the collapse evidence: each run's peak step size against its label at the last budget
         marks = {"alpha-too-small": ("tab:blue", "v"), "in-regime": ("tab:green", "o"), "too-aggressive": ("tab:red", "^")}
@@ -388,7 +389,7 @@ def figure(runs: list[dict], path: Path) -> None:
         for lab, (colour, marker) in marks.items():
             ax.scatter([], [], c=colour, marker=marker, label=f"{lab} at {last} steps")
         ax.set(xscale="log", yscale="log", xlabel="alpha x lr", ylabel="peak step_size over the probes",
-               title=f"{t}: peak step size (margin 0.02)")
+               title=f"{t}: peak step size")
         ax.legend(fontsize=8)
     save_figure(fig, path)
 
