@@ -51,14 +51,14 @@ def serve(logdir: Path, port: int) -> subprocess.Popen:
                              "--port", str(port), "--reload_interval", "0"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/data/plugins_listing"
-    for _ in range(120):
+    for _ in range(360):  # a demo run's ~500 tags and histograms load before the first page: up to 3 minutes here
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return proc
         except OSError:
             time.sleep(0.5)
     proc.terminate()
-    raise RuntimeError("TensorBoard did not start within a minute")
+    raise RuntimeError("TensorBoard did not start within 3 minutes")
 
 
 def shoot(browser: str, url: str, path: Path, size: str) -> None:
