@@ -247,17 +247,24 @@ def objective(s: dict) -> tuple:
             statistics.fmean(vals) if vals else -1.0)
 
 
+def peak_extremes(runs: list[dict], task: str, margin: float) -> tuple[float | None, float | None]:
+    """The largest peak step size of a run that learned (final held-out accuracy above the majority class by
+    more than ``margin``) and the smallest peak of a run that collapsed (:func:`diverged`); None when empty."""
+    learned = [max(p["step_size"] for p in r["probes"]) for r in runs if r["task"] == task
+               and r["held_out"][str(r["steps"])]["acc"] > r["majority_acc"] + margin]
+    collapsed = [max(p["step_size"] for p in r["probes"]) for r in runs if r["task"] == task and diverged(r)]
+    return max(learned, default=None), min(collapsed, default=None)
+
+
 def collapse_level(runs: list[dict], task: str, margin: float) -> float | None:
     """The step size that separates the task's collapsed runs from those that learned: the geometric midpoint
     between the largest peak step size of a run that learned (final held-out accuracy above the majority class
     by more than ``margin``) and the smallest peak of a run that collapsed (:func:`diverged`). None when the
     two overlap or one side is empty."""
-    learned = [max(p["step_size"] for p in r["probes"]) for r in runs if r["task"] == task
-               and r["held_out"][str(r["steps"])]["acc"] > r["majority_acc"] + margin]
-    collapsed = [max(p["step_size"] for p in r["probes"]) for r in runs if r["task"] == task and diverged(r)]
-    if not learned or not collapsed or max(learned) >= min(collapsed):
+    learned, collapsed = peak_extremes(runs, task, margin)
+    if learned is None or collapsed is None or learned >= collapsed:
         return None
-    return math.sqrt(max(learned) * min(collapsed))
+    return math.sqrt(learned * collapsed)
 
 
 def fit(runs: list[dict], task: str, margin: float, budgets=BUDGETS, step_size_high: float | None = None) -> tuple[dict, dict]:
@@ -310,6 +317,7 @@ def analyse(runs: list[dict], margin: float, budgets=BUDGETS) -> tuple[str, dict
                 out = score(runs, score_task, rules_of(fitted), margin, budgets)
                 result["directions"].append({"fit_on": fit_task, "scored_on": score_task, "variant": variant,
                                              "collapse_level": level, "fitted": fitted,
+                                             "peaks": peak_extremes(runs, fit_task, margin),
                                              "fit_score": _brief(fit_score), "out_of_sample": _brief(out)})
     for t in tasks:
         result.setdefault("code_scores", {})[t] = _brief(score(runs, t, rules_of(code), margin, budgets))
@@ -318,6 +326,10 @@ def analyse(runs: list[dict], margin: float, budgets=BUDGETS) -> tuple[str, dict
     for t, s in result.get("code_scores", {}).items():
         parts.append(f"## The code's constants ({_vals(code)}) on {t}\n\n" + _score_md(s))
     return "\n\n".join(parts) + "\n", result
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4g}"
 
 
 def _vals(v: dict) -> str:
@@ -344,8 +356,9 @@ def _score_md(s: dict) -> str:
 def _direction_md(d: dict) -> str:
     level = "none (the runs overlap)" if d["collapse_level"] is None else f"{d['collapse_level']:.4g}"
     return (f"## Fitted on {d['fit_on']} ({d['variant']}), scored on {d['scored_on']}\n\n"
-            f"Collapse level on {d['fit_on']} (largest peak step size of a run that learned, smallest of a run that "
-            f"collapsed, geometric midpoint): {level}. Fitted: {_vals(d['fitted'])}.\n\n"
+            f"Collapse level on {d['fit_on']} (largest peak step size of a run that learned "
+            f"{_num(d['peaks'][0])}, smallest of a run that collapsed {_num(d['peaks'][1])}, geometric midpoint): "
+            f"{level}. Fitted: {_vals(d['fitted'])}.\n\n"
             f"On {d['fit_on']} (in sample): " + _score_md(d["fit_score"]) + f"\n\nOn {d['scored_on']} (out of sample): "
             + _score_md(d["out_of_sample"]))
 

@@ -223,16 +223,23 @@ class AlphaRegimeAdvisor(CallbackBase):
 
     def _watch_step(self, trainer, pl_module) -> None:
         """Every ``size_every`` steps: this step's median step size over layers, for the peak (§6)."""
+        self._measure_step(pl_module)
+
+    def _measure_step(self, pl_module):
+        """The step just taken (from ``self._before``): its layers, their factors and its §2 split (median
+        drift ratio and step size; the step size feeds the peak), or None when the LoRA layers changed or
+        the optimizer skipped the step (AMP overflow, zero learning rate). The factors are gathered whole
+        (a collective under FSDP2: every rank gathers the same tensors in the same order)."""
         before, self._before = self._before, None
         views = self._views(pl_module)
         params = [p for v in views for p in (v.A, v.B)]
         if len(params) != len(before):
-            return
+            return None
         full_before = [gather_full(b) for b in before]
         full_after = [gather_full(p) for p in params]
         if not any(bool((a - b).any()) for a, b in zip(full_after, full_before)):
-            return
-        self._splits(views, full_before, full_after)
+            return None
+        return views, params, self._splits(views, full_before, full_after)
 
     def _splits(self, views, before, after) -> tuple[float | None, float | None]:
         """The step's median drift ratio and step size over layers (§2); the step size feeds the peak."""
@@ -254,26 +261,17 @@ class AlphaRegimeAdvisor(CallbackBase):
         return drift, size
 
     def _probe_step(self, trainer, pl_module) -> None:
-        before, self._before = self._before, None
         start, self._window_start = self._window_start, None
-        views = self._views(pl_module)
-        params = [p for v in views for p in (v.A, v.B)]
-        if len(params) != len(before):
-            return  # the LoRA layers changed
-        # Whole factors before and after the step for the step split (a collective under FSDP2: every
-        # rank gathers the same tensors in the same order), and so every rank sees the same delta.
-        sharded = any(is_dtensor(p) for p in params)
-        full_before = [gather_full(b) for b in before]
-        full_after = [gather_full(p) for p in params]
-        if not any(bool((a - b).any()) for a, b in zip(full_after, full_before)):
-            return  # the optimizer skipped the step (AMP overflow, zero learning rate)
-        split = self._splits(views, full_before, full_after)  # the step size counts even if the estimate cannot run
+        measured = self._measure_step(pl_module)  # the step size counts even if the estimate cannot run
+        if measured is None:
+            return
+        views, params, split = measured
         if start is None or len(start) != len(params):
             return  # a resumed run without its window's start
         # The probe moves each rank's own shard in place (a DTensor's local tensor shares its storage);
         # the forward passes all-gather the moved factors as FSDP does.
+        sharded = any(is_dtensor(p) for p in params)
         params = [_local(p) for p in params]
-        before = [_local(b) for b in before]
         direction = [(p.detach() - s) / self.window_steps for p, s in zip(params, start)]
         step = trainer.global_step - 1
         record = self._probe(trainer, pl_module, params, direction, sharded, split)

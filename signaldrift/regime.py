@@ -37,8 +37,8 @@ GAP_GAIN_MIN: float = 0.1  # fitted from {0, 0.01, 0.03, 0.05, 0.1}
 # drift ratio did not mark failures, the step size did (STEP_SIZE_HIGH). Kept as a guard (inf counts high).
 DRIFT_RATIO_HIGH: float = 0.1
 # The update-to-weight ratio at or above which runs collapsed (too-aggressive evidence), compared with the largest
-# step size the run has had (its peak), because after a collapse Adam's steps shrink about 3x every 12 steps (the
-# gradients vanish) and recent step sizes look small. On Rotten Tomatoes every run that learned peaked at
+# step size the run has had (its peak), because after a collapse Adam's steps shrink probe after probe (the
+# gradients vanish; verdict_calibration.json) and recent step sizes look small. On Rotten Tomatoes every run that learned peaked at
 # <= 0.0058 and every collapsed run at >= 0.0074: the geometric midpoint 0.00656, rounded. (Fitting it with the
 # other thresholds instead gave 0.004, which also caught runs that learned but trailed the best, and called the
 # demo, 0.78 held-out, and 6 near-best debates pairs too-aggressive.)
@@ -208,15 +208,17 @@ def gap_vote(step_gap: float, gap_z: float | None = None, gap_gain: float | None
     NaN, does not hold the vote back: e.g. ``gap_z`` of a probe set of one unit)."""
     if step_gap is None:
         return "NaN"
-    if isinstance(step_gap, (bool, str)) or not isinstance(step_gap, (int, float)) or step_gap < 0:
-        try:
-            step_gap = float(step_gap)
-        except (TypeError, ValueError):
-            raise ValueError(f"step_gap must be a number >= 0 (inf allowed, NaN: unusable), got {step_gap!r}") from None
-        if step_gap < 0 or isinstance(step_gap, bool):
-            raise ValueError(f"step_gap must be a number >= 0 (inf allowed, NaN: unusable), got {step_gap!r}")
-    if math.isnan(step_gap):
+    try:
+        if isinstance(step_gap, (bool, str)):
+            raise TypeError
+        g = float(step_gap)
+    except (TypeError, ValueError, OverflowError):
+        g = -1.0
+    if g < 0:
+        raise ValueError(f"step_gap must be a number >= 0 (inf allowed, NaN: unusable), got {step_gap!r}")
+    if math.isnan(g):
         return "NaN"
+    step_gap = g
     significant = ((gap_z is None or math.isnan(gap_z) or gap_z >= rules.gap_z_min)
                    and (gap_gain is None or math.isnan(gap_gain) or gap_gain >= rules.gap_gain_min))
     if significant and step_gap >= rules.gap_too_small:
@@ -287,10 +289,11 @@ def regime_verdict(
         raise ValueError(f"previous must be one of {VERDICTS} or None, got {previous!r}")
     n = rules.window
     step_gaps, drift_ratios, step_sizes = (None if v is None else list(v) for v in (step_gaps, drift_ratios, step_sizes))
-    # the law is a prior only until a probe has measured the step: any usable gap of the whole series counts
-    measured = any(not math.isnan(g) for g in _floats("step_gap", step_gaps, len(step_gaps or ()) or 1))
     gap_zs, gap_gains = (None if v is None else list(v) for v in (gap_zs, gap_gains))
-    gaps = _floats("step_gap", step_gaps, n)
+    all_gaps = _floats("step_gap", step_gaps, len(step_gaps or ()))
+    gaps = all_gaps[max(len(all_gaps) - n, 0):]
+    # the law is a prior only until a probe has measured the step: any usable gap of the whole series counts
+    measured = any(not math.isnan(g) for g in all_gaps)
     drifts = _floats("drift_ratio", drift_ratios, n)
     sizes = _floats("step_size", step_sizes, n)
     zs, gains = (_aligned(name, values, step_gaps, n) for name, values in (("gap_zs", gap_zs), ("gap_gains", gap_gains)))
