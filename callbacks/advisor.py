@@ -107,8 +107,10 @@ class AlphaRegimeAdvisor(CallbackBase):
       alpha-too-small, 0 in-regime, 0.5 uncertain, 1 too-aggressive; before the first probe, the verdict
       of the configuration alone) at every optimizer step, so that a chart's smoothing bends only the
       step where the verdict changes;
-    * ``signaldrift/thresholds/<name>`` at every step: constant series of :meth:`thresholds` (the advisor's ``rules``)
-      (``step_gap_too_small``, ``step_gap_too_aggressive``, ``step_size_high``);
+    * ``signaldrift/thresholds/<name>``: constant series of :meth:`thresholds` (the advisor's ``rules``):
+      ``step_size_high`` at every step, ``step_gap_too_small`` and ``step_gap_too_aggressive`` at each
+      probe, as often as the values they are drawn with (a chart that ignores outliers keeps the
+      probes' extremes in view);
     * TensorBoard text ``signaldrift/verdict``: verdict, evidence and suggestion.
 
     Args:
@@ -217,8 +219,8 @@ class AlphaRegimeAdvisor(CallbackBase):
             if self._config_verdict is None:
                 self._config_verdict = regime_verdict(alpha, rank, scale)
             verdict = self._config_verdict
-        metrics = {summary_tag("alpha"): alpha, summary_tag("alpha_verdict"): VERDICT_CODES[verdict.verdict]}
-        metrics.update({threshold_tag(k): v for k, v in self.thresholds().items()})
+        metrics = {summary_tag("alpha"): alpha, summary_tag("alpha_verdict"): VERDICT_CODES[verdict.verdict],
+                   threshold_tag("step_size_high"): self.rules.step_size_high}
         log_metrics(trainer, metrics, step)
 
     def _watch_step(self, trainer, pl_module) -> None:
@@ -281,6 +283,7 @@ class AlphaRegimeAdvisor(CallbackBase):
         self.probes.append(record)
         self._update_verdict(pl_module, views)
         metrics = {summary_tag(k): record[k] for k in ("step_gap", "step_gap_lo", "step_gap_hi")}
+        metrics.update({threshold_tag(k): v for k, v in self.thresholds().items() if k.startswith("step_gap")})
         recent = self.probes[-self.window:]
         metrics[summary_tag("step_gap_median")] = statistics.median(p["step_gap"] for p in recent)
         for k in ("gap_gain", "gap_z"):

@@ -64,7 +64,8 @@ class SignalDriftMonitor(CallbackBase):
             Trainer's ``log_every_n_steps``). Writing hundreds of scalars costs more than computing
             them, so per-layer values follow Lightning's logging cadence; aggregates do not.
         dashboard: more charts for the dashboard's first category, ``title -> [tag patterns]``
-            (regular expressions of tags the caller logs, e.g. its validation loss).
+            (regular expressions of tags the caller logs, e.g. its validation loss: a multiline
+            chart) or ``title -> ["Margin", [[value, lower, upper], ...]]`` (exact tags: a margin chart).
 
     Example::
 

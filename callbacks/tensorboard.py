@@ -21,56 +21,115 @@ def _exact(*tags: str) -> str:
     return "^(" + "|".join(re.escape(t) for t in tags) + ")$"
 
 
-def _median_max(metric: str) -> str:
-    return _exact(summary_tag(metric), summary_tag(metric, "max"))
+def _line(tag: str) -> list[str]:
+    """A margin-chart series drawn as a plain line: the value is its own lower and upper bound."""
+    return [tag, tag, tag]
+
+
+def _median_max(metric: str) -> list[str]:
+    """A margin-chart series: the median over layers, shaded up to the max."""
+    return [summary_tag(metric), summary_tag(metric), summary_tag(metric, "max")]
+
+
+def _margin(*series: list[str]) -> list:
+    return ["Margin", list(series)]
 
 
 def dashboard_layout(*, advisor: bool = True, full_grad: bool = True,
-                     extra: Mapping[str, Sequence[str]] | None = None) -> dict:
+                     extra: Mapping[str, Sequence] | None = None) -> dict:
     """The Custom Scalars layout: one quantity per chart, only tags that are logged.
+
+    Custom Scalars colours a chart's lines by run (so that runs compare), never by tag: a chart
+    holds one quantity, drawn as a margin chart (raw values, no smoothing): the value as a line,
+    its spread as the shaded band (the median over layers shaded up to the max; step_gap between
+    its quartiles over the probe set), and the levels the verdict compares against as flat lines.
 
     Args:
         advisor: an AlphaRegimeAdvisor logs alpha, the verdict, step_gap and the thresholds.
         full_grad: spectral suppression and gain are measured (full-gradient steps).
-        extra: more charts for the first category, ``title -> [tag patterns]`` (e.g. validation).
+        extra: more charts for the first category, ``title -> [tag pattern, ...]`` (a multiline
+            chart) or ``title -> ["Margin", [[value, lower, upper], ...]]`` (exact tags), e.g. validation.
 
     Returns:
-        ``{category: {chart title: ["Multiline", [pattern, ...]]}}`` as
-        ``SummaryWriter.add_custom_scalars`` takes it; patterns are regular expressions.
+        ``{category: {chart title: ["Multiline", [pattern, ...]] or ["Margin", [[value, lower, upper],
+        ...]]}}`` as :func:`add_custom_layout` writes it; Multiline patterns are regular expressions,
+        margin series exact tags.
     """
     first: dict[str, list] = {}
     if advisor:
-        first["alpha_verdict: -1 alpha too small, 0 in regime, 0.5 uncertain, 1 too aggressive"] = [
-            "Multiline", [_exact(summary_tag("alpha_verdict"))]]
-        first["alpha (median over layers)"] = ["Multiline", [_exact(summary_tag("alpha"))]]
-        first["step_gap: each probe with its spread (quartiles over the probe set), the median the verdict reads, "
-              "the thresholds"] = [
-            "Multiline", [_exact(summary_tag("step_gap"), summary_tag("step_gap_lo"), summary_tag("step_gap_hi"),
-                                 summary_tag("step_gap_median"),
-                                 threshold_tag("step_gap_too_small"), threshold_tag("step_gap_too_aggressive"))]]
-    first["drift_ratio: median and max over layers"] = ["Multiline", [_median_max("drift_ratio")]]
-    step_size = [summary_tag("step_size"), summary_tag("step_size", "max")]
-    title = "step_size: median and max over layers"
+        first["verdict: -1 alpha too small, 0 in regime, 0.5 uncertain, 1 too aggressive"] = _margin(
+            _line(summary_tag("alpha_verdict")))
+        first["alpha (median over layers)"] = _margin(_line(summary_tag("alpha")))
+        first["step_gap of each probe, shaded between its quartiles over the probe set; flat lines: the verdict's "
+              "thresholds (alpha too small above the upper, too aggressive below the lower)"] = _margin(
+            [summary_tag("step_gap"), summary_tag("step_gap_lo"), summary_tag("step_gap_hi")],
+            _line(threshold_tag("step_gap_too_small")), _line(threshold_tag("step_gap_too_aggressive")))
+    first["drift_ratio: median over layers, shaded up to the max"] = _margin(_median_max("drift_ratio"))
+    step_size = [_median_max("step_size")]
+    title = "step_size: median over layers, shaded up to the max"
     if advisor:
-        step_size.append(threshold_tag("step_size_high"))
-        title += ", the collapse level"
-    first[title] = ["Multiline", [_exact(*step_size)]]
-    for chart, patterns in (extra or {}).items():
-        first[chart] = ["Multiline", list(patterns)]
-    details = {f"{m}: median and max over layers": ["Multiline", [_median_max(m)]] for m in DETAIL_METRICS}
+        step_size.append(_line(threshold_tag("step_size_high")))
+        title += "; flat line: the collapse level (peak step size)"
+    first[title] = _margin(*step_size)
+    for chart, spec in (extra or {}).items():
+        first[chart] = list(spec) if spec and spec[0] in ("Margin", "Multiline") else ["Multiline", list(spec)]
+    details = {f"{m}: median over layers, shaded up to the max": _margin(_median_max(m)) for m in DETAIL_METRICS}
     if full_grad:
-        details.update({f"{m}: median and max over layers (full-gradient steps)": ["Multiline", [_median_max(m)]]
+        details.update({f"{m}: median over layers, shaded up to the max (full-gradient steps)": _margin(_median_max(m))
                         for m in PROBE_METRICS})
     if advisor:
-        details["gap_gain (each probe)"] = ["Multiline", [_exact(summary_tag("gap_gain"))]]
-        details["gap_z (each probe): how clearly the probe set's units agree"] = [
-            "Multiline", [_exact(summary_tag("gap_z"))]]
+        details["step_gap_median: the median of the probes the verdict reads"] = _margin(
+            _line(summary_tag("step_gap_median")))
+        details["gap_gain (each probe)"] = _margin(_line(summary_tag("gap_gain")))
+        details["gap_z (each probe): how clearly the probe set's units agree"] = _margin(_line(summary_tag("gap_z")))
     return {DASHBOARD_TITLE: first, DETAILS_TITLE: details}
+
+
+def layout_summary(layout: Mapping[str, Mapping[str, Sequence]]):
+    """The Custom Scalars plugin's summary for ``layout`` (:func:`dashboard_layout`'s form); margin charts
+    may hold several series (``SummaryWriter.add_custom_scalars`` takes one).
+
+    TensorBoard draws a category's multiline charts first, in their order, then its margin charts in
+    the reverse of theirs (its list view inserts each chart's two ``dom-if`` anchors by element index,
+    unchanged since 2020). The margin charts are written reversed, so a person sees ``layout``'s order
+    (multiline charts first); :func:`displayed_order` is what TensorBoard shows of a written layout.
+    """
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.compat.proto.tensor_pb2 import TensorProto
+    from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+
+    categories = []
+    for title, charts in layout.items():
+        out = []
+        multiline = [(n, c) for n, c in charts.items() if c[0] != "Margin"]
+        margin = [(n, c) for n, c in charts.items() if c[0] == "Margin"]
+        for name, (kind, content) in multiline + margin[::-1]:
+            if kind == "Margin":
+                series = [layout_pb2.MarginChartContent.Series(value=v, lower=lo, upper=hi) for v, lo, hi in content]
+                out.append(layout_pb2.Chart(title=name, margin=layout_pb2.MarginChartContent(series=series)))
+            elif kind == "Multiline":
+                out.append(layout_pb2.Chart(title=name, multiline=layout_pb2.MultilineChartContent(tag=list(content))))
+            else:
+                raise ValueError(f"chart {name!r}: kind must be 'Multiline' or 'Margin', got {kind!r}")
+        categories.append(layout_pb2.Category(title=title, chart=out))
+    tensor = TensorProto(dtype="DT_STRING", tensor_shape=TensorShapeProto(),
+                         string_val=[layout_pb2.Layout(category=categories).SerializeToString()])
+    meta = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME))
+    return Summary(value=[Summary.Value(tag=metadata.CONFIG_SUMMARY_TAG, tensor=tensor, metadata=meta)])
+
+
+def displayed_order(charts: Sequence) -> list:
+    """The order in which TensorBoard shows a written category's charts (``layout_pb2.Chart`` messages):
+    the multiline ones as written, then the margin ones reversed (see :func:`layout_summary`)."""
+    kinds = [c.WhichOneof("content") for c in charts]
+    return ([c for c, k in zip(charts, kinds) if k != "margin"]
+            + [c for c, k in zip(charts, kinds) if k == "margin"][::-1])
 
 
 def add_custom_layout(writer, **kw) -> None:
     """Write :func:`dashboard_layout` (keyword arguments as there) to ``writer``."""
-    writer.add_custom_scalars(dashboard_layout(**kw))
+    writer._get_file_writer().add_summary(layout_summary(dashboard_layout(**kw)))
 
 
 def add_spectrum_histograms(writer, spectra: dict[str, Tensor], step: int) -> None:

@@ -8,15 +8,16 @@ import pytest
 
 from callbacks import AlphaRegimeAdvisor, SignalDriftMonitor
 from callbacks.measurements import SUMMARY, TagKey, layer_tag, parse_tag, summary_tag, threshold_tag
-from callbacks.tensorboard import short_layer_names, top_spectra
+from callbacks.tensorboard import displayed_order, short_layer_names, top_spectra
 from signaldrift import regime
 from tests.callbacks.helpers import lightning, make_module, make_trainer, read_scalars, read_tags
 
 STEPS = 6
 
 
-def _layout(log_dir) -> dict[str, dict[str, list[str]]]:
-    """The Custom Scalars layout TensorBoard reads (its last layout event), as {category: {chart: patterns}}."""
+def _layout(log_dir) -> dict[str, dict[str, tuple[str, list]]]:
+    """The Custom Scalars layout TensorBoard reads (its last layout event), as {category: {chart: (kind,
+    content)}}: ("Multiline", [pattern, ...]) or ("Margin", [(value, lower, upper), ...])."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.custom_scalar import layout_pb2, metadata
 
@@ -24,7 +25,23 @@ def _layout(log_dir) -> dict[str, dict[str, list[str]]]:
     acc = EventAccumulator(str(events), size_guidance={"tensors": 0})
     acc.Reload()
     layout = layout_pb2.Layout.FromString(acc.Tensors(metadata.CONFIG_SUMMARY_TAG)[-1].tensor_proto.string_val[0])
-    return {c.title: {ch.title: list(ch.multiline.tag) for ch in c.chart} for c in layout.category}
+    out = {}
+    for c in layout.category:
+        out[c.title] = {}
+        for ch in displayed_order(c.chart):  # as a person sees them
+            if ch.WhichOneof("content") == "margin":
+                out[c.title][ch.title] = ("Margin", [(s.value, s.lower, s.upper) for s in ch.margin.series])
+            else:
+                out[c.title][ch.title] = ("Multiline", list(ch.multiline.tag))
+    return out
+
+
+def _drawn(chart, scalars) -> set[str]:
+    """The logged tags a chart draws."""
+    kind, content = chart
+    if kind == "Margin":
+        return {t for series in content for t in series} & set(scalars)
+    return {t for p in content for t in scalars if re.search(p, t)}
 
 
 @pytest.fixture(scope="module")
@@ -43,26 +60,38 @@ def run(tmp_path_factory):
 def test_every_layout_pattern_matches_a_logged_tag_and_charts_one_quantity(run):
     _, scalars, layout, _ = run
     assert list(layout)[0] == "Signal-Drift"
-    charts = [(title, patterns) for category in layout.values() for title, patterns in category.items()]
+    charts = [(title, chart) for category in layout.values() for title, chart in category.items()]
     assert len(charts) >= 8
-    for title, patterns in charts:
-        for pattern in patterns:
-            hits = [t for t in scalars if re.search(pattern, t)]
-            assert hits, f"chart {title!r}: pattern {pattern!r} matches no logged tag"
-        quantities = {parse_tag(t).metric for p in patterns for t in scalars if re.search(p, t) and parse_tag(t)}
-        # a series and its median, spread (step_gap_lo/_hi: quartiles over the probe set) or thresholds chart one quantity
-        quantities = {q.split("_too_")[0].removesuffix("_median").removesuffix("_high").removesuffix("_lo")
-                      .removesuffix("_hi") for q in quantities}
+    for title, (kind, content) in charts:
+        if kind == "Multiline":
+            for pattern in content:
+                assert any(re.search(pattern, t) for t in scalars), f"chart {title!r}: {pattern!r} matches no logged tag"
+        else:
+            for value, lower, upper in content:
+                for tag in (value, lower, upper):
+                    assert tag in scalars, f"chart {title!r}: {tag!r} is never logged"
+                # TensorBoard's margin chart draws nothing (a 'steps mismatch' error) unless the three match
+                assert sorted(scalars[value]) == sorted(scalars[lower]) == sorted(scalars[upper]), title
+                if lower == value:  # a median shaded up to its max
+                    assert all(scalars[value][s] <= scalars[upper][s] for s in scalars[value]), title
+        quantities = {parse_tag(t).metric for t in _drawn((kind, content), scalars) if parse_tag(t)}
+        # a series and its spread (step_gap_lo/_hi: quartiles over the probe set; _max) or thresholds chart one quantity
+        quantities = {q.split("_too_")[0].removesuffix("_high").removesuffix("_lo").removesuffix("_hi")
+                      for q in quantities}
         assert len(quantities) <= 1, f"chart {title!r} mixes {quantities}"
     first = layout["Signal-Drift"]
-    gap = next(p for t, p in first.items() if t.startswith("step_gap"))
-    drawn = {t for p in gap for t in scalars if re.search(p, t)}
-    assert drawn == {summary_tag("step_gap"), summary_tag("step_gap_lo"), summary_tag("step_gap_hi"),
-                     summary_tag("step_gap_median"), threshold_tag("step_gap_too_small"),
-                     threshold_tag("step_gap_too_aggressive")}
-    drift = next(p for t, p in first.items() if t.startswith("drift_ratio"))
-    assert {t for p in drift for t in scalars if re.search(p, t)} == {"Summary/drift_ratio", "Summary/drift_ratio_max"}
-    assert not any(re.search(p, layer_tag("model.fc1", "drift_ratio")) for _, ps in charts for p in ps)
+    # the caller's multiline chart first (TensorBoard draws multiline charts first), then ours in order
+    assert [t.split(":")[0].split(" ")[0] for t in first] == [
+        "train", "verdict", "alpha", "step_gap", "drift_ratio", "step_size"]
+    gap = next(c for t, c in first.items() if t.startswith("step_gap"))
+    assert gap == ("Margin", [(summary_tag("step_gap"), summary_tag("step_gap_lo"), summary_tag("step_gap_hi")),
+                              (threshold_tag("step_gap_too_small"),) * 3, (threshold_tag("step_gap_too_aggressive"),) * 3])
+    drift = next(c for t, c in first.items() if t.startswith("drift_ratio"))
+    assert drift == ("Margin", [("Summary/drift_ratio", "Summary/drift_ratio", "Summary/drift_ratio_max")])
+    verdict = next(c for t, c in first.items() if t.startswith("verdict"))
+    assert verdict == ("Margin", [("Summary/alpha_verdict",) * 3])  # a margin chart: drawn without smoothing
+    assert ("Multiline", ["^train_loss$"]) in first.values()  # the caller's own chart
+    assert not any(layer_tag("model.fc1", "drift_ratio") in _drawn(c, scalars) for _, c in charts)
 
 
 def test_the_summary_is_small_sorts_first_and_holds_alpha_and_the_verdict(run):
@@ -84,6 +113,12 @@ def test_the_summary_is_small_sorts_first_and_holds_alpha_and_the_verdict(run):
                                    "too-aggressive": 1.0}[advisor.verdict.verdict]
     assert set(scalars[threshold_tag("step_gap_too_small")].values()) == {regime.GAP_TOO_SMALL}
     assert set(scalars[threshold_tag("step_gap_too_aggressive")].values()) == {regime.GAP_TOO_AGGRESSIVE}
+    # the step-gap thresholds as often as the probes they are drawn with, the collapse level every step
+    probes = sorted(scalars["Summary/step_gap"])
+    assert probes == [p["step"] for p in advisor.probes] and len(probes) >= 2
+    assert sorted(scalars[threshold_tag("step_gap_too_small")]) == probes
+    assert sorted(scalars[threshold_tag("step_gap_too_aggressive")]) == probes
+    assert sorted(scalars[threshold_tag("step_size_high")]) == list(range(STEPS))
     median = statistics.median([advisor.probes[0]["step_gap"], advisor.probes[1]["step_gap"]])
     assert scalars["Summary/step_gap_median"][4] == pytest.approx(median, rel=1e-5)
 
