@@ -4,11 +4,12 @@ from __future__ import annotations
 import math
 import statistics
 import struct
+import textwrap
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from callbacks.measurements import PREFIX, TagKey, parse_tag, summary_tag
+from callbacks.measurements import FINDER_TAGS, PREFIX, TagKey, parse_tag, summary_tag
 
 # The per-layer table's columns (a selection of callbacks.measurements.METRICS).
 REPORT_METRICS = ("drift_ratio", "step_size", "grad_alignment", "spectral_suppression", "delta_rel")
@@ -313,10 +314,42 @@ def _heatmap(fig, ax, record: RunRecord, window: int) -> None:
     bar.ax.tick_params(labelsize=8)
 
 
+def _finder(ax, record: RunRecord, alpha: float | None) -> None:
+    """The alpha finder's trials (``--alpha auto``): held-out loss by alpha, its suggestion, the run's alpha."""
+    alphas, losses = record.scalars.get(FINDER_TAGS["alpha"], {}), record.scalars.get(FINDER_TAGS["loss"], {})
+    trials = sorted((alphas[i], losses[i]) for i in set(alphas) & set(losses))
+    ax.semilogx([a for a, _ in trials], [l for _, l in trials], "o-", color="black", markersize=4,
+                label="held-out loss after each trial")
+    suggested = record.scalars.get(FINDER_TAGS["suggestion"], {})
+    if suggested:
+        value = suggested[min(suggested)]  # written once, at step 0
+        ax.axvline(value, color="tab:red", ls="--", lw=1, label=f"suggested alpha ({value:.4g})")
+    if alpha is not None:
+        ax.axvline(alpha, color="tab:blue", ls=":", lw=1.5, label=f"this run's alpha ({alpha:.4g})")
+    ax.set_xlabel("alpha (finder's grid, log scale)", fontsize=9)
+    ax.set_ylabel("held-out loss", fontsize=9)
+    ax.set_title(f"alpha finder: {len(trials)} trials chose this run's alpha (--alpha auto)", fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+
+
 def write_report_png(record: RunRecord, path: str | Path, window: int = 10) -> Path:
-    """A one-page PNG answering "is my alpha right?": the verdict, alpha and the suggestion in the title;
+    """:func:`report_figure` saved as a PNG at ``path``."""
+    fig = report_figure(record, window)
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    try:
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def report_figure(record: RunRecord, window: int = 10):
+    """A one-page figure answering "is my alpha right?": the verdict, alpha and the suggestion in the title;
     step_gap with the verdict's thresholds; the verdict over time; drift_ratio and step_size with the
-    collapse levels; train and validation loss; validation accuracy; a per-layer heatmap."""
+    collapse levels; train and validation loss; validation accuracy; the alpha finder's trials when the
+    run's alpha came from them; a per-layer heatmap."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -334,8 +367,10 @@ def write_report_png(record: RunRecord, path: str | Path, window: int = 10) -> P
     too_small, too_aggressive = level("step_gap_too_small", regime.GAP_TOO_SMALL), \
         level("step_gap_too_aggressive", regime.GAP_TOO_AGGRESSIVE)
     size_high = level("step_size_high", regime.STEP_SIZE_HIGH)
-    fig = plt.figure(figsize=(12, 14), dpi=100, layout="constrained")
-    grid = fig.add_gridspec(4, 2, height_ratios=[1, 1, 1, 1.25])
+    finder = bool(record.scalars.get(FINDER_TAGS["alpha"]) and record.scalars.get(FINDER_TAGS["loss"]))
+    ratios = [1, 1, 1] + ([0.8] if finder else []) + [1.25]
+    fig = plt.figure(figsize=(12, 14 + 2.8 * finder), dpi=100, layout="constrained")
+    grid = fig.add_gridspec(len(ratios), 2, height_ratios=ratios)
     axes = [fig.add_subplot(grid[i // 2, i % 2]) for i in range(6)]
     for ax in axes:
         ax.tick_params(labelsize=8)
@@ -355,16 +390,19 @@ def write_report_png(record: RunRecord, path: str | Path, window: int = 10) -> P
         if both:
             ax.vlines(both, [lo[s] for s in both], [hi[s] for s in both], color="grey", lw=2, alpha=0.6,
                       label="spread over the probe set (quartiles)")
+            for q in (lo, hi):  # caps: a spread with equal quartiles is still seen
+                ax.plot(both, [q[s] for s in both], ls="", marker="_", markersize=10, color="grey", alpha=0.8)
         _plot_series(ax, gap, marker="o", ls="", color="black", label="step_gap of each probe (whole model)")
         median = by_key.get(TagKey("step_gap_median"), {})
         if median:
             _plot_series(ax, median, color="black", lw=1.5, label="median of the verdict's window")
-        ax.set_ylim(0, max(max(gap.values()) * 1.6, too_small * 2))  # room for the legend
+        top = max([*gap.values(), *(lo[s] for s in both), *(hi[s] for s in both), too_small * 1.35]) * 1.1
+        ax.set_ylim(-0.04 * top, top)  # a probe at 0 (the loss lowest where the step started) stays visible
     else:
         _empty(ax, "step_gap probe")
     ax.set_ylabel("step_gap (best multiple of the step)", fontsize=9)
     ax.set_title("step_gap: where along the step the loss is lowest", fontsize=10)
-    ax.legend(fontsize=8, loc="upper center", ncol=2)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)  # below: never over a probe
 
     ax = axes[1]  # the verdict over time
     codes = by_key.get(TagKey("alpha_verdict"), {})
@@ -417,13 +455,15 @@ def write_report_png(record: RunRecord, path: str | Path, window: int = 10) -> P
         ax.set_title("validation accuracy", fontsize=10)
     ax.set_ylabel("accuracy", fontsize=9)
 
-    _heatmap(fig, fig.add_subplot(grid[3, :]), record, window)
+    alpha = by_key.get(TagKey("alpha"), {})
+    if finder:
+        ax = fig.add_subplot(grid[3, :])
+        ax.tick_params(labelsize=8)
+        ax.grid(True, alpha=0.3)
+        _finder(ax, record, alpha[max(alpha)] if alpha else None)
+    _heatmap(fig, fig.add_subplot(grid[len(ratios) - 1, :]), record, window)
 
     verdict, suggestion = _verdict_parts(latest_verdict(record))
-    alpha = by_key.get(TagKey("alpha"), {})
     head = f"Verdict: {verdict}" + (f"    alpha = {alpha[max(alpha)]:.4g}" if alpha else "")
-    fig.suptitle(head + (f"\n{suggestion}" if suggestion else ""), fontsize=13, fontweight="bold")
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    fig.suptitle(head + (f"\n{textwrap.fill(suggestion, 110)}" if suggestion else ""), fontsize=13, fontweight="bold")
+    return fig

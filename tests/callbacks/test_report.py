@@ -115,3 +115,38 @@ def test_a_restart_marker_drops_the_steps_trained_again(tmp_path):
     for tag in ("loss", "signaldrift/step_gap"):
         assert record.scalars[tag] == {**{s: first[tag][s] for s in range(3)}, **second[tag]}  # no orphaned 5
     assert record.verdicts == {2: f"{VERDICT} at 2"} and record.scalars["signaldrift/verdict_code"] == {2: 0.0}
+
+
+def test_the_report_draws_the_alpha_finders_trials_when_the_run_has_them(tmp_path):
+    """``--alpha auto`` leaves the finder's trials in the run's find_alpha folder: the report figure draws
+    held-out loss against alpha (in alpha order, whatever the grid order), the suggestion and the run's alpha."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from callbacks.measurements import FINDER_RUN, FINDER_TAGS, summary_tag
+    from callbacks.report import report_figure
+
+    run = tmp_path / "run"
+    writer = SummaryWriter(str(run))
+    for step in range(3):
+        writer.add_scalar(summary_tag("alpha"), 48.0, step)
+    writer.close()
+    plain = report_figure(read_run(run))
+    assert not [ax for ax in plain.axes if ax.get_title().startswith("alpha finder")]
+    trials = [(400.0, 0.9), (12.0, 0.7), (48.0, 0.5), (3000.0, 2.0)]  # grid order is not alpha order
+    writer = SummaryWriter(str(run / FINDER_RUN))
+    for i, (alpha, loss) in enumerate(trials):
+        writer.add_scalar(FINDER_TAGS["alpha"], alpha, i)
+        writer.add_scalar(FINDER_TAGS["loss"], loss, i)
+    writer.add_scalar(FINDER_TAGS["suggestion"], 40.0, 0)
+    writer.close()
+    fig = report_figure(read_run(run))
+    (ax,) = [ax for ax in fig.axes if ax.get_title().startswith("alpha finder")]
+    assert ax.get_xscale() == "log"
+    curve, *marks = ax.get_lines()
+    assert list(curve.get_xdata()) == [12.0, 48.0, 400.0, 3000.0]
+    assert list(curve.get_ydata()) == pytest.approx([0.7, 0.5, 0.9, 2.0])
+    assert sorted(float(m.get_xdata()[0]) for m in marks) == [40.0, 48.0]  # the suggestion, the run's alpha
+    assert len(fig.axes) == len(plain.axes) + 1
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
