@@ -544,16 +544,19 @@ def _train(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
         record = new_record(name, _config(args), str(module.lora_summary))
         if run.finder is not None:
             record["alpha_finder"] = run.finder.as_dict()
+            from callbacks.measurements import FINDER_RUN
             from lora_alpha.train.dashboard import write_finder_events
 
-            write_finder_events(target.build_path, run.finder, run.finder.plot())  # in the new run, before the swap
+            # in the new run, before the swap; a folder of its own (steps = the finder's grid, not training steps)
+            write_finder_events(target.build_path / FINDER_RUN, run.finder, run.finder.plot())
     write_record(target.build_path, record)
     target.swap_in()
     guard.on_first_step = target.commit
     if trainer.is_global_zero:
-        from lora_alpha.train.dashboard import run_hparams, write_hparams
+        from lora_alpha.train.dashboard import hparam_metrics, run_hparams, write_hparams
 
-        write_hparams(trainer.logger, run_hparams(module, args))
+        write_hparams(trainer.logger, run_hparams(module, args),
+                      hparam_metrics(args.task == "sequence-classification"))
     start = time.time()
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(last_ckpt) if resumed is not None else None)

@@ -8,24 +8,32 @@ HParams tab (runs under one ``--logdir`` compare by alpha), and the alpha finder
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Any
 
-from callbacks.measurements import VALIDATION, summary_tag
+from callbacks.measurements import FINDER_TAGS, VALIDATION, summary_tag
 
-# The HParams tab's metric columns: the last value of each tag in the run.
-HPARAM_METRICS = (summary_tag("val_loss"), summary_tag("val_acc"), "test_loss", "test_acc", summary_tag("alpha_verdict"))
+# The HParams tab (TensorBoard shows the first five hyperparameters and the first five metrics; each
+# column is 10 em wide). The five an alpha study varies are marked `differs` ("made more prominent" in
+# the HParams API: TensorBoard sorts them first and shows them); the rest are a tick away. The metric
+# columns are the verdict and the task's held-out score: with the five hyperparameters they fit a
+# 1920-pixel-wide window without scrolling.
+HPARAM_SHOWN = ("alpha", "c", "lr", "rank", "rule")
+VERDICT_COLUMN = (summary_tag("alpha_verdict"), "verdict (-1 alpha too small, 0 in regime, 0.5 uncertain, 1 too aggressive)")
 
 
-def validation_charts(classification: bool = True) -> dict[str, list[str]]:
-    """Charts for the dashboard's first category (``SignalDriftMonitor(dashboard=...)``)."""
-    charts = {"val_loss (a capped subset during training, the whole split at the end)":
-              [f"^{re.escape(summary_tag('val_loss'))}$"]}
-    if classification:
-        charts["val_acc (a capped subset during training, the whole split at the end)"] = [
-            f"^{re.escape(summary_tag('val_acc'))}$"]
-    return charts
+def hparam_metrics(classification: bool = True) -> tuple[tuple[str, str], ...]:
+    """The HParams tab's metric columns, ``(tag, column name)``: the last value of each tag in the run."""
+    score = "acc" if classification else "loss"
+    return (VERDICT_COLUMN, (f"test_{score}", f"test {score}"), (summary_tag(f"val_{score}"), f"validation {score}"))
+
+
+def validation_charts(classification: bool = True) -> dict[str, list]:
+    """Charts for the dashboard's first category (``SignalDriftMonitor(dashboard=...)``): margin charts,
+    which draw the few validation points as they are (no smoothing)."""
+    names = ("val_loss", "val_acc") if classification else ("val_loss",)
+    return {f"{name} (a capped subset during training, the whole split at the end)":
+            ["Margin", [[summary_tag(name)] * 3]] for name in names}
 
 
 def validation_summary_callback():
@@ -53,13 +61,22 @@ def run_hparams(module, args) -> dict[str, str | int | float]:
     return hp
 
 
-def write_hparams(logger, hparams: dict[str, Any], metrics: tuple[str, ...] = HPARAM_METRICS) -> None:
-    """TensorBoard's HParams summaries for this run (the metric columns read the run's own scalars), and
-    the same values in ``hparams.yaml``."""
+def write_hparams(logger, hparams: dict[str, Any], metrics: tuple[tuple[str, str], ...] | None = None) -> None:
+    """TensorBoard's HParams summaries for this run (the metric columns read the run's own scalars;
+    default :func:`hparam_metrics`), and the same values in ``hparams.yaml``."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
     from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
+    metrics = hparam_metrics() if metrics is None else metrics
     logger.log_hyperparams(hparams)  # hparams.yaml
-    experiment, start, end = hparams_summaries(hparams, {m: 0.0 for m in metrics})
+    experiment, start, end = hparams_summaries(hparams, {tag: 0.0 for tag, _ in metrics})
+    data = plugin_data_pb2.HParamsPluginData.FromString(experiment.value[0].metadata.plugin_data.content)
+    for info in data.experiment.hparam_infos:
+        info.differs = info.name in HPARAM_SHOWN
+    names = dict(metrics)
+    for info in data.experiment.metric_infos:
+        info.display_name = names[info.name.tag]
+    experiment.value[0].metadata.plugin_data.content = data.SerializeToString()
     writer = logger.experiment._get_file_writer()
     for summary in (experiment, start, end):
         writer.add_summary(summary)
@@ -72,7 +89,8 @@ FINDER_IMAGE = "find_alpha/loss_vs_alpha"
 
 def write_finder_events(out: Path, result, figure) -> Path:
     """The finder's result as a TensorBoard run in ``out``: the figure, held-out loss by alpha (step =
-    the grid index), the suggestion as text. ``tensorboard --logdir`` above it shows it beside the runs."""
+    the grid index), the suggestion as a number and as text. ``tensorboard --logdir`` above it shows it
+    beside the runs; in a run's folder it goes to its own ``FINDER_RUN`` folder (the report reads it)."""
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(out))
@@ -80,12 +98,15 @@ def write_finder_events(out: Path, result, figure) -> Path:
         writer.add_figure(FINDER_IMAGE, figure, global_step=0)
         for i, (alpha, loss) in enumerate(zip(result.alphas, result.losses)):
             if math.isfinite(loss):
-                writer.add_scalar("find_alpha/held_out_loss", loss, i)
-                writer.add_scalar("find_alpha/alpha", alpha, i)
-        text = ("no suggestion (every finished trial diverged)" if result.suggestion is None else
-                f"**suggested alpha: {result.suggestion:.4g}** (trials of {result.steps} steps at lr {result.lr:g}, "
-                f"for a {result.target_steps}-step run)")
-        writer.add_text("find_alpha/suggestion", text, global_step=0)
+                writer.add_scalar(FINDER_TAGS["loss"], loss, i)
+                writer.add_scalar(FINDER_TAGS["alpha"], alpha, i)
+        if result.suggestion is None:
+            text = "no suggestion (every finished trial diverged)"
+        else:
+            writer.add_scalar(FINDER_TAGS["suggestion"], result.suggestion, 0)
+            text = (f"**suggested alpha: {result.suggestion:.4g}** (trials of {result.steps} steps at lr {result.lr:g}, "
+                    f"for a {result.target_steps}-step run)")
+        writer.add_text("find_alpha/suggestion_text", text, global_step=0)
     finally:
         writer.close()
     return out

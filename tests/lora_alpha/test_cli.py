@@ -193,14 +193,22 @@ def test_a_run_logs_resolved_hparams_validation_during_training_and_a_layout_tha
     assert start.hparams["alpha"].number_value == pytest.approx(hp["alpha"])
     experiment = plugin_data_pb2.HParamsPluginData.FromString(
         acc.SummaryMetadata("_hparams_/experiment").plugin_data.content).experiment
-    columns = {m.name.tag for m in experiment.metric_infos}
-    assert {"Summary/val_acc", "test_acc", "Summary/alpha_verdict"} <= columns
-    assert columns <= set(scalars)
+    columns = [m.name.tag for m in experiment.metric_infos]  # TensorBoard shows the first five
+    assert columns == ["Summary/alpha_verdict", "test_acc", "Summary/val_acc"]
+    assert set(columns) <= set(scalars)
+    assert all(m.display_name for m in experiment.metric_infos)
+    # the five hyperparameters TensorBoard sorts first and shows: those an alpha study varies
+    shown = sorted((not h.differs, h.name) for h in experiment.hparam_infos)[:5]
+    assert [name for _, name in shown] == ["alpha", "c", "lr", "rank", "rule"]
+    assert {h.name for h in experiment.hparam_infos} >= {"batch_size", "max_steps", "targets", "head_lr"}
     # validation during training (steps 2 and 4), then the whole split at the end (step 4 again)
     assert set(scalars["Summary/val_loss"]) == {2, 4} and set(scalars["Summary/val_acc"]) == {2, 4}
     layout = layout_pb2.Layout.FromString(acc.Tensors("custom_scalars__config__")[-1].tensor_proto.string_val[0])
     patterns = [p for c in layout.category for chart in c.chart for p in chart.multiline.tag]
-    assert any(re.search(p, "Summary/val_loss") for p in patterns)
+    margins = [t for c in layout.category for chart in c.chart for s in chart.margin.series
+               for t in (s.value, s.lower, s.upper)]
+    assert "Summary/val_loss" in margins and "Summary/val_acc" in margins
+    assert set(margins) <= set(scalars)
     for pattern in patterns:
         assert any(re.search(pattern, t) for t in scalars), pattern
 
@@ -238,8 +246,9 @@ def test_alpha_auto_trains_with_the_finders_suggestion_and_records_it(workspace)
     assert f"--alpha auto: the alpha finder suggests {found['suggestion']:.4g}" in out.stdout
     adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert adapter["lora_alpha"] == pytest.approx(found["suggestion"])  # trained with it, saved with it
-    tags = read_tags(run)
+    tags = read_tags(run / "find_alpha")  # a TensorBoard run of its own: its steps are the grid's indices
     assert "find_alpha/loss_vs_alpha" in tags["images"] and "find_alpha/held_out_loss" in tags["scalars"]
+    assert "find_alpha/suggestion" in tags["scalars"]
     rep = run_cli("report", str(run), cwd=workspace)
     assert rep.returncode == 0 and f"--alpha auto chose {found['suggestion']:.4g}" in rep.stdout, rep.stderr[-2000:]
 
