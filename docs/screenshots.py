@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", type=Path, default=None, help="a finished run folder (default: train a short run)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots", help="where the PNGs go")
-    p.add_argument("--size", default="1400,1000", help="browser window, width,height in pixels")
+    p.add_argument("--size", default="1920,1080", help="browser window, width,height in pixels (a common desktop)")
     p.add_argument("--browser", default=shutil.which("chromium") or shutil.which("chromium-browser") or "chromium")
     args = p.parse_args(argv)
     if args.run is not None and not (args.run / "run.json").is_file():
