@@ -48,11 +48,35 @@ def unscale_divisor(trainer, optimizer) -> float:
 
 
 def log_metrics(trainer, metrics: dict[str, float], step: int) -> None:
-    """Scalars to every logger of the trainer, from rank zero only."""
+    """Scalars to every logger of the trainer, from rank zero only.
+
+    A TensorBoard logger gets them as one event (one summary holding every value) instead of one
+    event per value: a reader then sees all of a step's values or none of them, never a median
+    without its max (a margin chart with unequal steps draws an error until the page is reloaded;
+    a run killed mid-step would keep it).
+    """
     if not metrics or not trainer.is_global_zero:
         return
     for logger in trainer.loggers:
-        logger.log_metrics(metrics, step=step)
+        writer = _tensorboard_file_writer(logger)
+        if writer is None:
+            logger.log_metrics(metrics, step=step)
+            continue
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        prefix = getattr(logger, "_prefix", "") or ""
+        join = getattr(logger, "LOGGER_JOIN_CHAR", "-")
+        values = [Summary.Value(tag=f"{prefix}{join}{k}" if prefix else k, simple_value=float(v))
+                  for k, v in metrics.items()]
+        writer.add_summary(Summary(value=values), step)
+
+
+def _tensorboard_file_writer(logger):
+    """The event file writer behind a Lightning TensorBoard logger (None for other loggers)."""
+    if type(logger).__name__ != "TensorBoardLogger":
+        return None
+    get = getattr(logger.experiment, "_get_file_writer", None)
+    return get() if get is not None else None
 
 
 def tensorboard_writers(trainer) -> list:

@@ -65,7 +65,8 @@ class SignalDriftMonitor(CallbackBase):
             them, so per-layer values follow Lightning's logging cadence; aggregates do not.
         dashboard: more charts for the dashboard's first category, ``title -> [tag patterns]``
             (regular expressions of tags the caller logs, e.g. its validation loss: a multiline
-            chart) or ``title -> ["Margin", [[value, lower, upper], ...]]`` (exact tags: a margin chart).
+            chart, which TensorBoard draws before the margin charts) or ``title -> ["Margin",
+            [[value, lower, upper]]]`` (exact tags: a margin chart, drawn after ours).
 
     Example::
 
@@ -78,7 +79,7 @@ class SignalDriftMonitor(CallbackBase):
     def __init__(self, every_n_steps: int = 1, *, top_k: int | None = None, full_grad_every: int | None = 50,
                  layers: Sequence[str] | None = None, histogram_every: int | None = 50,
                  layer_log_every: int | None = None, probe_every: object = _UNSET,
-                 dashboard: dict[str, list[str]] | None = None, gram_dtype: torch.dtype = torch.float64) -> None:
+                 dashboard: dict[str, list] | None = None, gram_dtype: torch.dtype = torch.float64) -> None:
         super().__init__()
         full_grad_every = renamed_full_grad_every(full_grad_every, probe_every, type(self).__name__)
         self.engine = SignalDriftEngine(every_n_steps, top_k=top_k, full_grad_every=full_grad_every, layers=layers,
@@ -121,9 +122,10 @@ class SignalDriftMonitor(CallbackBase):
         self.engine.to_device(pl_module.device)
         from callbacks.advisor import AlphaRegimeAdvisor
 
-        advisor = any(isinstance(cb, AlphaRegimeAdvisor) for cb in trainer.callbacks)
+        advisor = next((cb for cb in trainer.callbacks if isinstance(cb, AlphaRegimeAdvisor)), None)
         for w in tensorboard_writers(trainer):
-            add_custom_layout(w, advisor=advisor, full_grad=self._probing, extra=self.dashboard)
+            add_custom_layout(w, advisor=advisor is not None, full_grad=self._probing, extra=self.dashboard,
+                              step_size_high=None if advisor is None else advisor.rules.step_size_high)
 
     def on_train_start(self, trainer, pl_module) -> None:
         if trainer.global_step > 0:  # resumed (the loops are restored by now): steps after the checkpoint

@@ -31,57 +31,63 @@ def _median_max(metric: str) -> list[str]:
     return [summary_tag(metric), summary_tag(metric), summary_tag(metric, "max")]
 
 
-def _margin(*series: list[str]) -> list:
-    return ["Margin", list(series)]
+def _margin(series: list[str]) -> list:
+    """A margin chart of one series: TensorBoard warns about a run that has some but not all of a margin
+    chart's tags, so a chart with two series would warn about every run without them (a finder run, a
+    run without an advisor)."""
+    return ["Margin", [series]]
 
 
-def dashboard_layout(*, advisor: bool = True, full_grad: bool = True,
+def dashboard_layout(*, advisor: bool = True, full_grad: bool = True, step_size_high: float | None = None,
                      extra: Mapping[str, Sequence] | None = None) -> dict:
     """The Custom Scalars layout: one quantity per chart, only tags that are logged.
 
-    Custom Scalars colours a chart's lines by run (so that runs compare), never by tag: a chart
-    holds one quantity, drawn as a margin chart (raw values, no smoothing): the value as a line,
-    its spread as the shaded band (the median over layers shaded up to the max; step_gap between
-    its quartiles over the probe set), and the levels the verdict compares against as flat lines.
+    Custom Scalars colours a chart's lines by run (so that runs compare), never by tag: each chart is
+    a margin chart of one series (raw values, no smoothing), the value as a line and a band: the
+    median over layers shaded up to the max, step_gap against the verdict's in-regime band (its two
+    thresholds), and in the details step_gap between its quartiles over the probe set.
 
     Args:
         advisor: an AlphaRegimeAdvisor logs alpha, the verdict, step_gap and the thresholds.
         full_grad: spectral suppression and gain are measured (full-gradient steps).
+        step_size_high: the advisor's collapse level, named in the step_size chart's title.
         extra: more charts for the first category, ``title -> [tag pattern, ...]`` (a multiline
-            chart) or ``title -> ["Margin", [[value, lower, upper], ...]]`` (exact tags), e.g. validation.
+            chart; TensorBoard draws these before the margin charts) or ``title -> ["Margin", [[value,
+            lower, upper]]]`` (exact tags), e.g. validation.
 
     Returns:
-        ``{category: {chart title: ["Multiline", [pattern, ...]] or ["Margin", [[value, lower, upper],
-        ...]]}}`` as :func:`add_custom_layout` writes it; Multiline patterns are regular expressions,
-        margin series exact tags.
+        ``{category: {chart title: ["Multiline", [pattern, ...]] or ["Margin", [[value, lower, upper]]]}}``
+        as :func:`add_custom_layout` writes it; Multiline patterns are regular expressions, margin
+        series exact tags.
     """
     first: dict[str, list] = {}
     if advisor:
         first["verdict: -1 alpha too small, 0 in regime, 0.5 uncertain, 1 too aggressive"] = _margin(
             _line(summary_tag("alpha_verdict")))
         first["alpha (median over layers)"] = _margin(_line(summary_tag("alpha")))
-        first["step_gap of each probe, shaded between its quartiles over the probe set; flat lines: the verdict's "
-              "thresholds (alpha too small above the upper, too aggressive below the lower)"] = _margin(
-            [summary_tag("step_gap"), summary_tag("step_gap_lo"), summary_tag("step_gap_hi")],
-            _line(threshold_tag("step_gap_too_small")), _line(threshold_tag("step_gap_too_aggressive")))
+        first["step_gap of each probe (line) against the in-regime band (shaded): above the band alpha looks too "
+              "small, below it the step overshoots"] = _margin(
+            [summary_tag("step_gap"), threshold_tag("step_gap_too_aggressive"), threshold_tag("step_gap_too_small")])
     first["drift_ratio: median over layers, shaded up to the max"] = _margin(_median_max("drift_ratio"))
-    step_size = [_median_max("step_size")]
     title = "step_size: median over layers, shaded up to the max"
-    if advisor:
-        step_size.append(_line(threshold_tag("step_size_high")))
-        title += "; flat line: the collapse level (peak step size)"
-    first[title] = _margin(*step_size)
+    if advisor and step_size_high is not None:
+        title += f" (a run whose median peaks at >= {step_size_high:g} is called too aggressive)"
+    first[title] = _margin(_median_max("step_size"))
     for chart, spec in (extra or {}).items():
         first[chart] = list(spec) if spec and spec[0] in ("Margin", "Multiline") else ["Multiline", list(spec)]
-    details = {f"{m}: median over layers, shaded up to the max": _margin(_median_max(m)) for m in DETAIL_METRICS}
-    if full_grad:
-        details.update({f"{m}: median over layers, shaded up to the max (full-gradient steps)": _margin(_median_max(m))
-                        for m in PROBE_METRICS})
+    details: dict[str, list] = {}
     if advisor:
+        details["step_gap of each probe, shaded between its quartiles over the probe set's examples (the "
+                "whole-model gap, from their mean loss, need not lie between them)"] = _margin(
+            [summary_tag("step_gap"), summary_tag("step_gap_lo"), summary_tag("step_gap_hi")])
         details["step_gap_median: the median of the probes the verdict reads"] = _margin(
             _line(summary_tag("step_gap_median")))
         details["gap_gain (each probe)"] = _margin(_line(summary_tag("gap_gain")))
         details["gap_z (each probe): how clearly the probe set's units agree"] = _margin(_line(summary_tag("gap_z")))
+    details.update({f"{m}: median over layers, shaded up to the max": _margin(_median_max(m)) for m in DETAIL_METRICS})
+    if full_grad:
+        details.update({f"{m}: median over layers, shaded up to the max (full-gradient steps)": _margin(_median_max(m))
+                        for m in PROBE_METRICS})
     return {DASHBOARD_TITLE: first, DETAILS_TITLE: details}
 
 

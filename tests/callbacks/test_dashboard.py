@@ -67,6 +67,8 @@ def test_every_layout_pattern_matches_a_logged_tag_and_charts_one_quantity(run):
             for pattern in content:
                 assert any(re.search(pattern, t) for t in scalars), f"chart {title!r}: {pattern!r} matches no logged tag"
         else:
+            # one series: TensorBoard warns about any run that has some but not all of a chart's tags
+            assert len(content) == 1, f"chart {title!r} has {len(content)} series"
             for value, lower, upper in content:
                 for tag in (value, lower, upper):
                     assert tag in scalars, f"chart {title!r}: {tag!r} is never logged"
@@ -83,15 +85,40 @@ def test_every_layout_pattern_matches_a_logged_tag_and_charts_one_quantity(run):
     # the caller's multiline chart first (TensorBoard draws multiline charts first), then ours in order
     assert [t.split(":")[0].split(" ")[0] for t in first] == [
         "train", "verdict", "alpha", "step_gap", "drift_ratio", "step_size"]
-    gap = next(c for t, c in first.items() if t.startswith("step_gap"))
-    assert gap == ("Margin", [(summary_tag("step_gap"), summary_tag("step_gap_lo"), summary_tag("step_gap_hi")),
-                              (threshold_tag("step_gap_too_small"),) * 3, (threshold_tag("step_gap_too_aggressive"),) * 3])
+    gap = next(c for t, c in first.items() if t.startswith("step_gap"))  # against the in-regime band
+    assert gap == ("Margin", [(summary_tag("step_gap"), threshold_tag("step_gap_too_aggressive"),
+                               threshold_tag("step_gap_too_small"))])
+    spread = next(c for t, c in layout["Signal-Drift details"].items() if t.startswith("step_gap of each probe"))
+    assert spread == ("Margin", [(summary_tag("step_gap"), summary_tag("step_gap_lo"), summary_tag("step_gap_hi"))])
+    size = next(t for t in first if t.startswith("step_size"))
+    assert f">= {regime.STEP_SIZE_HIGH:g}" in size  # the advisor's collapse level, named
     drift = next(c for t, c in first.items() if t.startswith("drift_ratio"))
     assert drift == ("Margin", [("Summary/drift_ratio", "Summary/drift_ratio", "Summary/drift_ratio_max")])
     verdict = next(c for t, c in first.items() if t.startswith("verdict"))
     assert verdict == ("Margin", [("Summary/alpha_verdict",) * 3])  # a margin chart: drawn without smoothing
     assert ("Multiline", ["^train_loss$"]) in first.values()  # the caller's own chart
     assert not any(layer_tag("model.fc1", "drift_ratio") in _drawn(c, scalars) for _, c in charts)
+
+
+def test_each_margin_series_is_written_in_one_event_per_step(run):
+    """A reader (TensorBoard reloading a live run, or a run killed mid-write) sees a step's value, lower
+    and upper bound together or not at all: one event holds them."""
+    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+
+    tmp, _, layout, _ = run
+    (events,) = pathlib.Path(tmp).rglob("events.out.tfevents.*")
+    together: dict[str, list[set[str]]] = {}
+    for event in LegacyEventFileLoader(str(events)).Load():
+        if event.HasField("summary"):
+            tags = {v.tag for v in event.summary.value}
+            for t in tags:
+                together.setdefault(t, []).append(tags)
+    series = [s for category in layout.values() for kind, content in category.values() if kind == "Margin"
+              for s in content]
+    assert any(len(set(s)) == 3 for s in series)
+    for s in series:
+        for tags in together[s[0]]:
+            assert set(s) <= tags, f"{s}: a value written apart from its bounds"
 
 
 def test_the_summary_is_small_sorts_first_and_holds_alpha_and_the_verdict(run):
