@@ -36,9 +36,11 @@ MODEL_METRICS: dict[str, int] = {"alpha": 6, "alpha_verdict": 6, "step_gap": 5, 
 THRESHOLDS = ("step_gap_too_small", "step_gap_too_aggressive", "step_size_high")
 # The alpha finder's trials when a run chose its alpha with them (``signaldrift train --alpha auto``): a
 # TensorBoard run of their own in the run's folder FINDER_RUN (their steps are the grid's indices, not
-# training steps), read back by the report. Held-out loss and alpha by grid index, the suggestion at 0.
+# training steps), read back by the report. Held-out loss and alpha by grid index; at step 0 the best alpha
+# for a run as long as the trials and the suggestion (that best scaled to the run's length).
 FINDER_RUN = "find_alpha"
-FINDER_TAGS = {"alpha": "find_alpha/alpha", "loss": "find_alpha/held_out_loss", "suggestion": "find_alpha/suggestion"}
+FINDER_TAGS = {"alpha": "find_alpha/alpha", "loss": "find_alpha/held_out_loss", "best": "find_alpha/trial_best",
+               "suggestion": "find_alpha/suggestion"}
 # The training application's held-out metrics, repeated in the summary.
 VALIDATION = ("val_loss", "val_acc")
 KINDS = ("median", "max")  # how a per-layer metric is summarized over layers

@@ -315,20 +315,30 @@ def _heatmap(fig, ax, record: RunRecord, window: int) -> None:
 
 
 def _finder(ax, record: RunRecord, alpha: float | None) -> None:
-    """The alpha finder's trials (``--alpha auto``): held-out loss by alpha, its suggestion, the run's alpha."""
+    """The alpha finder's trials (``--alpha auto``): held-out loss by alpha, the best alpha for the trials'
+    length, the suggestion (that best scaled to the run's length) and the run's alpha."""
+    def at_zero(key: str) -> float | None:
+        series = record.scalars.get(FINDER_TAGS[key], {})
+        return series[min(series)] if series else None  # written once, at step 0
+
     alphas, losses = record.scalars.get(FINDER_TAGS["alpha"], {}), record.scalars.get(FINDER_TAGS["loss"], {})
     trials = sorted((alphas[i], losses[i]) for i in set(alphas) & set(losses))
     ax.semilogx([a for a, _ in trials], [l for _, l in trials], "o-", color="black", markersize=4,
                 label="held-out loss after each trial")
-    suggested = record.scalars.get(FINDER_TAGS["suggestion"], {})
-    if suggested:
-        value = suggested[min(suggested)]  # written once, at step 0
-        ax.axvline(value, color="tab:red", ls="--", lw=1, label=f"suggested alpha ({value:.4g})")
-    if alpha is not None:
+    best, suggested = at_zero("best"), at_zero("suggestion")
+    if best is not None and (suggested is None or not math.isclose(best, suggested, rel_tol=1e-3)):
+        ax.axvline(best, color="tab:orange", ls=":", lw=1.5, label=f"best alpha for the trials' length ({best:.4g})")
+    if suggested is not None:
+        same = alpha is not None and math.isclose(alpha, suggested, rel_tol=1e-3)
+        used = " = this run's alpha" if same else ""
+        ax.axvline(suggested, color="tab:red", ls="--", lw=1.5, label=f"suggested for the run's length{used} "
+                                                                      f"({suggested:.4g})")
+    if alpha is not None and (suggested is None or not math.isclose(alpha, suggested, rel_tol=1e-3)):
         ax.axvline(alpha, color="tab:blue", ls=":", lw=1.5, label=f"this run's alpha ({alpha:.4g})")
-    ax.set_xlabel("alpha (finder's grid, log scale)", fontsize=9)
+    ax.set_xlabel("alpha (the finder's grid, log scale)", fontsize=9)
     ax.set_ylabel("held-out loss", fontsize=9)
-    ax.set_title(f"alpha finder: {len(trials)} trials chose this run's alpha (--alpha auto)", fontsize=10)
+    ax.set_title(f"alpha finder: {len(trials)} short trials (the suggestion scales their best alpha to the "
+                 "run's length: best x trial steps / run steps)", fontsize=10)
     ax.legend(fontsize=8, loc="best")
 
 
@@ -397,7 +407,11 @@ def report_figure(record: RunRecord, window: int = 10):
         if median:
             _plot_series(ax, median, color="black", lw=1.5, label="median of the verdict's window")
         top = max([*gap.values(), *(lo[s] for s in both), *(hi[s] for s in both), too_small * 1.35]) * 1.1
-        ax.set_ylim(-0.04 * top, top)  # a probe at 0 (the loss lowest where the step started) stays visible
+        if top > 8:  # a gap of 16 or 64 would squash the band and its thresholds flat: log above 1
+            ax.set_yscale("symlog", linthresh=1, linscale=1)
+            ax.set_ylim(-0.05, top * 1.5)
+        else:
+            ax.set_ylim(-0.04 * top, top)  # a probe at 0 (the loss lowest where the step started) stays visible
     else:
         _empty(ax, "step_gap probe")
     ax.set_ylabel("step_gap (best multiple of the step)", fontsize=9)

@@ -61,19 +61,23 @@ def run_hparams(module, args) -> dict[str, str | int | float]:
     return hp
 
 
-def write_hparams(logger, hparams: dict[str, Any], metrics: tuple[tuple[str, str], ...] | None = None) -> None:
-    """TensorBoard's HParams summaries for this run (the metric columns read the run's own scalars;
-    default :func:`hparam_metrics`), and the same values in ``hparams.yaml``."""
+def write_hparams(logger, hparams: dict[str, Any], metrics=None) -> None:
+    """TensorBoard's HParams summaries for this run, and the same values in ``hparams.yaml``.
+
+    Args:
+        metrics: the metric columns (each the last value of a tag the run logs), in order: tags, or
+            ``(tag, column name)`` pairs; default :func:`hparam_metrics`.
+    """
     from tensorboard.plugins.hparams import plugin_data_pb2
     from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
-    metrics = hparam_metrics() if metrics is None else metrics
+    pairs = [(m, m) if isinstance(m, str) else tuple(m) for m in (hparam_metrics() if metrics is None else metrics)]
     logger.log_hyperparams(hparams)  # hparams.yaml
-    experiment, start, end = hparams_summaries(hparams, {tag: 0.0 for tag, _ in metrics})
+    experiment, start, end = hparams_summaries(hparams, {tag: 0.0 for tag, _ in pairs})
     data = plugin_data_pb2.HParamsPluginData.FromString(experiment.value[0].metadata.plugin_data.content)
     for info in data.experiment.hparam_infos:
         info.differs = info.name in HPARAM_SHOWN
-    names = dict(metrics)
+    names = dict(pairs)
     for info in data.experiment.metric_infos:
         info.display_name = names[info.name.tag]
     experiment.value[0].metadata.plugin_data.content = data.SerializeToString()
@@ -104,6 +108,8 @@ def write_finder_events(out: Path, result, figure) -> Path:
             text = "no suggestion (every finished trial diverged)"
         else:
             writer.add_scalar(FINDER_TAGS["suggestion"], result.suggestion, 0)
+            if result.trial_best is not None:
+                writer.add_scalar(FINDER_TAGS["best"], result.trial_best, 0)
             text = (f"**suggested alpha: {result.suggestion:.4g}** (trials of {result.steps} steps at lr {result.lr:g}, "
                     f"for a {result.target_steps}-step run)")
         writer.add_text("find_alpha/suggestion_text", text, global_step=0)

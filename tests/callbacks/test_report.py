@@ -137,6 +137,7 @@ def test_the_report_draws_the_alpha_finders_trials_when_the_run_has_them(tmp_pat
     for i, (alpha, loss) in enumerate(trials):
         writer.add_scalar(FINDER_TAGS["alpha"], alpha, i)
         writer.add_scalar(FINDER_TAGS["loss"], loss, i)
+    writer.add_scalar(FINDER_TAGS["best"], 80.0, 0)
     writer.add_scalar(FINDER_TAGS["suggestion"], 40.0, 0)
     writer.close()
     fig = report_figure(read_run(run))
@@ -145,8 +146,19 @@ def test_the_report_draws_the_alpha_finders_trials_when_the_run_has_them(tmp_pat
     curve, *marks = ax.get_lines()
     assert list(curve.get_xdata()) == [12.0, 48.0, 400.0, 3000.0]
     assert list(curve.get_ydata()) == pytest.approx([0.7, 0.5, 0.9, 2.0])
-    assert sorted(float(m.get_xdata()[0]) for m in marks) == [40.0, 48.0]  # the suggestion, the run's alpha
+    # the trials' best, the suggestion, the run's alpha
+    assert sorted(float(m.get_xdata()[0]) for m in marks) == [40.0, 48.0, 80.0]
     assert len(fig.axes) == len(plain.axes) + 1
+    # a run that trained with the suggestion: one line says both
+    writer = SummaryWriter(str(run))
+    for step in range(3, 5):
+        writer.add_scalar(summary_tag("alpha"), 40.0, step)
+    writer.close()
+    fig = report_figure(read_run(run))
+    (ax,) = [ax for ax in fig.axes if ax.get_title().startswith("alpha finder")]
+    labels = ax.get_legend_handles_labels()[1]
+    assert [float(m.get_xdata()[0]) for m in ax.get_lines()[1:]] == [80.0, 40.0]
+    assert any("= this run's alpha (40)" in label for label in labels)
     import matplotlib.pyplot as plt
 
     plt.close("all")

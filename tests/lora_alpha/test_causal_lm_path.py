@@ -50,6 +50,17 @@ def test_tiny_llama_on_hamlet_through_the_cli(tmp_path):
     for metric in ("step_gap", "alpha_verdict", "drift_ratio"):
         assert summary_tag(metric) in scalars, metric
     assert all(math.isfinite(v) for tag in scalars for v in scalars[tag].values())
+    # HParams: the verdict and the held-out losses (no accuracy for a language model), each a logged tag
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(run), size_guidance={"tensors": 0})
+    acc.Reload()
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(
+        acc.SummaryMetadata("_hparams_/experiment").plugin_data.content).experiment
+    columns = [m.name.tag for m in experiment.metric_infos]
+    assert columns == ["Summary/alpha_verdict", "test_loss", "Summary/val_loss"]
+    assert set(columns) <= set(scalars)
     # The adapter loads in PEFT, and the loss on the training text falls from the base model's.
     from peft import PeftModel
     from safetensors.torch import load_file
