@@ -109,8 +109,8 @@ class AlphaRegimeAdvisor(CallbackBase):
       step where the verdict changes;
     * ``signaldrift/thresholds/<name>``: constant series of :meth:`thresholds` (the advisor's ``rules``):
       ``step_size_high`` at every step, ``step_gap_too_small`` and ``step_gap_too_aggressive`` at each
-      probe, as often as the values they are drawn with (a chart that ignores outliers keeps the
-      probes' extremes in view);
+      probe, with its step_gap (the dashboard draws them as step_gap's band, which needs the same steps;
+      a chart that ignores outliers also keeps the probes' extremes in view);
     * TensorBoard text ``signaldrift/verdict``: verdict, evidence and suggestion.
 
     Args:

@@ -1,7 +1,6 @@
 """TensorBoard extras: the Custom Scalars dashboard, singular-value histograms, the spectra figure."""
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 
 from torch import Tensor
@@ -14,11 +13,6 @@ DETAILS_TITLE = "Signal-Drift details"
 DETAIL_METRICS = ("signal_norm", "grad_alignment", "grad_drift_ratio", "delta_rel", "stable_rank")
 PROBE_METRICS = ("spectral_suppression", "spectral_gain")  # on full-gradient steps only
 SPECTRA_LAYERS = 8  # layers drawn in the spectra figure: the largest updates
-
-
-def _exact(*tags: str) -> str:
-    """A Custom Scalars pattern (a regular expression) matching exactly these tags."""
-    return "^(" + "|".join(re.escape(t) for t in tags) + ")$"
 
 
 def _line(tag: str) -> list[str]:
@@ -92,8 +86,9 @@ def dashboard_layout(*, advisor: bool = True, full_grad: bool = True, step_size_
 
 
 def layout_summary(layout: Mapping[str, Mapping[str, Sequence]]):
-    """The Custom Scalars plugin's summary for ``layout`` (:func:`dashboard_layout`'s form); margin charts
-    may hold several series (``SummaryWriter.add_custom_scalars`` takes one).
+    """The Custom Scalars plugin's summary for ``layout`` (:func:`dashboard_layout`'s form), with the charts
+    in the order TensorBoard needs to show them in ``layout``'s (``SummaryWriter.add_custom_scalars``
+    writes them as given).
 
     TensorBoard draws a category's multiline charts first, in their order, then its margin charts in
     the reverse of theirs (its list view inserts each chart's two ``dom-if`` anchors by element index,
