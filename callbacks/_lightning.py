@@ -50,15 +50,16 @@ def unscale_divisor(trainer, optimizer) -> float:
 def log_metrics(trainer, metrics: dict[str, float], step: int) -> None:
     """Scalars to every logger of the trainer, from rank zero only.
 
-    A TensorBoard logger gets them as one event (one summary holding every value) instead of one
-    event per value: a reader then sees all of a step's values or none of them, never a median
-    without its max (a margin chart with unequal steps draws an error until the page is reloaded;
-    a run killed mid-step would keep it).
+    A TensorBoard logger (torch's SummaryWriter) gets numbers as one event (one summary holding every
+    value) instead of one event per value: a run killed mid-step leaves a step's values whole or absent,
+    never a median without its max, which a margin chart would show as a steps-mismatch error. (A live
+    run's reader can still load a chart's tags between two reloads; the page's reload clears that.)
     """
     if not metrics or not trainer.is_global_zero:
         return
+    numbers = all(isinstance(v, (int, float)) or getattr(v, "numel", lambda: 0)() == 1 for v in metrics.values())
     for logger in trainer.loggers:
-        writer = _tensorboard_file_writer(logger)
+        writer = _tensorboard_file_writer(logger) if numbers else None
         if writer is None:
             logger.log_metrics(metrics, step=step)
             continue
@@ -72,11 +73,14 @@ def log_metrics(trainer, metrics: dict[str, float], step: int) -> None:
 
 
 def _tensorboard_file_writer(logger):
-    """The event file writer behind a Lightning TensorBoard logger (None for other loggers)."""
+    """The event file writer behind a Lightning TensorBoard logger writing with torch's SummaryWriter
+    (None for other loggers, and for tensorboardX, which Lightning uses without ``tensorboard``)."""
     if type(logger).__name__ != "TensorBoardLogger":
         return None
-    get = getattr(logger.experiment, "_get_file_writer", None)
-    return get() if get is not None else None
+    experiment = logger.experiment
+    if not type(experiment).__module__.startswith("torch.utils.tensorboard"):
+        return None
+    return experiment._get_file_writer()
 
 
 def tensorboard_writers(trainer) -> list:

@@ -66,7 +66,8 @@ class SignalDriftMonitor(CallbackBase):
         dashboard: more charts for the dashboard's first category, ``title -> [tag patterns]``
             (regular expressions of tags the caller logs, e.g. its validation loss: a multiline
             chart, which TensorBoard draws before the margin charts) or ``title -> ["Margin",
-            [[value, lower, upper]]]`` (exact tags: a margin chart, drawn after ours).
+            [[value, lower, upper]]]`` (exact tags: a margin chart, drawn after ours; log a series'
+            three tags in one call, at the same steps).
 
     Example::
 
@@ -122,10 +123,9 @@ class SignalDriftMonitor(CallbackBase):
         self.engine.to_device(pl_module.device)
         from callbacks.advisor import AlphaRegimeAdvisor
 
-        advisor = next((cb for cb in trainer.callbacks if isinstance(cb, AlphaRegimeAdvisor)), None)
+        advisor = any(isinstance(cb, AlphaRegimeAdvisor) for cb in trainer.callbacks)
         for w in tensorboard_writers(trainer):
-            add_custom_layout(w, advisor=advisor is not None, full_grad=self._probing, extra=self.dashboard,
-                              step_size_high=None if advisor is None else advisor.rules.step_size_high)
+            add_custom_layout(w, advisor=advisor, full_grad=self._probing, extra=self.dashboard)
 
     def on_train_start(self, trainer, pl_module) -> None:
         if trainer.global_step > 0:  # resumed (the loops are restored by now): steps after the checkpoint

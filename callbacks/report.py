@@ -327,14 +327,16 @@ def _finder(ax, record: RunRecord, alpha: float | None) -> None:
                 label="held-out loss after each trial")
     best, suggested = at_zero("best"), at_zero("suggestion")
     if best is not None and (suggested is None or not math.isclose(best, suggested, rel_tol=1e-3)):
-        ax.axvline(best, color="tab:orange", ls=":", lw=1.5, label=f"best alpha for the trials' length ({best:.4g})")
+        edge = " at the grid's edge" if trials and not trials[0][0] < best < trials[-1][0] else ""
+        ax.axvline(best, color="tab:orange", ls=":", lw=1.5,
+                   label=f"best alpha for the trials' length{edge} ({best:.5g})")
     if suggested is not None:
         same = alpha is not None and math.isclose(alpha, suggested, rel_tol=1e-3)
         used = " = this run's alpha" if same else ""
         ax.axvline(suggested, color="tab:red", ls="--", lw=1.5, label=f"suggested for the run's length{used} "
-                                                                      f"({suggested:.4g})")
+                                                                      f"({suggested:.5g})")
     if alpha is not None and (suggested is None or not math.isclose(alpha, suggested, rel_tol=1e-3)):
-        ax.axvline(alpha, color="tab:blue", ls=":", lw=1.5, label=f"this run's alpha ({alpha:.4g})")
+        ax.axvline(alpha, color="tab:blue", ls=":", lw=1.5, label=f"this run's alpha ({alpha:.5g})")
     ax.set_xlabel("alpha (the finder's grid, log scale)", fontsize=9)
     ax.set_ylabel("held-out loss", fontsize=9)
     ax.set_title(f"alpha finder: {len(trials)} short trials (the suggestion scales their best alpha to the "
@@ -391,9 +393,9 @@ def report_figure(record: RunRecord, window: int = 10):
     gap = by_key.get(TagKey("step_gap"), {})
     ax.axhspan(too_aggressive, too_small, color="tab:green", alpha=0.12,
                label=f"in-regime band [{too_aggressive:g}, {too_small:g})")
-    ax.axhline(too_small, color="tab:blue", ls="--", lw=1, label=f"alpha too small above {too_small:g}")
+    ax.axhline(too_small, color="tab:blue", ls="--", lw=1, label=f"alpha too small at or above {too_small:g} (significant probes)")
     ax.axhline(too_aggressive, color="tab:red", ls="--", lw=1,
-               label=f"too aggressive below {too_aggressive:g}")
+               label=f"too aggressive below {too_aggressive:g} (significant probes)")
     if gap:
         lo, hi = by_key.get(TagKey("step_gap_lo"), {}), by_key.get(TagKey("step_gap_hi"), {})
         both = sorted(set(lo) & set(hi) & set(gap))
@@ -430,7 +432,7 @@ def report_figure(record: RunRecord, window: int = 10):
     ax.set_title("verdict over time (the configuration alone until enough probes)", fontsize=10)
 
     for ax, metric, line, label in ((axes[2], "drift_ratio", regime.DRIFT_RATIO_HIGH, "high drift ratio"),
-                                    (axes[3], "step_size", size_high, "collapse level (peak step size)")):
+                                    (axes[3], "step_size", size_high, "collapse level (the median's peak after step 0)")):
         median, top = by_key.get(TagKey(metric), {}), by_key.get(TagKey(metric, None, "max"), {})
         if median:
             _plot_series(ax, median, color="tab:blue", label="median over layers")

@@ -32,7 +32,7 @@ def _margin(series: list[str]) -> list:
     return ["Margin", [series]]
 
 
-def dashboard_layout(*, advisor: bool = True, full_grad: bool = True, step_size_high: float | None = None,
+def dashboard_layout(*, advisor: bool = True, full_grad: bool = True,
                      extra: Mapping[str, Sequence] | None = None) -> dict:
     """The Custom Scalars layout: one quantity per chart, only tags that are logged.
 
@@ -44,7 +44,6 @@ def dashboard_layout(*, advisor: bool = True, full_grad: bool = True, step_size_
     Args:
         advisor: an AlphaRegimeAdvisor logs alpha, the verdict, step_gap and the thresholds.
         full_grad: spectral suppression and gain are measured (full-gradient steps).
-        step_size_high: the advisor's collapse level, named in the step_size chart's title.
         extra: more charts for the first category, ``title -> [tag pattern, ...]`` (a multiline
             chart; TensorBoard draws these before the margin charts) or ``title -> ["Margin", [[value,
             lower, upper]]]`` (exact tags), e.g. validation.
@@ -59,14 +58,14 @@ def dashboard_layout(*, advisor: bool = True, full_grad: bool = True, step_size_
         first["verdict: -1 alpha too small, 0 in regime, 0.5 uncertain, 1 too aggressive"] = _margin(
             _line(summary_tag("alpha_verdict")))
         first["alpha (median over layers)"] = _margin(_line(summary_tag("alpha")))
-        first["step_gap of each probe (line) against the in-regime band (shaded): above the band alpha looks too "
-              "small, below it the step overshoots"] = _margin(
+        first["step_gap of each probe (line) against the in-regime band (shaded): a significant probe at or above "
+              "the band says alpha looks too small, below it that the step overshoots"] = _margin(
             [summary_tag("step_gap"), threshold_tag("step_gap_too_aggressive"), threshold_tag("step_gap_too_small")])
     first["drift_ratio: median over layers, shaded up to the max"] = _margin(_median_max("drift_ratio"))
-    title = "step_size: median over layers, shaded up to the max"
-    if advisor and step_size_high is not None:
-        title += f" (a run whose median peaks at >= {step_size_high:g} is called too aggressive)"
-    first[title] = _margin(_median_max("step_size"))
+    # Titles are the same for every run: TensorBoard merges the layouts of a logdir's runs chart by chart.
+    first["step_size: median over layers, shaded up to the max (the advisor calls a run too aggressive once the "
+          "median, sampled every few steps after step 0, peaked at signaldrift/thresholds/step_size_high)"] = _margin(
+        _median_max("step_size"))
     for chart, spec in (extra or {}).items():
         first[chart] = list(spec) if spec and spec[0] in ("Margin", "Multiline") else ["Multiline", list(spec)]
     details: dict[str, list] = {}

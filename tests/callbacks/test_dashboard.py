@@ -91,7 +91,7 @@ def test_every_layout_pattern_matches_a_logged_tag_and_charts_one_quantity(run):
     spread = next(c for t, c in layout["Signal-Drift details"].items() if t.startswith("step_gap of each probe"))
     assert spread == ("Margin", [(summary_tag("step_gap"), summary_tag("step_gap_lo"), summary_tag("step_gap_hi"))])
     size = next(t for t in first if t.startswith("step_size"))
-    assert f">= {regime.STEP_SIZE_HIGH:g}" in size  # the advisor's collapse level, named
+    assert threshold_tag("step_size_high") in size  # the advisor's collapse level, named (the same for every run)
     drift = next(c for t, c in first.items() if t.startswith("drift_ratio"))
     assert drift == ("Margin", [("Summary/drift_ratio", "Summary/drift_ratio", "Summary/drift_ratio_max")])
     verdict = next(c for t, c in first.items() if t.startswith("verdict"))
@@ -200,3 +200,50 @@ def test_tags_round_trip():
         assert key is not None
         made = layer_tag(key.layer, key.metric) if key.layer else summary_tag(key.metric, key.kind)
         assert made == tag
+
+
+def test_log_metrics_leaves_other_writers_and_non_numbers_to_the_logger():
+    """One event per call only through torch's SummaryWriter; a tensorboardX writer (Lightning's choice
+    without ``tensorboard``) or a dict value goes through the logger's own log_metrics."""
+    import torch
+
+    from callbacks._lightning import log_metrics
+
+    class Writer:  # not torch.utils.tensorboard's
+        def _get_file_writer(self):
+            raise AssertionError("wrote around the logger")
+
+    class TensorBoardLogger:
+        def __init__(self, experiment):
+            self.experiment, self.calls = experiment, []
+
+        def log_metrics(self, metrics, step):
+            self.calls.append((dict(metrics), step))
+
+    class Trainer:
+        is_global_zero = True
+
+    other = TensorBoardLogger(Writer())
+    Trainer.loggers = [other]
+    log_metrics(Trainer, {"a": 1.0}, 3)
+    assert other.calls == [({"a": 1.0}, 3)]
+
+    class TorchWriter:
+        def __init__(self):
+            self.summaries = []
+
+        def _get_file_writer(self):
+            return self
+
+        def add_summary(self, summary, step):
+            self.summaries.append((summary, step))
+
+    TorchWriter.__module__ = "torch.utils.tensorboard.writer"
+    torch_logger = TensorBoardLogger(TorchWriter())
+    Trainer.loggers = [torch_logger]
+    log_metrics(Trainer, {"a": 1.0, "b": torch.tensor(2.0)}, 4)
+    ((summary, step),) = torch_logger.experiment.summaries
+    assert step == 4 and {(v.tag, v.simple_value) for v in summary.value} == {("a", 1.0), ("b", 2.0)}
+    assert torch_logger.calls == []
+    log_metrics(Trainer, {"a": {"x": 1.0}}, 5)  # a dict: the logger's add_scalars
+    assert torch_logger.calls == [({"a": {"x": 1.0}}, 5)] and len(torch_logger.experiment.summaries) == 1
