@@ -440,7 +440,9 @@ def report_figure(record: RunRecord, window: int = 10):
                 _plot_series(ax, top, color="tab:orange", alpha=0.7, label="max over layers")
             ax.axhline(line, color="tab:red", ls="--", lw=1, label=f"{label} ({line:g})")
             ax.set_yscale("log")
-            ax.legend(fontsize=8, loc="best")
+            low, high = ax.get_ylim()
+            ax.set_ylim(low, high * 10 ** 1.3)  # headroom: the legend above every line, not over one
+            ax.legend(fontsize=8, loc="upper right", ncol=1)
         else:
             _empty(ax, metric)
         ax.set_ylabel(metric, fontsize=9)
