@@ -278,7 +278,8 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, *, check_base_m
 
     Raises:
         AdapterFileError: a file is unreadable: not JSON, not a JSON object, a field of the wrong
-            type, an unknown rule, truncated or garbage weights (the message names the file).
+            type, an unknown rule, truncated or garbage weights, factors with NaN or infinite values
+            (the message names the file).
         AdapterMismatchError: missing files, a non-LoRA adapter, a layer the model lacks, layers
             that differ from the model's LoRA layers (``strict``), shapes that differ, a merged
             layer, or a different base model.
@@ -331,6 +332,10 @@ def _read_adapter(directory: Path, model: nn.Module, check_base_model: bool) -> 
                 if value.ndim != 2 or not value.is_floating_point():
                     raise AdapterFileError(f"{weights_path}: {key!r} is a {value.ndim}-d {value.dtype} tensor; "
                                            "LoRA factors are 2-d floating point")
+                bad = int((~torch.isfinite(value)).sum())
+                if bad:
+                    raise AdapterFileError(f"{weights_path}: {key!r} holds {bad} NaN or infinite value(s) of "
+                                           f"{value.numel()}; LoRA factors must be finite (a diverged or damaged adapter)")
                 factors.setdefault(k[: -len(suffix)], {})[part] = value
                 break
         else:

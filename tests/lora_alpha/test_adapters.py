@@ -221,6 +221,17 @@ def _truncate(directory):
     path.write_bytes(data[: len(data) // 2])
 
 
+def _nan_factor(directory):
+    """One entry of one factor set to NaN, the file otherwise whole (a diverged run's adapter)."""
+    from safetensors.torch import load_file, save_file
+
+    path = directory / "adapter_model.safetensors"
+    tensors = load_file(str(path))
+    key = sorted(k for k in tensors if k.endswith("lora_B.weight"))[-1]
+    tensors[key][0, 0] = float("nan")
+    save_file(tensors, str(path))
+
+
 CORRUPTIONS = {
     "config-bad-json": ("adapter_config.json", _write("adapter_config.json", b'{"r": 4, '), "not valid JSON"),
     "config-binary": ("adapter_config.json", _write("adapter_config.json", b"\xff\xfe\x00"), "not UTF-8"),
@@ -242,6 +253,7 @@ CORRUPTIONS = {
     "weights-garbage": ("adapter_model.safetensors", _write("adapter_model.safetensors", b"\x07" * 64),
                         "truncated or corrupt"),
     "weights-empty": ("adapter_model.safetensors", _write("adapter_model.safetensors", b""), "truncated or corrupt"),
+    "weights-nan": ("adapter_model.safetensors", _nan_factor, r"lora_B.weight' holds 1 NaN or infinite value\(s\)"),
 }
 
 
