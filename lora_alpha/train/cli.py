@@ -857,7 +857,13 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
     try:
         if args.command == "report":
-            return report(args)
+            try:
+                code = report(args)
+                sys.stdout.flush()  # here, where a closed pipe is caught, not in the interpreter's exit
+                return code
+            except BrokenPipeError:  # `signaldrift report RUN | head`: the reader left, nothing is wrong
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush fails quietly
+                return 1
         return {"train": train, "find-alpha": find_alpha_cmd}[args.command](args, given)
     except (UsageError, LoRAConfigError, AlphaFinderError) as err:
         return _fail(str(err))

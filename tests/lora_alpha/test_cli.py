@@ -38,6 +38,20 @@ def test_train_then_report(workspace):
     assert (run / "report.png").stat().st_size > 10_000
     again = run_cli(*_train_args(workspace, "--name", "ok"), cwd=workspace)
     assert again.returncode == 2 and "exists; pass another --name, --overwrite, or --resume" in again.stderr
+    # `signaldrift report RUN | head`: the reader leaves before the report is printed; no traceback
+    import os
+    import subprocess
+    import sys
+
+    from tests.lora_alpha.app_helpers import ROOT
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore", PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from lora_alpha.train.cli import main; "
+                             "sys.exit(main())", "report", str(run)], cwd=workspace, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before anything is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1 and "Traceback" not in err and "BrokenPipe" not in err, err
 
 
 def _bad(workspace, tmp_path, name):
