@@ -369,7 +369,8 @@ class TextClassificationDataModule(_ClassificationDataModule):
 
     Labels: integers 0..K-1 are kept; any other labels (strings, other integers) are mapped to ids
     in sorted order of the training labels. ``0``, ``0.0`` and ``"0.0"`` are the same label; a
-    row without a label (blank, NaN, null) is refused with its file and line. The validation
+    row without a label (blank, NaN, null) or without text (blank, null) is refused with its file
+    and line. The validation
     split defaults to 10% of the training rows (seeded) when no file is given; the test split
     defaults to the validation split. ``train_size`` / ``eval_size`` cap the splits.
     """
@@ -403,7 +404,11 @@ class TextClassificationDataModule(_ClassificationDataModule):
             if label is None:
                 raise UsageError(f"{records.where(i)} has no label in column {self.label_column!r} "
                                  f"(got {r[self.label_column]!r}); every row needs a label")
-            out.append((str(r[self.text_column]), label))
+            text = r[self.text_column]
+            if text is None or isinstance(text, (list, dict)) or not str(text).strip():
+                raise UsageError(f"{records.where(i)} has no text in column {self.text_column!r} "
+                                 f"(got {text!r}); every row needs text")
+            out.append((str(text), label))
         return out
 
     def _label_names(self, rows: list[tuple[str, str]]) -> list[str]:

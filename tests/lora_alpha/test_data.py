@@ -50,6 +50,7 @@ def test_text_classification_csv_and_jsonl(tmp_path):
     ("text,label\n", "has no rows"),
     ("sentence,label\nhi,1\nho,0\n", r"lacks column\(s\) \['text'\].*columns are \['label', 'sentence'\]"),
     ("text,label\nhi,1\nho,\n", r"d.csv:3 has no label in column .label. \(got .."),
+    ("text,label\nhi,1\n  ,0\n", r"d.csv:3 has no text in column 'text' \(got '  '\); every row needs text"),
     ("text,label\nhi,1\nho,1\n", "single label"),
 ])
 def test_text_classification_bad_files(tmp_path, content, match):
@@ -128,6 +129,9 @@ def test_integer_valued_labels_are_one_class_and_missing_labels_name_the_line(tm
     csv_path.write_text("text,label\na,0\nb,NaN\n")
     with pytest.raises(UsageError, match=r"d.csv:3 has no label"):
         TextClassificationDataModule(tokenizer_path(), csv_path)
+    jsonl.write_text('{"text": "a", "label": 0}\n{"text": null, "label": 1}\n')  # not the word "None"
+    with pytest.raises(UsageError, match=r"d.jsonl:2 has no text in column 'text' \(got None\)"):
+        TextClassificationDataModule(tokenizer_path(), jsonl)
 
 
 def test_sizes_cap_file_splits_and_causal_lm_takes_a_test_file(tmp_path):
