@@ -18,6 +18,7 @@ from callbacks.engine import check_positive_int, medians_of_views
 from callbacks.measurements import PREFIX, summary_tag, threshold_tag
 from callbacks.tensorboard import mark_restart
 from signaldrift import DEFAULT_TAUS, NonFiniteError, RegimeVerdict, lora_layers, regime_verdict, step_gap_estimate, step_split
+from signaldrift.gap_probe import check_estimate_taus
 from signaldrift.regime import DEFAULT_RULES, VerdictRules
 from signaldrift.sharded import base_weight_norm, gather_full, is_dtensor
 
@@ -142,9 +143,7 @@ class AlphaRegimeAdvisor(CallbackBase):
         check_positive_int("window_steps", window_steps)
         if not isinstance(rules, VerdictRules):
             raise ValueError(f"rules must be a signaldrift.VerdictRules, got {type(rules).__name__}")
-        taus = tuple(float(t) for t in taus)
-        if 1.0 not in taus or not any(t > 1 for t in taus) or any(t < 0 or t != t or t == float("inf") for t in taus):
-            raise ValueError(f"taus must be finite, >= 0 and include 1 and a value above 1, got {taus}")
+        taus = tuple(check_estimate_taus(taus))
         self.gap_every, self.taus, self.rules, self.loss_fn = gap_every, taus, rules, loss_fn
         self.window_steps = min(window_steps, gap_every)
         self.size_every = size_every

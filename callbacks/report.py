@@ -325,17 +325,19 @@ def _finder(ax, record: RunRecord, alpha: float | None) -> None:
     trials = sorted((alphas[i], losses[i]) for i in set(alphas) & set(losses))
     ax.semilogx([a for a, _ in trials], [l for _, l in trials], "o-", color="black", markersize=4,
                 label="held-out loss after each trial")
+    def same(a: float | None, b: float | None) -> bool:
+        return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-3)
+
     best, suggested = at_zero("best"), at_zero("suggestion")
-    if best is not None and (suggested is None or not math.isclose(best, suggested, rel_tol=1e-3)):
+    if best is not None and not same(best, suggested):
         edge = " at the grid's edge" if trials and not trials[0][0] < best < trials[-1][0] else ""
         ax.axvline(best, color="tab:orange", ls=":", lw=1.5,
                    label=f"best alpha for the trials' length{edge} ({best:.5g})")
     if suggested is not None:
-        same = alpha is not None and math.isclose(alpha, suggested, rel_tol=1e-3)
-        used = " = this run's alpha" if same else ""
+        used = " = this run's alpha" if same(alpha, suggested) else ""
         ax.axvline(suggested, color="tab:red", ls="--", lw=1.5, label=f"suggested for the run's length{used} "
                                                                       f"({suggested:.5g})")
-    if alpha is not None and (suggested is None or not math.isclose(alpha, suggested, rel_tol=1e-3)):
+    if alpha is not None and not same(alpha, suggested):
         ax.axvline(alpha, color="tab:blue", ls=":", lw=1.5, label=f"this run's alpha ({alpha:.5g})")
     ax.set_xlabel("alpha (the finder's grid, log scale)", fontsize=9)
     ax.set_ylabel("held-out loss", fontsize=9)

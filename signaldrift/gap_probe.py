@@ -181,6 +181,14 @@ def _quartiles(values: list[float]) -> tuple[float, float]:
     return at(0.25), at(0.75)
 
 
+def check_estimate_taus(taus: Sequence[float]) -> list[float]:
+    """The step-gap estimate's tau grid, ascending: finite, >= 0, with 1 and a value above 1 (ValueError otherwise)."""
+    grid = sorted({float(t) for t in taus})
+    if 1.0 not in grid or grid[-1] <= 1.0 or any(t < 0 or not math.isfinite(t) for t in grid):
+        raise ValueError(f"taus must be finite, >= 0, include 1 and a value above 1, got {tuple(taus)}")
+    return grid
+
+
 def step_gap_estimate(
     loss_fn: Callable[[], Sequence[float] | Tensor | float],
     params: Sequence[Tensor],
@@ -216,9 +224,7 @@ def step_gap_estimate(
         raise ValueError(f"got {len(params)} params but {len(direction)} directions; they must pair up")
     for i, (p, d) in enumerate(zip(params, direction)):
         check_same_shape(f"direction[{i}]", d, f"params[{i}]", p)
-    grid = sorted({float(t) for t in taus})
-    if 1.0 not in grid or grid[-1] <= 1.0 or any(t < 0 or not math.isfinite(t) for t in grid):
-        raise ValueError(f"taus must be finite, >= 0, include 1 and a value above 1, got {tuple(taus)}")
+    grid = check_estimate_taus(taus)
     saved = [p.detach().clone() for p in params]
     per_tau: dict[float, tuple[float, list[float]]] = {}  # tau -> (decision mean, unit losses)
 

@@ -154,12 +154,9 @@ class RegimeVerdict:
 def _floats(name: str, values: Sequence[float] | None, window: int, *, signed: bool = False) -> list[float]:
     """The last ``window`` values as floats (NaN for None / NaN); bad values (anywhere) refused with their index."""
     out: list[float] = []
-    values = list(values if values is not None else ())
-    start = 0  # every value is checked; the last ``window`` are kept
     allowed = "a number (inf allowed; NaN is counted as unusable)" if signed else \
         "a number >= 0 (inf allowed; NaN is counted as unusable)"
-    for i in range(start, len(values)):
-        v = values[i]
+    for i, v in enumerate(values if values is not None else ()):  # every value is checked; the last window kept
         if v is None:
             out.append(math.nan)
             continue
@@ -186,6 +183,19 @@ def _aligned(name: str, values, step_gaps, window: int) -> list[float]:
     return _floats(name[:-1], values, window, signed=True)
 
 
+def _nonnegative(name: str, value, allowed: str) -> float:
+    """``value`` as a float >= 0 (inf and NaN pass); anything else (bools, text, negatives) is refused."""
+    try:
+        if isinstance(value, (bool, str)):
+            raise TypeError
+        f = float(value)
+    except (TypeError, ValueError, OverflowError):
+        f = -1.0
+    if f < 0:
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return f
+
+
 def _median(values: list[float]) -> float | None:
     kept = [v for v in values if not math.isnan(v)]
     return statistics.median(kept) if kept else None
@@ -208,17 +218,9 @@ def gap_vote(step_gap: float, gap_z: float | None = None, gap_gain: float | None
     NaN, does not hold the vote back: e.g. ``gap_z`` of a probe set of one unit)."""
     if step_gap is None:
         return "NaN"
-    try:
-        if isinstance(step_gap, (bool, str)):
-            raise TypeError
-        g = float(step_gap)
-    except (TypeError, ValueError, OverflowError):
-        g = -1.0
-    if g < 0:
-        raise ValueError(f"step_gap must be a number >= 0 (inf allowed, NaN: unusable), got {step_gap!r}")
-    if math.isnan(g):
+    step_gap = _nonnegative("step_gap", step_gap, "a number >= 0 (inf allowed, NaN: unusable)")
+    if math.isnan(step_gap):
         return "NaN"
-    step_gap = g
     significant = ((gap_z is None or math.isnan(gap_z) or gap_z >= rules.gap_z_min)
                    and (gap_gain is None or math.isnan(gap_gain) or gap_gain >= rules.gap_gain_min))
     if significant and step_gap >= rules.gap_too_small:
@@ -312,17 +314,8 @@ def regime_verdict(
     # Every threshold is compared once, here; the decisions and the words use these counts.
     votes_list = [gap_vote(g, z, gain, rules) for g, z, gain in zip(gaps, zs, gains)]
     votes = {k: votes_list.count(k) for k in ("larger", "overshoot", "in range", "NaN")}
-    peak = math.nan
-    if step_size_peak is not None:
-        try:
-            if isinstance(step_size_peak, (bool, str)):
-                raise TypeError
-            peak = float(step_size_peak)  # NaN stays NaN: not measured
-        except (TypeError, ValueError, OverflowError):
-            peak = -1.0
-        if peak < 0:
-            raise ValueError(f"step_size_peak must be a number >= 0 (inf allowed; None or NaN: not measured), "
-                             f"got {step_size_peak!r}")
+    peak = math.nan if step_size_peak is None else _nonnegative(  # NaN stays NaN: not measured
+        "step_size_peak", step_size_peak, "a number >= 0 (inf allowed; None or NaN: not measured)")
     peak = max([v for v in sizes + [peak] if not math.isnan(v)], default=math.nan)
     size_high = not math.isnan(peak) and peak >= rules.step_size_high
     drift_high = sum(1 for v in drifts if v >= rules.drift_ratio_high)
