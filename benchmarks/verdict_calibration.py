@@ -80,6 +80,11 @@ def debates_files(folder: Path) -> dict[str, Path]:
     return out
 
 
+def recipe_of(head_lr: float | None, lr: float) -> str:
+    """The recipe's name: ``head`` (head lr 3e-3) or ``adapters`` (the head at the adapters' lr)."""
+    return "adapters" if head_lr is None else "head"
+
+
 def data_module(task: str, seed: int, folder: Path, quick: bool, finder: bool = False):
     """The task's data. ``finder``: the alpha finder scores its trials on a validation split, never on the
     held-out split the runs are scored on (debates: 10% of the training rows, seeded; Rotten Tomatoes: its
@@ -96,7 +101,8 @@ def data_module(task: str, seed: int, folder: Path, quick: bool, finder: bool = 
                                         train_size=64 if quick else None, eval_size=32 if quick else None)
 
 
-def train_run(task: str, alpha: float, lr: float, seed: int, steps: int, gap_every: int, quick: bool) -> dict:
+def train_run(task: str, alpha: float, lr: float, seed: int, steps: int, gap_every: int, quick: bool,
+              head_lr: float = HEAD_LR) -> dict:
     import torch
     from lightning.pytorch import Callback, Trainer, seed_everything
 
@@ -111,7 +117,7 @@ def train_run(task: str, alpha: float, lr: float, seed: int, steps: int, gap_eve
         dm = data_module(task, seed, Path(tmp), quick)
         dm.setup("fit")
         module = LoRAAlphaModule(demo_model_path(), targets=list(TARGETS), rank=RANK, alpha=alpha, rule="standard", lr=lr,
-                                 head_lr=HEAD_LR, num_labels=dm.num_labels)
+                                 head_lr=head_lr, num_labels=dm.num_labels)
         advisor = AlphaRegimeAdvisor(gap_every=gap_every)
         held_out: dict[int, dict] = {}
         test_loader = dm.test_dataloader()
@@ -141,11 +147,13 @@ def train_run(task: str, alpha: float, lr: float, seed: int, steps: int, gap_eve
             trainer.fit(module, datamodule=dm)
             seconds = time.time() - t0
         labels = [int(r["labels"]) for r in dm.splits["test"].rows]
-    keep = ("step", "step_gap", "step_gap_lo", "step_gap_hi", "gap_z", "gap_gain", "drift_ratio", "step_size", "verdict")
+    keep = ("step", "step_gap", "step_gap_lo", "step_gap_hi", "gap_z", "gap_gain", "drift_ratio", "step_size",
+            "step_size_peak", "k_star", "k_best", "scale_gain_z", "scale_help_z", "scale_losses", "scale_zs", "verdict")
     return {"task": task, "alpha": alpha, "lr": lr, "seed": seed, "steps": steps, "seconds": seconds,
+            "head_lr": head_lr, "ks": list(advisor.ks),
             "majority_acc": max(labels.count(k) for k in set(labels)) / len(labels),
             "held_out": {str(k): v for k, v in held_out.items()},
-            "probes": [{k: p.get(k) for k in keep} | {"n_taus": len(p["taus"])} for p in advisor.probes]}
+            "probes": [{k: p.get(k) for k in keep} | {"n_taus": len(p.get("taus", ()))} for p in advisor.probes]}
 
 
 # ----------------------------------------------------------------------------- labels and replay
@@ -415,6 +423,9 @@ def main(argv=None) -> None:
     p.add_argument("--tasks", default=",".join(TASKS))
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--reanalyse", action="store_true", help="no training: tables and figure from the stored runs")
+    p.add_argument("--recipes", default="head,adapters",
+                   help="head: the classifier head at lr 3e-3 (the default recipe); adapters: the head at the adapters' lr")
+    p.add_argument("--collect-only", action="store_true", help="train the missing runs, no analysis")
     args = p.parse_args(argv)
     tasks = [t for t in args.tasks.split(",") if t]
     for t in tasks:
@@ -422,7 +433,10 @@ def main(argv=None) -> None:
             raise SystemExit(f"--tasks: unknown task {t!r}; allowed: {', '.join(TASKS)}")
     name = "verdict_calibration" + ("_quick" if args.quick else "")
     out_dir = args.out or RESULTS
-    runs, done = stored_runs(out_dir, name, lambda r: (r["task"], r["alpha"], r["lr"], r["seed"]), fresh=args.quick)
+    runs, _ = stored_runs(out_dir, name, lambda r: None, fresh=args.quick)
+    runs = [r for r in runs if "recipe" in r]  # runs with the scale probe (rules v3's evidence)
+    done = {(r["recipe"], r["task"], r["alpha"], r["lr"], r["seed"]) for r in runs}
+    recipes = [HEAD_LR if x == "head" else None for x in args.recipes.split(",") if x]
     alphas, lrs = (ALPHAS, LRS) if not args.quick else ((48.0, 3056.0), (1e-3,))
     steps, every = (BUDGETS[-1], GAP_EVERY) if not args.quick else (8, 2)
     config = {"alphas": alphas, "lrs": lrs, "seeds": args.seeds, "steps": steps, "budgets": [steps // 4, steps],
@@ -437,18 +451,24 @@ def main(argv=None) -> None:
         write_results(name, {"config": config, "runs": runs, **result}, text, args.out, reanalysis=args.reanalyse)
 
     if not args.reanalyse:
-        for seed in range(1 if args.quick else args.seeds):
-            for t in tasks:
-                for lr in lrs:
-                    for a in alphas:
-                        if (t, a, lr, seed) in done:
-                            continue
-                        r = train_run(t, a, lr, seed, steps, every, args.quick)
-                        runs.append(r)
-                        done.add((t, a, lr, seed))
-                        print(f"{t} alpha={a:g} lr={lr:g} seed={seed}: held-out {r['held_out']} "
-                              f"({r['seconds']:.0f} s) verdicts {[q['verdict'] for q in r['probes']]}", flush=True)
-                        save(final=False)
+        for head_lr in recipes:
+            for seed in range(1 if args.quick else args.seeds):
+                for t in tasks:
+                    for lr in lrs:
+                        for a in alphas:
+                            cell = (recipe_of(head_lr, lr), t, a, lr, seed)
+                            if cell in done:
+                                continue
+                            r = train_run(t, a, lr, seed, steps, every, args.quick, head_lr=lr if head_lr is None else head_lr)
+                            r["recipe"] = cell[0]
+                            runs.append(r)
+                            done.add(cell)
+                            print(f"{cell[0]} {t} alpha={a:g} lr={lr:g} seed={seed}: held-out {r['held_out']} "
+                                  f"({r['seconds']:.0f} s) k* {[round(q['k_star'], 2) for q in r['probes'] if q.get('k_star') is not None]}",
+                                  flush=True)
+                            save(final=False)
+    if args.collect_only:
+        return
     save(final=True)
     figure(runs, out_dir / f"{name}.png")
     print((out_dir / f"{name}.md").read_text())

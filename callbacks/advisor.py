@@ -14,12 +14,13 @@ from torch import Tensor
 
 from callbacks._lightning import CallbackBase, log_metrics, rank_mean, refuse_sharded, tensorboard_writers
 from callbacks.batches import map_tensors, move_to_device
-from callbacks.engine import check_positive_int, medians_of_views
+from callbacks.engine import SignalDriftWarning, check_positive_int, medians_of_views
 from callbacks.measurements import PREFIX, summary_tag, threshold_tag
 from callbacks.tensorboard import mark_restart
 from signaldrift import DEFAULT_TAUS, NonFiniteError, RegimeVerdict, lora_layers, regime_verdict, step_gap_estimate, step_split
 from signaldrift.gap_probe import check_estimate_taus
-from signaldrift.regime import DEFAULT_RULES, VerdictRules
+from signaldrift.scale_probe import DEFAULT_KS, check_ks, scale_probe
+from signaldrift.regime import DEFAULT_RULES, GAP_TOO_AGGRESSIVE, GAP_TOO_SMALL, VerdictRules
 from signaldrift.sharded import base_weight_norm, gather_full, is_dtensor
 
 log = logging.getLogger("signaldrift")
@@ -63,6 +64,42 @@ def _reshard(pl_module) -> None:
     for m in pl_module.modules():
         if isinstance(m, FSDPModule):
             m.reshard()
+
+
+def _validation_loader(trainer):
+    """The fit's validation loader, or None (no validation, or a loader that cannot be built)."""
+    loaders = getattr(trainer, "val_dataloaders", None)
+    if loaders is None and getattr(trainer, "datamodule", None) is not None:
+        try:
+            loaders = trainer.datamodule.val_dataloader()
+        except Exception:  # a datamodule without validation data (Lightning raises for a missing hook)
+            return None
+    if isinstance(loaders, (list, tuple)):
+        loaders = loaders[0] if loaders else None
+    return loaders
+
+
+def _first_batches(loader, n: int) -> list[Any]:
+    """Detached CPU copies of the loader's first ``n`` batches ([] without a loader)."""
+    if loader is None:
+        return []
+    out: list[Any] = []
+    try:
+        for batch in loader:
+            out.append(move_to_device(_detached(batch), torch.device("cpu")))
+            if len(out) >= n:
+                break
+    except Exception:  # an exhausted or broken loader: fall back to the training probe set
+        return []
+    return out
+
+
+def _curve_text(record: dict) -> str:
+    """The scale probe's curve as a Markdown table row pair (TensorBoard's TEXT tab)."""
+    ks = " | ".join(f"{k:g}" for k in record["scale_ks"])
+    losses = " | ".join(f"{v:.4g}" for v in record["scale_losses"])
+    sep = " | ".join("---" for _ in record["scale_ks"])
+    return f"k | {ks}\n--- | {sep}\nloss | {losses}\n\nk* = {record['k_star']:.3g}"
 
 
 def _loss_value(out: Any) -> float:
@@ -135,27 +172,35 @@ class AlphaRegimeAdvisor(CallbackBase):
 
     def __init__(self, gap_every: int = 50, *, probe_batch: Any = None, probe_batches: int = 2,
                  window_steps: int = 8, size_every: int = 10, taus: Sequence[float] = DEFAULT_TAUS,
-                 rules: VerdictRules = DEFAULT_RULES, loss_fn: Callable[[Any, Any], Any] | None = None) -> None:
+                 rules: VerdictRules = DEFAULT_RULES, loss_fn: Callable[[Any, Any], Any] | None = None,
+                 ks: Sequence[float] = DEFAULT_KS, scale_batches: int = 2) -> None:
         super().__init__()
         check_positive_int("gap_every", gap_every)
         check_positive_int("size_every", size_every)
         check_positive_int("probe_batches", probe_batches)
         check_positive_int("window_steps", window_steps)
+        check_positive_int("scale_batches", scale_batches)
+        self.scale_batches = scale_batches
         if not isinstance(rules, VerdictRules):
             raise ValueError(f"rules must be a signaldrift.VerdictRules, got {type(rules).__name__}")
         taus = tuple(check_estimate_taus(taus))
+        self.ks = check_ks(ks)
         self.gap_every, self.taus, self.rules, self.loss_fn = gap_every, taus, rules, loss_fn
         self.window_steps = min(window_steps, gap_every)
         self.size_every = size_every
-        self.step_size_peak: float | None = None  # the largest step size watched so far (collapse evidence)
+        self.step_size_peak: float | None = None  # the largest step size watched so far (shown)
+        self._interval_peak: float | None = None  # the largest since the last probe (the verdict's evidence)
         self._probe_now = False
         self.probe_batches_wanted = probe_batches
         self.probe_set: list[Any] = [probe_batch] if probe_batch is not None else []
         self._fixed_probe_set = probe_batch is not None
+        self.scale_set: list[Any] = []  # the scale probe's batches: validation batches when the run has them
+        self.from_zero: bool | None = None  # every B was 0 at the fit's first step (the scale probe needs it)
         self.probes: list[dict[str, float]] = []
         self.verdict: RegimeVerdict | None = None
         self._config_verdict: RegimeVerdict | None = None  # the configuration alone, until probes count
         self._warned = False
+        self._warned_nonzero = False
         self._before: list[Tensor] | None = None
         self._window_start: list[Tensor] | None = None
         self._base_norms: dict[str, float] = {}  # ||W0||_F per layer, once per fit (sharded, quantized or plain)
@@ -174,12 +219,15 @@ class AlphaRegimeAdvisor(CallbackBase):
                 mark_restart(w, trainer.global_step)
         if self.probes and self.verdict is None:  # resumed: the verdict the last probe reached, as it was reached
             self._update_verdict(pl_module, self._views(pl_module))
+        if not self.scale_set:
+            self.scale_set = _first_batches(_validation_loader(trainer), self.scale_batches)
+        if trainer.global_step == 0:
+            self.from_zero = all(not bool(gather_full(v.B).any()) for v in self._views(pl_module))
 
     def thresholds(self) -> dict[str, float]:
         """The levels this advisor's verdict compares against (its ``rules``), as charts draw them."""
-        r = self.rules
-        return {"step_gap_too_small": r.gap_too_small, "step_gap_too_aggressive": r.gap_too_aggressive,
-                "step_size_high": r.step_size_high}
+        return {"step_gap_too_small": GAP_TOO_SMALL, "step_gap_too_aggressive": GAP_TOO_AGGRESSIVE,
+                "step_size_high": self.rules.step_size_high}
 
     @property
     def window(self) -> int:
@@ -257,40 +305,49 @@ class AlphaRegimeAdvisor(CallbackBase):
                 sizes.append(split.step_size)
         drift = statistics.median(drifts) if drifts else None
         size = statistics.median(sizes) if sizes else None
-        if size is not None and (self.step_size_peak is None or size > self.step_size_peak):
-            self.step_size_peak = size
+        if size is not None:
+            self.step_size_peak = size if self.step_size_peak is None else max(self.step_size_peak, size)
+            self._interval_peak = size if self._interval_peak is None else max(self._interval_peak, size)
         return drift, size
 
     def _probe_step(self, trainer, pl_module) -> None:
         start, self._window_start = self._window_start, None
-        measured = self._measure_step(pl_module)  # the step size counts even if the estimate cannot run
+        measured = self._measure_step(pl_module)  # the step size counts even if the probes cannot run
         if measured is None:
             return
         views, params, split = measured
-        if start is None or len(start) != len(params):
-            return  # a resumed run without its window's start
-        # The probe moves each rank's own shard in place (a DTensor's local tensor shares its storage);
+        step = trainer.global_step - 1
+        # The probes move each rank's own shard in place (a DTensor's local tensor shares its storage);
         # the forward passes all-gather the moved factors as FSDP does.
         sharded = any(is_dtensor(p) for p in params)
         params = [_local(p) for p in params]
-        direction = [(p.detach() - s) / self.window_steps for p, s in zip(params, start)]
-        step = trainer.global_step - 1
-        record = self._probe(trainer, pl_module, params, direction, sharded, split)
-        if record is None:
+        record: dict[str, Any] = {"step": step, "drift_ratio": split[0], "step_size": split[1],
+                                  "step_size_max": self._interval_peak, "step_size_peak": self.step_size_peak,
+                                  "window_steps": self.window_steps}
+        self._interval_peak = None
+        if start is not None and len(start) == len(params):  # else a resumed run without its window's start
+            direction = [(p.detach() - s) / self.window_steps for p, s in zip(params, start)]
+            record.update(self._gap_record(trainer, pl_module, params, direction, sharded))
+        record.update(self._scale_record(trainer, pl_module, params[1::2], sharded))
+        if "step_gap" not in record and "k_star" not in record:
             return
-        record["step"] = step
+        record.setdefault("step_gap", math.nan)
         self.probes.append(record)
         self._update_verdict(pl_module, views)
-        metrics = {summary_tag(k): record[k] for k in ("step_gap", "step_gap_lo", "step_gap_hi")}
-        metrics.update({threshold_tag(k): v for k, v in self.thresholds().items() if k.startswith("step_gap")})
-        recent = self.probes[-self.window:]
-        metrics[summary_tag("step_gap_median")] = statistics.median(p["step_gap"] for p in recent)
-        for k in ("gap_gain", "gap_z"):
-            if record.get(k) is not None and math.isfinite(record[k]):  # gap_z is inf when every unit agrees exactly
+        metrics = {}
+        if not math.isnan(record["step_gap"]):
+            metrics.update({summary_tag(k): record[k] for k in ("step_gap", "step_gap_lo", "step_gap_hi")})
+            metrics.update({threshold_tag(k): v for k, v in self.thresholds().items() if k.startswith("step_gap")})
+            recent = [p["step_gap"] for p in self.probes[-self.window:] if not math.isnan(p["step_gap"])]
+            metrics[summary_tag("step_gap_median")] = statistics.median(recent)
+        for k in ("gap_gain", "gap_z", "k_star", "scale_gain_z", "scale_help_z"):
+            if record.get(k) is not None and math.isfinite(record[k]):  # a z is inf when every unit agrees exactly
                 metrics[summary_tag(k)] = record[k]
         log_metrics(trainer, metrics, step)
         for w in tensorboard_writers(trainer):
             w.add_text(f"{PREFIX}/verdict", self._verdict_text(), global_step=step)
+            if "k_star" in record:
+                w.add_text(f"{PREFIX}/scale_curve", _curve_text(record), global_step=step)
         if self.verdict.verdict == "alpha-too-small" and not self._warned and trainer.is_global_zero:
             self._warned = True
             warnings.warn(f"alpha looks too small: {self.verdict.evidence}. {self.verdict.suggestion}",
@@ -327,11 +384,21 @@ class AlphaRegimeAdvisor(CallbackBase):
             self._base_norms[view.name] = base_weight_norm(view.base_weight)
         return self._base_norms[view.name]
 
-    def _probe(self, trainer, pl_module, params, direction, sharded, split) -> dict[str, float] | None:
-        batches = [move_to_device(b, pl_module.device) for b in self.probe_set]
+    @contextlib.contextmanager
+    def _probing(self, trainer, pl_module, sharded: bool):
+        """Eval mode, no gradients, the trainer's forward context; FSDP2 units resharded afterwards."""
         was_training = pl_module.training
-        context = trainer.precision_plugin.forward_context()
         pl_module.eval()
+        try:
+            with torch.no_grad(), trainer.precision_plugin.forward_context():
+                yield
+        finally:
+            if sharded:  # training's next forward gathers the restored factors
+                _reshard(pl_module)
+            pl_module.train(was_training)
+
+    def _loss_over(self, pl_module, batches, sharded: bool) -> Callable[[], list[float]]:
+        batches = [move_to_device(b, pl_module.device) for b in batches]
 
         def loss() -> list[float]:
             units: list[float] = []
@@ -341,47 +408,51 @@ class AlphaRegimeAdvisor(CallbackBase):
                 units += self._unit_losses(pl_module, batch)
             return units
 
+        return loss
+
+    def _gap_record(self, trainer, pl_module, params, direction, sharded) -> dict[str, Any]:
+        """The step-gap estimate of §5 along the window's mean step ({} when its loss is not finite)."""
+        loss = self._loss_over(pl_module, self.probe_set, sharded)
         try:
-            with torch.no_grad(), context:
+            with self._probing(trainer, pl_module, sharded):
                 probe = step_gap_estimate(loss, params, direction, self.taus, reduce=rank_mean(trainer, pl_module.device))
         except NonFiniteError:
-            return None
-        finally:
-            if sharded:  # training's next forward gathers the restored factors
-                _reshard(pl_module)
-            pl_module.train(was_training)
-        drift, size = split
-        return {
-            "step_gap": probe.step_gap,
-            "step_gap_lo": probe.step_gap_lo,
-            "step_gap_hi": probe.step_gap_hi,
-            "gap_z": probe.gap_z,
-            "gap_gain": probe.gap_gain,
-            "taus": list(probe.taus),
-            "losses": list(probe.losses),
-            "units": probe.units,
-            "window_steps": self.window_steps,
-            "drift_ratio": drift,
-            "step_size": size,
-            "step_size_peak": self.step_size_peak,
-        }
+            return {}
+        return {"step_gap": probe.step_gap, "step_gap_lo": probe.step_gap_lo, "step_gap_hi": probe.step_gap_hi,
+                "gap_z": probe.gap_z, "gap_gain": probe.gap_gain, "taus": list(probe.taus),
+                "losses": list(probe.losses), "units": probe.units}
+
+    def _scale_record(self, trainer, pl_module, b_factors, sharded) -> dict[str, Any]:
+        """The scale probe of §7 ({} when B0 was not zero, or its loss at k = 1 is not finite)."""
+        if self.from_zero is False:
+            if not self._warned_nonzero and trainer.is_global_zero:
+                self._warned_nonzero = True
+                warnings.warn("the scale probe needs B0 = 0 (it stretches W0 + k*dW by scaling B); this run's "
+                              "adapters started with B != 0, so the verdict has no scale probe", SignalDriftWarning,
+                              stacklevel=2)
+            return {}
+        loss = self._loss_over(pl_module, self.scale_set or self.probe_set, sharded)
+        try:
+            with self._probing(trainer, pl_module, sharded):
+                probe = scale_probe(loss, b_factors, self.ks, reduce=rank_mean(trainer, pl_module.device))
+        except NonFiniteError:
+            return {}
+        return {"k_star": probe.k_star, "k_best": probe.k_best, "scale_gain_z": probe.gain_z,
+                "scale_help_z": probe.help_z, "scale_ks": list(probe.ks), "scale_losses": list(probe.losses),
+                "scale_units": probe.units, "scale_zs": list(probe.zs)}
 
     def _update_verdict(self, pl_module, views) -> None:
         alpha, rank, scale = medians_of_views(views)
-        recent = self.probes[-self.window:]
-        # after a resume the previous verdict is the one recorded with the previous probe
-        previous = self.verdict.verdict if self.verdict is not None else \
-            (self.probes[-2].get("verdict") if len(self.probes) > 1 else None)
+        probes = self.probes
         self.verdict = regime_verdict(
-            alpha, rank, scale,
-            step_gaps=[p["step_gap"] for p in recent],
-            gap_zs=[p.get("gap_z") for p in recent],
-            gap_gains=[p.get("gap_gain") for p in recent],
-            drift_ratios=[p.get("drift_ratio") for p in recent],
-            step_sizes=[p.get("step_size") for p in recent],
-            step_size_peak=self.step_size_peak, previous=previous, rules=self.rules,
+            alpha, rank, scale, [p.get("k_star") for p in probes],
+            gain_zs=[p.get("scale_gain_z") for p in probes], help_zs=[p.get("scale_help_z") for p in probes],
+            drift_ratios=[p.get("drift_ratio") for p in probes],
+            step_sizes=[p.get("step_size_max", p.get("step_size")) for p in probes],
+            steps=[p["step"] for p in probes], previous=[p["verdict"] for p in probes[:-1] if "verdict" in p],
+            rules=self.rules,
         )
-        self.probes[-1]["verdict"] = self.verdict.verdict
+        probes[-1]["verdict"] = self.verdict.verdict
 
     def _verdict_text(self) -> str:
         v = self.verdict
@@ -393,14 +464,14 @@ class AlphaRegimeAdvisor(CallbackBase):
             return "Alpha regime: no probe yet."
         lines = [f"Alpha regime: {self.verdict.verdict}", f"  evidence:   {self.verdict.evidence}",
                  f"  suggestion: {self.verdict.suggestion}",
-                 "  probes (step: step_gap [spread], gap_z, drift_ratio, step_size -> verdict):"]
+                 "  probes (step: k* (z, help z), step_gap, drift_ratio, step_size -> verdict):"]
 
         def fmt(x) -> str:
-            return "n/a" if x is None else f"{x:.3g}"
+            return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3g}"
 
         for p in self.probes[-8:]:
-            lines.append(f"    {int(p['step']):>6}: {p['step_gap']:.3g} [{fmt(p.get('step_gap_lo'))}, "
-                         f"{fmt(p.get('step_gap_hi'))}], {fmt(p.get('gap_z'))}, {fmt(p.get('drift_ratio'))}, "
+            lines.append(f"    {int(p['step']):>6}: {fmt(p.get('k_star'))} ({fmt(p.get('scale_gain_z'))}, "
+                         f"{fmt(p.get('scale_help_z'))}), {fmt(p.get('step_gap'))}, {fmt(p.get('drift_ratio'))}, "
                          f"{fmt(p.get('step_size'))} -> {p.get('verdict', 'n/a')}")
         return "\n".join(lines)
 
@@ -408,14 +479,17 @@ class AlphaRegimeAdvisor(CallbackBase):
     def state_dict(self) -> dict:
         cpu = torch.device("cpu")
         return {"probes": [dict(p) for p in self.probes], "warned": self._warned, "step_size_peak": self.step_size_peak,
-                "probe_set": [move_to_device(b, cpu) for b in self.probe_set]}
+                "interval_peak": self._interval_peak, "from_zero": self.from_zero,
+                "probe_set": [move_to_device(b, cpu) for b in self.probe_set],
+                "scale_set": [move_to_device(b, cpu) for b in self.scale_set]}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.probes = [dict(p) for p in state_dict.get("probes", [])]
         self._warned = bool(state_dict.get("warned", False))
         self.step_size_peak = state_dict.get("step_size_peak")
+        self._interval_peak = state_dict.get("interval_peak")
+        self.from_zero = state_dict.get("from_zero")
         if state_dict.get("probe_set"):
             self.probe_set = list(state_dict["probe_set"])
-        elif state_dict.get("probe_batch") is not None:  # a checkpoint of version 1
-            self.probe_set = [state_dict["probe_batch"]]
+        self.scale_set = list(state_dict.get("scale_set") or [])
 

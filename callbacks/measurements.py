@@ -46,7 +46,7 @@ VALIDATION = ("val_loss", "val_acc")
 KINDS = ("median", "max")  # how a per-layer metric is summarized over layers
 # What goes under SUMMARY: (metric, kind) pairs; every other whole-model value goes under PREFIX.
 SUMMARY_KEYS = frozenset({("alpha", "median"), ("alpha_verdict", "median"), ("step_gap", "median"),
-                          ("step_gap_lo", "median"), ("step_gap_hi", "median"), ("step_gap_median", "median"), ("drift_ratio", "median"), ("drift_ratio", "max"),
+                          ("step_gap_lo", "median"), ("step_gap_hi", "median"), ("step_gap_median", "median"), ("k_star", "median"), ("drift_ratio", "median"), ("drift_ratio", "max"),
                           ("step_size", "median"), ("step_size", "max")} | {(v, "median") for v in VALIDATION})
 # Names the old scheme used (runs written before the summary existed): old name -> metric.
 _OLD_NAMES = {"verdict_code": "alpha_verdict"}

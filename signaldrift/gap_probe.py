@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from signaldrift.errors import NonFiniteError, check_same_shape
+from signaldrift.scale_probe import refine_argmin
 
 DEFAULT_TAUS: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 
@@ -157,12 +158,12 @@ def _as_floats(values) -> list[float]:
 
 
 def _gap(taus: list[float], losses: list[float]) -> float:
-    """``refine_log_argmin``, except 1 when no tau's loss is below the loss at tau = 1 (a flat direction
+    """``refine_argmin`` (a parabola in tau, exact on a quadratic), except 1 when no tau's loss is below the loss at tau = 1 (a flat direction
     is a step that fits, not an overshoot)."""
     one = losses[taus.index(1.0)]
     if not any(v < one for v in losses):
         return 1.0
-    return refine_log_argmin(taus, losses)
+    return refine_argmin(taus, losses)
 
 
 def _quartiles(values: list[float]) -> tuple[float, float]:

@@ -17,21 +17,23 @@ GRID = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 
 # ----------------------------------------------------------------- references (independent of the library)
 def ref_refine(taus, ys):
-    """Spec §5: i* = first argmin over finite ys; interior with tau_{i*-1} > 0, three finite losses and an
-    upward parabola in ln tau -> exp(vertex) clamped to the neighbours; else tau_{i*}. The parabola is
+    """Spec §5 (refine of §7): i* = first argmin over finite ys; interior with three finite losses and an
+    upward parabola in tau itself -> its vertex clamped to the neighbours; else tau_{i*}. The parabola is
     numpy's least-squares fit through the three points (exact for three points)."""
     ys = np.array([y if math.isfinite(y) else np.inf for y in ys], dtype=float)
     i = int(np.argmin(ys))
-    if i == 0 or i == len(taus) - 1 or taus[i - 1] <= 0:
+    if taus[i] == 1.0:  # no tau below L(1): the step fits (a flat direction reads 1)
+        return 1.0
+    if i == 0 or i == len(taus) - 1:
         return float(taus[i])
     y3 = ys[i - 1:i + 2]
     if not np.all(np.isfinite(y3)):
         return float(taus[i])
-    x3 = np.log(np.array(taus[i - 1:i + 2], dtype=float))
+    x3 = np.array(taus[i - 1:i + 2], dtype=float)
     a, b, _ = np.polyfit(x3, y3, 2)
     if a <= 0:
         return float(taus[i])
-    return float(np.exp(np.clip(-b / (2 * a), x3[0], x3[2])))
+    return float(np.clip(-b / (2 * a), x3[0], x3[2]))
 
 
 def ref_search(mean_at, grid):
@@ -149,20 +151,27 @@ def test_descent_search_and_numbers_match_the_dense_reference(minima, expected_o
 
 def test_in_range_refinement_by_hand():
     """One unit, l(tau) = (tau - 3)^2 + 1 exactly: evaluated 1, 2, 4 (L(4) = L(2) is not lower: stop); the
-    best is tau = 2 (the first of the tie); the vertex of the parabola through (ln 1, 5), (ln 2, 2),
-    (ln 4, 2) written out with Cramer's rule: at ln(2 sqrt 2)."""
+    best is tau = 2 (the first of the tie); the vertex of the parabola through (1, 5), (2, 2), (4, 2) written
+    out with Cramer's rule: at 3, the true optimum (rules v2's parabola in ln tau read 2 sqrt 2)."""
     fn, p, u = _exact_line({t: (t - 3.0) ** 2 + 1.0 for t in GRID})
     est = step_gap_estimate(fn, [p], [u])
     assert est.taus == (1.0, 2.0, 4.0) and est.losses == (5.0, 2.0, 2.0)
-    x = [0.0, math.log(2), math.log(4)]
+    x = [1.0, 2.0, 4.0]
     A = np.array([[xi * xi, xi, 1.0] for xi in x])
     a, b, _ = np.linalg.solve(A, np.array([5.0, 2.0, 2.0]))
-    vertex = math.exp(min(max(-b / (2 * a), x[0]), x[2]))
-    assert vertex == pytest.approx(2 * math.sqrt(2), rel=1e-12)
+    vertex = min(max(-b / (2 * a), x[0]), x[2])
+    assert vertex == pytest.approx(3.0, rel=1e-12)
     assert est.step_gap == pytest.approx(vertex, rel=1e-12)
     assert est.gap_gain == pytest.approx(3.0 / 5.0, rel=1e-12)
     assert est.gap_z is None and est.units == 1
     assert est.step_gap_lo == est.step_gap_hi == pytest.approx(vertex, rel=1e-12)  # one unit: its own gap
+
+
+def test_exact_quadratic_optima_are_read_exactly():
+    """The issue's examples: a loss quadratic in tau with its optimum at 2 or 4 reads 2 or 4 (not 1.625, 3.25)."""
+    for optimum in (2.0, 4.0, 3.0, 6.0):
+        fn, p, u = _exact_line({t: (t - optimum) ** 2 for t in GRID})
+        assert step_gap_estimate(fn, [p], [u]).step_gap == pytest.approx(optimum, rel=1e-12)
 
 
 def test_down_branch_with_values_between_0_and_1_refines_in_log_tau():
@@ -222,8 +231,8 @@ def test_up_branch_stops_on_an_equal_value():
     est = step_gap_estimate(fn, [p], [torch.ones(1, dtype=torch.float64)])
     assert est.taus == (1.0, 2.0, 4.0) and est.losses == (5.0, 3.0, 3.0)
     assert est.gap_gain == pytest.approx(0.4)
-    # best is 2 (the first of the tie); parabola through (0,5), (ln2,3), (ln4,3): vertex at ln(2 sqrt 2)
-    assert est.step_gap == pytest.approx(2 * math.sqrt(2), rel=1e-12)
+    # best is 2 (the first of the tie); the parabola through (1, 5), (2, 3), (4, 3) has its vertex at 3
+    assert est.step_gap == pytest.approx(3.0, rel=1e-12)
 
 
 def _exact_line(values_by_tau):
