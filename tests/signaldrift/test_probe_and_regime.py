@@ -109,38 +109,57 @@ def test_recommended_alpha_is_the_square_root_law():
         recommended_alpha(4, c=-1)
 
 
+def _two_sig(x):
+    """Two significant figures, halves up (the docs' round2), from the number as written."""
+    from decimal import ROUND_HALF_UP, Decimal
+    d = Decimal(repr(x))
+    return float(d.quantize(Decimal(1).scaleb(d.adjusted() - 1), rounding=ROUND_HALF_UP))
+
+
 def test_verdicts():
-    """The verdict's rules v2 in one pass (docs/metrics.md §6); thresholds read from the rules."""
+    """The verdict's rules v3 in one pass (docs/metrics.md §6); thresholds read from the rules."""
     rules = VerdictRules()
-    k, big, mid = rules.agree, 2 * rules.gap_too_small, (rules.gap_too_aggressive + rules.gap_too_small) / 2
+    k, big, mid, low = rules.agree, 2 * rules.k_too_small, 1.0, rules.k_too_aggressive / 2
+    z, helped = rules.z_min, abs(rules.help_z_max) + 1.0
     r = 16
     alpha = recommended_alpha(r)  # on the law: not too small by configuration
     s = alpha / r
-    gaps = [big * 1.5] * (k - 1) + [big]  # k say larger; the k-th largest is what they agree on
-    v = regime_verdict(alpha, r, s, step_gaps=gaps, drift_ratios=[0.0, 0.0])
+
+    def v_(ks, **kw):
+        kw.setdefault("gain_zs", [z] * len(ks))
+        kw.setdefault("help_zs", [helped] * len(ks))
+        return regime_verdict(alpha, r, s, ks, **kw)
+
+    ks = [big * 1.5] * (k - 1) + [big]  # k say larger; the suggestion uses their median
+    v = v_(ks, drift_ratios=[0.0] * k)
     assert v.verdict == "alpha-too-small" and v.agreeing == k
-    assert v.suggested_alpha == float(f"{alpha * min(big, MAX_SUGGESTED_FACTOR):.2g}")
-    v = regime_verdict(alpha, r, s, step_gaps=[MAX_SUGGESTED_FACTOR * 3] * k)
-    assert v.suggested_alpha == float(f"{alpha * MAX_SUGGESTED_FACTOR:.2g}") and "capped" in v.suggestion
+    ordered = sorted(ks)
+    median = ordered[k // 2] if k % 2 else (ordered[k // 2 - 1] + ordered[k // 2]) / 2
+    assert v.suggested_alpha == _two_sig(alpha * min(median, MAX_SUGGESTED_FACTOR))
+    v = v_([MAX_SUGGESTED_FACTOR * 3] * k)
+    assert v.suggested_alpha == _two_sig(alpha * MAX_SUGGESTED_FACTOR) and "capped" in v.suggestion
     assert "try alpha" in v.suggestion and f"{k} say larger" in v.evidence
-    v = regime_verdict(alpha, r, s, step_gaps=[0.0] * k)
+    v = v_([low] * k)
     assert v.verdict == "too-aggressive" and v.suggested_alpha is None and "learning rate" in v.suggestion
-    v = regime_verdict(alpha, r, s, step_gaps=[big] * k, drift_ratios=[rules.drift_ratio_high] * k)
+    v = v_([mid] * k, help_zs=[rules.help_z_max] * k)
+    assert v.verdict == "too-aggressive"  # the update made the probe set worse: collapse
+    v = v_([big] * k, drift_ratios=[rules.drift_ratio_high] * k)
     assert v.verdict == "too-aggressive"  # high drift: alpha is not the knob
-    v = regime_verdict(alpha, r, s, step_gaps=[mid] * k, step_sizes=[rules.step_size_high] * k)
+    v = v_([mid] * k, step_sizes=[rules.step_size_high] * k)
     assert v.verdict == "too-aggressive"  # so are large steps
-    assert regime_verdict(alpha, r, s, step_gaps=[mid], drift_ratios=[0.0]).verdict == "in-regime"
-    # not significant: the large gaps do not vote
-    v = regime_verdict(alpha, r, s, step_gaps=[big] * k, gap_gains=[rules.gap_gain_min / 2] * k)
+    assert v_([mid], drift_ratios=[0.0]).verdict == "in-regime"
+    # not significant: the large k* do not vote
+    v = v_([big] * k, gain_zs=[rules.z_min / 2] * k)
     assert v.verdict == "in-regime" and v.votes["in range"] == k
     # both sides: uncertain; and no direct flip from the other side
-    assert regime_verdict(alpha, r, s, step_gaps=[big] * rules.split + [0.0] * rules.split).verdict == "uncertain"
-    assert regime_verdict(alpha, r, s, step_gaps=[big] * k, previous="too-aggressive").verdict == "uncertain"
+    assert v_([big] * rules.split + [low] * rules.split).verdict == "uncertain"
+    v = v_([big] * k, previous="too-aggressive")
+    assert v.verdict == "uncertain" and v.held_back == "alpha-too-small"
     # Below a quarter of c*sqrt(r), with no probe yet.
     v = regime_verdict(2.0, r, 2.0 / r)
-    assert v.verdict == "alpha-too-small" and v.suggested_alpha == float(f"{alpha:.2g}")
-    # ...but once a probe measured a matched step, the measurement outranks the law (c holds at one lr).
-    assert regime_verdict(2.0, r, 2.0 / r, step_gaps=[mid]).verdict == "in-regime"
+    assert v.verdict == "alpha-too-small" and v.suggested_alpha == _two_sig(alpha)
+    # ...but once a probe measured k*, the measurement outranks the law (c holds at one lr).
+    assert regime_verdict(2.0, r, 2.0 / r, [mid]).verdict == "in-regime"
     # Under rslora (scale alpha/sqrt r) the same scale gives the same verdict, suggested in rslora's alpha.
     v = regime_verdict((2.0 / r) * math.sqrt(r), r, 2.0 / r)  # rslora alpha for scale 2/r
     assert v.verdict == "alpha-too-small"

@@ -1,4 +1,4 @@
-"""What the verdict reports, field by field and word for word (docs/metrics.md §6, rules v2): the evidence
+"""What the verdict reports, field by field and word for word (docs/metrics.md §6, rules v3): the evidence
 and the suggestion are what users read (the advisor prints them), the fields are what callers log. Each case
 is worked out by hand from the docs; thresholds are read from ``VerdictRules()``, never written out."""
 import math
@@ -8,125 +8,140 @@ import pytest
 from signaldrift import ALPHA_FLOOR_FRACTION, MAX_SUGGESTED_FACTOR, VerdictRules, recommended_alpha, regime_verdict
 
 RULES = VerdictRules()
-K, N, SPLIT = RULES.agree, RULES.window, RULES.split
-G, A = RULES.gap_too_small, RULES.gap_too_aggressive
+K, N, SPLIT, SETTLE = RULES.agree, RULES.window, RULES.split, RULES.settle
+KTS, KTA, Z = RULES.k_too_small, RULES.k_too_aggressive, RULES.z_min
 D, H = RULES.drift_ratio_high, RULES.step_size_high
 R, C = 16, 270.0
 ALPHA = C * math.sqrt(R)  # 1080: on the law
 S = ALPHA / R  # 67.5
 NAN = float("nan")
-BIG = 2 * G
-MID = (A + G) / 2
+BIG = 2 * KTS
+MID = 1.0
+LOW = KTA / 4
+HELPED = abs(RULES.help_z_max) + 3.0
 HEAD = "alpha=1080 at r=16 (scale 67.5); c*sqrt(r) -> alpha ~ 1.08e+03"
 COLLAPSED = "where the calibration's runs collapsed"
+CUT = "(the learning rate, or alpha); probe again"
 
 
-def _v(gaps=None, drifts=None, sizes=None, **kw):
-    return regime_verdict(ALPHA, R, S, gaps, drifts, sizes, c=C, **kw)
+def _v(ks=None, drifts=None, sizes=None, zs=None, helps=None, **kw):
+    if ks is not None:
+        zs = zs if zs is not None else [Z] * len(ks)
+        helps = helps if helps is not None else [HELPED] * len(ks)
+    return regime_verdict(ALPHA, R, S, ks, gain_zs=zs, help_zs=helps, drift_ratios=drifts, step_sizes=sizes, c=C,
+                          **kw)
 
 
-def _gap_words(shown, larger, overshoot, in_range, nans):
-    return (f"step_gap over the last {len(shown)} probes ({', '.join(shown)}): {larger} say larger (>= {G:g}), "
-            f"{overshoot} overshoot (< {A:g}), {in_range} in range or not significant (gap_gain < "
-            f"{RULES.gap_gain_min:g} or gap_z < {RULES.gap_z_min:g})" + (f", {nans} NaN" if nans else ""))
+def _k_words(shown, larger, collapse, in_range, nans):
+    return (f"k* over the last {len(shown)} probes ({', '.join(shown)}): {larger} say larger (>= {KTS:g}), "
+            f"{collapse} collapse (k* < {KTA:g}, or the update made the probe set worse), {in_range} in range or not "
+            f"significant (z < {Z:g})" + (f", {nans} NaN" if nans else ""))
+
+
+def test_structure_needed_by_these_tests():
+    assert 2 * SPLIT + 1 <= N and SPLIT >= 2 and K >= 2 and SETTLE >= 1
 
 
 def test_uncertain_with_nan_and_none_in_every_series():
-    assert 2 * SPLIT + 1 <= N
-    gaps = [BIG] * SPLIT + [0.0] * SPLIT + [None]
-    v = _v(gaps, [D / 10, NAN, 2 * D], [2 * H, None, H / 10])
+    ks = [BIG] * SPLIT + [LOW] * SPLIT + [None]
+    drifts = [D / 10, NAN, 2 * D] + [None] * (len(ks) - 3)
+    sizes = [2 * H, None, H / 10] + [NAN] * (len(ks) - 3)
+    v = _v(ks, drifts, sizes)
     assert v.verdict == "uncertain"
     assert v.evidence == (
-        HEAD + "; " + _gap_words([f"{BIG:.3g}"] * SPLIT + ["0"] * SPLIT + ["NaN"], SPLIT, SPLIT, 0, 1)
-        + f"; drift_ratio median {(D / 10 + 2 * D) / 2:.3g}, 1 of 3 >= {D:g}"
-        + f"; step_size median {(2 * H + H / 10) / 2:.3g}, peak {2 * H:.3g} (>= {H:g}, {COLLAPSED})")
-    assert v.suggestion == (f"the probes disagree ({SPLIT} of {len(gaps)} say the step could be larger, {SPLIT} that "
-                            "it overshoots): no change is supported; keep alpha=1080 and probe again")
+        HEAD + "; " + _k_words([f"{BIG:.3g}"] * SPLIT + [f"{LOW:.3g}"] * SPLIT + ["NaN"], SPLIT, SPLIT, 0, 1)
+        + f"; drift_ratio median {(D / 10 + 2 * D) / 2:.3g}, 1 >= {D:g}"
+        + f"; step_size median {(2 * H + H / 10) / 2:.3g}, window peak {2 * H:.3g} (>= {H:g}, {COLLAPSED})")
+    assert v.suggestion == (f"the probes disagree ({SPLIT} of {len(ks)} say larger, {SPLIT} collapse): no change "
+                            "is supported; keep alpha=1080 and probe again")
     assert (v.alpha, v.rank, v.scale, v.recommended_alpha) == (1080.0, 16.0, 67.5, 1080.0)
-    assert v.step_gap == BIG / 2
+    ordered = sorted([BIG] * SPLIT + [LOW] * SPLIT)
+    assert v.k_star == (ordered[SPLIT - 1] + ordered[SPLIT]) / 2
     assert v.drift_ratio == pytest.approx(1.05 * D) and v.step_size == pytest.approx(1.05 * H)
-    assert (v.probes, v.agreeing, v.dropped, v.suggested_alpha) == (len(gaps), SPLIT, 3, None)
-    assert v.votes == {"larger": SPLIT, "overshoot": SPLIT, "in range": 0, "NaN": 1}
+    assert v.step_size_peak == 2 * H
+    assert (v.probes, v.agreeing, v.dropped, v.suggested_alpha, v.held_back) == (len(ks), SPLIT, 1, None, None)
+    assert v.votes == {"larger": SPLIT, "collapse": SPLIT, "in range": 0, "NaN": 1}
 
 
-def test_overshoot_words():
-    v = _v([0.0] * K + [MID])
+def test_collapse_words():
+    v = _v([LOW] * K + [MID])
     assert (v.verdict, v.agreeing, v.suggested_alpha) == ("too-aggressive", K, None)
-    assert v.evidence == HEAD + "; " + _gap_words(["0"] * K + [f"{MID:.3g}"], 0, K, 1, 0)
-    assert v.suggestion == (f"{K} of {K + 1} probes say the step overshoots: lower the learning rate (about 0.5x), "
-                            "not alpha; probe again")
+    assert v.evidence == HEAD + "; " + _k_words([f"{LOW:.3g}"] * K + ["1"], 0, K, 1, 0)
+    assert v.suggestion == (f"{K} of {K + 1} probes find the update no better than none (collapse): cut the step "
+                            f"size about 0.5x {CUT}")
 
 
 def test_step_size_words():
-    v = _v([MID] * K, sizes=[3 * H, 0.0, 0.0])
-    assert (v.verdict, v.step_size, v.suggested_alpha) == ("too-aggressive", 0.0, None)
-    assert v.evidence == (HEAD + "; " + _gap_words([f"{MID:.3g}"] * K, 0, 0, K, 0)
-                          + f"; step_size median 0, peak {3 * H:.3g} (>= {H:g}, {COLLAPSED})")
-    assert v.suggestion == (f"the step size reached {3 * H:.2g} (>= {H:g}, {COLLAPSED}): lower the learning rate "
-                            "(about 0.17x), not alpha; probe again")  # 0.5 / 3 to two figures
-    v = _v([MID] * K, sizes=[H / 4], step_size_peak=2 * H)  # the run's peak, passed in
-    assert v.evidence.endswith(f"; step_size median {H / 4:.3g}, peak {2 * H:.3g} (>= {H:g}, {COLLAPSED})")
-    assert v.suggestion.startswith(f"the step size reached {2 * H:.2g} (>= ") and "(about 0.25x)" in v.suggestion
-    v = _v([MID] * K, sizes=[H / 4])
-    assert v.verdict == "in-regime" and v.evidence.endswith(f", peak {H / 4:.3g} (< {H:g}, {COLLAPSED})")
+    v = _v([MID] * (K + 1), sizes=[3 * H] + [0.0] * K)
+    assert (v.verdict, v.step_size, v.suggested_alpha, v.agreeing) == ("too-aggressive", 0.0, None, 0)
+    assert v.evidence == (HEAD + "; " + _k_words(["1"] * (K + 1), 0, 0, K + 1, 0)
+                          + f"; step_size median 0, window peak {3 * H:.3g} (>= {H:g}, {COLLAPSED})")
+    assert v.suggestion == (f"the step size reached {3 * H:.2g} (>= {H:g}, {COLLAPSED}): cut the step size about "
+                            f"0.17x {CUT}")  # 0.5 / 3 to two figures
+    v = _v([MID] * K, sizes=[H / 4, 2 * H])
+    assert v.suggestion.startswith(f"the step size reached {2 * H:.2g} (>= ") and "about 0.25x" in v.suggestion
+    v = _v([MID] * K, sizes=[H / 4] * K)
+    assert v.verdict == "in-regime" and v.evidence.endswith(f", window peak {H / 4:.3g} (< {H:g}, {COLLAPSED})")
 
 
 def test_drift_words():
-    v = _v([MID] * K, [2 * D] * K + [D / 2])
-    assert (v.verdict, v.agreeing, v.drift_ratio) == ("too-aggressive", K, 2 * D)
-    assert v.evidence == (HEAD + "; " + _gap_words([f"{MID:.3g}"] * K, 0, 0, K, 0)
-                          + f"; drift_ratio median {2 * D:.3g}, {K} of {K + 1} >= {D:g}")
-    assert v.suggestion == (f"drift_ratio >= {D:g} in {K} of {K + 1} probes: lower the learning rate (about 0.5x), "
-                            "not alpha; probe again")
+    v = _v([MID] * (K + 1), [2 * D] * K + [D / 2])
+    assert (v.verdict, v.agreeing, v.drift_ratio) == ("too-aggressive", 0, 2 * D)
+    assert v.evidence == (HEAD + "; " + _k_words(["1"] * (K + 1), 0, 0, K + 1, 0)
+                          + f"; drift_ratio median {2 * D:.3g}, {K} >= {D:g}")
+    assert v.suggestion == f"drift_ratio >= {D:g} in {K} probes: cut the step size about 0.5x {CUT}"
 
 
 def test_too_small_words_uncapped_and_capped():
-    g = G  # at the threshold
-    v = _v([g] * K, [D / 10])
-    capped = g > MAX_SUGGESTED_FACTOR
-    s = float(f"{ALPHA * min(g, MAX_SUGGESTED_FACTOR):.2g}")
+    k_star = KTS  # at the threshold
+    v = _v([k_star] * K, [D / 10] * K, steps=[100 * (i + 1) for i in range(K)])
+    capped = k_star > MAX_SUGGESTED_FACTOR
+    s = float(f"{ALPHA * min(k_star, MAX_SUGGESTED_FACTOR):.2g}")  # 2160 -> 2200 (no half to round here)
     assert (v.verdict, v.agreeing, v.suggested_alpha) == ("alpha-too-small", K, s)
-    assert v.suggestion == (f"{K} of {K} probes say the step could be ~{g:.2g}x larger with drift_ratio {D / 10:.2g}; "
-                            f"try alpha ~ {s:g}" + (" (a capped first move; probe again)" if capped else ""))
-    assert v.evidence.endswith(f"; drift_ratio median {D / 10:.3g}, 0 of 1 >= {D:g}")
-    v = _v([20 * MAX_SUGGESTED_FACTOR] * K)
+    assert v.suggestion == (f"{K} of {K} probes find the loss lowest with the update stretched ~{k_star:.2g}x "
+                            f"(latest, step {100 * K}: k* = {k_star:.3g}, z = {Z:.3g}); try alpha ~ {s:g}"
+                            + (f" (capped at {MAX_SUGGESTED_FACTOR:g}x; probe again)" if capped else ""))
+    assert v.evidence.endswith(f"; drift_ratio median {D / 10:.3g}, 0 >= {D:g}")
+    v = _v([20 * MAX_SUGGESTED_FACTOR] * K, zs=[None] * K)
     s = float(f"{ALPHA * MAX_SUGGESTED_FACTOR:.2g}")  # 1080 * 8 = 8640 -> 8600
     assert v.suggested_alpha == s
-    assert v.suggestion == (f"{K} of {K} probes say the step could be ~{20 * MAX_SUGGESTED_FACTOR:.2g}x larger with "
-                            f"drift_ratio unmeasured; try alpha ~ {s:g} (a capped first move; probe again)")
+    assert v.suggestion == (f"{K} of {K} probes find the loss lowest with the update stretched "
+                            f"~{20 * MAX_SUGGESTED_FACTOR:.2g}x (latest, k* = {20 * MAX_SUGGESTED_FACTOR:.3g}, "
+                            f"z = n/a); try alpha ~ {s:g} (capped at {MAX_SUGGESTED_FACTOR:g}x; probe again)")
 
 
-def test_flip_words():
-    v = _v([BIG] * K, previous="too-aggressive")
+def test_held_back_words():
     plain = _v([BIG] * K)
-    assert (v.verdict, v.suggested_alpha, v.evidence) == ("uncertain", None, plain.evidence)
-    assert v.suggestion == ("the evidence now points to alpha-too-small right after too-aggressive: not acted on until "
-                            "it holds; " + plain.suggestion)
-    v = _v([0.0] * K, previous="alpha-too-small")
-    assert v.suggestion.startswith("the evidence now points to too-aggressive right after alpha-too-small: not acted "
-                                   f"on until it holds; {K} of {K} probes say the step overshoots")
+    v = _v([BIG] * K, previous="too-aggressive")
+    assert (v.verdict, v.held_back, v.suggested_alpha, v.evidence) == ("uncertain", "alpha-too-small", None,
+                                                                       plain.evidence)
+    assert v.suggestion == ("the evidence now points to alpha-too-small, but the last side held was the other one: "
+                            f"not acted on until {SETTLE} probes in between are neutral ({plain.suggestion})")
+    v = _v([LOW] * K, previous=["alpha-too-small"])
+    assert v.suggestion.startswith("the evidence now points to too-aggressive, but the last side held was the other "
+                                   f"one: not acted on until {SETTLE} probes in between are neutral ({K} of {K} "
+                                   "probes find the update no better than none")
 
 
 def test_fewer_than_k_probes():
-    v = _v([1.0])
+    v = _v([MID])
     assert v.verdict == "in-regime"
-    assert v.suggestion == f"1 probe(s) so far, {K} must agree before a change is supported; keep alpha=1080"
+    assert v.suggestion == f"too early to tell: 1 probe(s) so far, {K} must agree; keep alpha=1080"
     assert (v.probes, v.agreeing, v.dropped, v.suggested_alpha) == (1, 1, 0, None)
 
 
-def test_only_nan_gaps_are_no_measurement():
+def test_only_nan_k_stars_are_no_measurement():
     v = _v([NAN])
     assert v.verdict == "in-regime"
-    assert v.evidence == HEAD + "; " + _gap_words(["NaN"], 0, 0, 0, 1)
-    assert v.suggestion == ("no step_gap measured yet (1 probe(s) gave NaN): no evidence either way, so no change is "
-                            "supported; keep alpha=1080 until probes measure the step")
-    assert (v.probes, v.agreeing, v.dropped, v.step_gap, v.suggested_alpha) == (1, 0, 1, None, None)
+    assert v.evidence == HEAD + "; " + _k_words(["NaN"], 0, 0, 0, 1)
+    assert v.suggestion == "too early to tell: no scale probe has measured the run yet; keep alpha=1080"
+    assert (v.probes, v.agreeing, v.dropped, v.k_star, v.suggested_alpha) == (1, 0, 1, None, None)
 
 
 def test_no_side_has_k():
-    v = _v([BIG] * (K - 1) + [0.0])
+    v = _v([BIG] * (K - 1) + [LOW])
     assert (v.verdict, v.agreeing) == ("in-regime", 0)
-    assert v.suggestion == f"no side has {K} of the last {K} probes ({K - 1} larger, 1 overshoot): keep alpha=1080"
+    assert v.suggestion == f"no side has {K} of the last {K} probes ({K - 1} larger, 1 collapse): keep alpha=1080"
 
 
 def test_all_in_range_keeps_alpha():
@@ -137,10 +152,10 @@ def test_all_in_range_keeps_alpha():
 def test_no_evidence_at_all():
     v = _v()
     assert v.evidence == HEAD
-    assert v.suggestion == ("no step_gap measured yet: no evidence either way, so no change is supported; "
-                            "keep alpha=1080 until probes measure the step")
-    assert (v.probes, v.agreeing, v.dropped, v.votes) == (0, 0, 0, {"larger": 0, "overshoot": 0, "in range": 0,
+    assert v.suggestion == "too early to tell: no scale probe has measured the run yet; keep alpha=1080"
+    assert (v.probes, v.agreeing, v.dropped, v.votes) == (0, 0, 0, {"larger": 0, "collapse": 0, "in range": 0,
                                                                     "NaN": 0})
+    assert (v.k_star, v.step_size_peak, v.held_back) == (None, None, None)
 
 
 def test_configuration_alone_with_a_scale_times_rank_below_one():
@@ -149,7 +164,7 @@ def test_configuration_alone_with_a_scale_times_rank_below_one():
     assert v.recommended_alpha == pytest.approx(rec, rel=1e-12)
     assert (v.verdict, v.agreeing, v.suggested_alpha) == ("alpha-too-small", 0, 76000.0)
     assert v.evidence == "alpha=8 at r=8 (scale 0.01); c*sqrt(r) -> alpha ~ 7.64e+04"
-    assert v.suggestion == (f"alpha is below {ALPHA_FLOOR_FRACTION:g} of c*sqrt(r) (no step_gap measured yet; the law "
+    assert v.suggestion == (f"alpha is below {ALPHA_FLOOR_FRACTION:g} of c*sqrt(r) and no probe has run yet (the law "
                             "is a prior); try alpha ~ 76000")
 
 
@@ -168,25 +183,28 @@ def test_out_of_range_configuration_message_names_the_quantity():
         regime_verdict(1e307, 1.0, 1.0, c=C)
 
 
-@pytest.mark.parametrize("series", ["step_gaps", "drift_ratios", "step_sizes"])
+@pytest.mark.parametrize("series", ["k_stars", "drift_ratios", "step_sizes"])
 def test_series_errors_name_the_series(series):
-    name = {"step_gaps": "step_gap", "drift_ratios": "drift_ratio", "step_sizes": "step_size"}[series]
+    kw = {"k_stars": [1.0, 1.0], series: [1.0, -1.0]}
     with pytest.raises(ValueError) as e:
-        regime_verdict(ALPHA, R, S, c=C, **{series: [1.0, -1.0]})
-    assert str(e.value) == f"{name}[1] must be a number >= 0 (inf allowed; NaN is counted as unusable), got -1.0"
+        regime_verdict(ALPHA, R, S, kw.pop("k_stars"), c=C, **kw)
+    assert str(e.value) == f"{series}[1] must be a number >= 0 (inf allowed; None or NaN: not measured), got -1.0"
 
 
 def test_alignment_and_previous_errors_word_for_word():
     with pytest.raises(ValueError) as e:
-        regime_verdict(ALPHA, R, S, [1.0, 2.0], c=C, gap_zs=[1.0])
-    assert str(e.value) == ("gap_zs has 1 values but step_gaps has 2; they must align (None for a gap without one)")
+        regime_verdict(ALPHA, R, S, [1.0, 2.0], c=C, gain_zs=[1.0])
+    assert str(e.value) == "gain_zs has 1 values but k_stars has 2; they must align (None for a probe without one)"
     with pytest.raises(ValueError) as e:
-        regime_verdict(ALPHA, R, S, [1.0], c=C, gap_gains=[1.0, "x"])
-    assert str(e.value).startswith("gap_gains has 2 values but step_gaps has 1")
+        regime_verdict(ALPHA, R, S, [1.0], c=C, help_zs=[1.0, "x"])
+    assert str(e.value).startswith("help_zs")  # the bad value or the misalignment, either is named
     with pytest.raises(ValueError) as e:
-        regime_verdict(ALPHA, R, S, [1.0], c=C, gap_zs=["x"])
-    assert str(e.value) == "gap_z[0] must be a number (inf allowed; NaN is counted as unusable), got 'x'"
+        regime_verdict(ALPHA, R, S, [1.0], c=C, gain_zs=["x"])
+    assert str(e.value) == "gain_zs[0] must be a number (inf allowed; None or NaN: not measured), got 'x'"
+    with pytest.raises(ValueError) as e:
+        regime_verdict(ALPHA, R, S, [1.0], c=C, steps=[1, 2])
+    assert str(e.value) == "steps has 2 values but k_stars has 1; they must align"
     with pytest.raises(ValueError) as e:
         regime_verdict(ALPHA, R, S, c=C, previous="too_small")
-    assert str(e.value) == ("previous must be one of ('alpha-too-small', 'too-aggressive', 'in-regime', 'uncertain') "
-                            "or None, got 'too_small'")
+    assert str(e.value) == ("previous verdicts must be among ('alpha-too-small', 'too-aggressive', 'in-regime', "
+                            "'uncertain'), got 'too_small'")
