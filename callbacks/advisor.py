@@ -14,7 +14,7 @@ from torch import Tensor
 
 from callbacks._lightning import CallbackBase, log_metrics, rank_mean, refuse_sharded, tensorboard_writers
 from callbacks.batches import map_tensors, move_to_device
-from callbacks.engine import SignalDriftWarning, check_positive_int, medians_of_views
+from callbacks.engine import NoLoRALayersError, SignalDriftWarning, check_positive_int, medians_of_views
 from callbacks.measurements import PREFIX, summary_tag, threshold_tag
 from callbacks.tensorboard import mark_restart
 from signaldrift import DEFAULT_TAUS, NonFiniteError, RegimeVerdict, lora_layers, regime_verdict, step_gap_estimate, step_split
@@ -208,6 +208,12 @@ class AlphaRegimeAdvisor(CallbackBase):
     # ----------------------------------------------------------------- hooks
     def setup(self, trainer, pl_module, stage: str) -> None:
         refuse_sharded(trainer, "AlphaRegimeAdvisor", pl_module, allow_fsdp2=True)
+        if stage == "fit" and not [v for v in lora_layers(pl_module) if not v.variant]:
+            raise NoLoRALayersError(
+                f"AlphaRegimeAdvisor found no LoRA layer it can probe in {type(pl_module).__name__}: it looks for this "
+                "project's LoRALinear (lora_alpha.inject) and PEFT LoraLayer modules with an active, non-DoRA adapter")
+        if stage == "fit":  # a new fit starts clean; a resume restores the state after setup (load_state_dict)
+            self._reset()
         self._base_norms = {}
         # a fit (or a resumed one) starts without a window or a step in flight from an earlier fit
         self._before = self._window_start = None
@@ -475,6 +481,15 @@ class AlphaRegimeAdvisor(CallbackBase):
                          f"{fmt(p.get('step_size'))} -> {p.get('verdict', 'n/a')}")
         return "\n".join(lines)
 
+    def _reset(self) -> None:
+        """Forget an earlier fit's probes, verdict, peaks and probe sets (a reused callback)."""
+        self.probes, self.verdict, self._config_verdict = [], None, None
+        self.step_size_peak = self._interval_peak = self.from_zero = None
+        self._warned = self._warned_nonzero = False
+        if not self._fixed_probe_set:
+            self.probe_set = []
+        self.scale_set = []
+
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict:
         cpu = torch.device("cpu")
@@ -491,5 +506,7 @@ class AlphaRegimeAdvisor(CallbackBase):
         self.from_zero = state_dict.get("from_zero")
         if state_dict.get("probe_set"):
             self.probe_set = list(state_dict["probe_set"])
+        elif state_dict.get("probe_batch") is not None:  # a checkpoint of version 1
+            self.probe_set = [state_dict["probe_batch"]]
         self.scale_set = list(state_dict.get("scale_set") or [])
 

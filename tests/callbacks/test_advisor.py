@@ -196,7 +196,8 @@ def test_a_given_probe_batch_and_loss_fn():
     assert [p["step"] for p in advisor.probes] == [2]
     probe = advisor.probes[0]
     assert probe["units"] == 1 and probe["gap_z"] is None  # a scalar loss: one unit
-    assert all(s == (3, 8) for s in calls) and len(calls) == len(probe["taus"])  # one forward per evaluated tau
+    # one forward per evaluated tau, then one per k of the scale probe (no validation loader: the same batch)
+    assert all(s == (3, 8) for s in calls) and len(calls) == len(probe["taus"]) + len(probe["scale_ks"])
     assert set(modes) == {(False, False)}  # eval mode, no gradients
 
 
@@ -259,48 +260,112 @@ def test_logged_tags_are_the_probe_records(tmp_path):
 
 
 def test_each_probe_records_the_verdict_reached_after_it():
-    """Probe step gaps 1.49, 0, 0, 0 (lr 0.05); with these rules the first votes "larger", the rest
-    "overshoot": alpha-too-small, then uncertain (no direct flip), then too-aggressive. Each record's
-    verdict equals regime_verdict on the last rules.window records with the previous verdict."""
-    rules = VerdictRules(window=1, agree=1, split=1, gap_z_min=0.0, gap_gain_min=0.0, gap_too_small=1.2,
-                         step_size_high=10.0, drift_ratio_high=10.0)
-    advisor = AlphaRegimeAdvisor(gap_every=2, rules=rules, loss_fn=_per_example_loss_fn)
+    """Each record's verdict equals regime_verdict (rules v3) over every record up to it: its k*, gain_z,
+    help_z, drift ratio, the largest step size since the previous probe and the verdicts before it."""
+    rules = VerdictRules(window=1, agree=1, split=1, step_size_high=10.0, drift_ratio_high=10.0)
+    advisor = AlphaRegimeAdvisor(gap_every=1, window_steps=1, rules=rules, loss_fn=_per_example_loss_fn, size_every=1)
     module = make_module(lr=0.05)
-    make_trainer(max_steps=9, callbacks=[advisor]).fit(module)
-    assert advisor.window == 1 and len(advisor.probes) == 4
+    make_trainer(max_steps=7, callbacks=[advisor]).fit(module)
+    assert advisor.window == 1 and len(advisor.probes) == 6
     m = next(iter(_layers(module).values()))
     alpha, rank, scale = float(m.alpha), m.rank, float(m.scaling)
     assert (alpha, rank, scale) == (8.0, 2, 4.0)
-    previous = None
+    seen = []
     for i, p in enumerate(advisor.probes):
-        recent = advisor.probes[max(0, i - rules.window + 1):i + 1]
-        ref = regime_verdict(alpha, rank, scale, step_gaps=[q["step_gap"] for q in recent],
-                             gap_zs=[q["gap_z"] for q in recent], gap_gains=[q["gap_gain"] for q in recent],
-                             drift_ratios=[q["drift_ratio"] for q in recent],
-                             step_sizes=[q["step_size"] for q in recent], previous=previous, rules=rules)
+        done = advisor.probes[:i + 1]
+        ref = regime_verdict(alpha, rank, scale, [q["k_star"] for q in done], gain_zs=[q["scale_gain_z"] for q in done],
+                             help_zs=[q["scale_help_z"] for q in done], drift_ratios=[q["drift_ratio"] for q in done],
+                             step_sizes=[q["step_size_max"] for q in done], steps=[q["step"] for q in done],
+                             previous=seen, rules=rules)
         assert p["verdict"] == ref.verdict, i
-        previous = ref.verdict
-    assert [p["verdict"] for p in advisor.probes] == ["alpha-too-small", "uncertain", "too-aggressive", "too-aggressive"]
+        assert p["step_size_max"] == p["step_size"]  # watched every step: the probe's own step is the interval
+        seen.append(ref.verdict)
     assert advisor.verdict.verdict == advisor.probes[-1]["verdict"]
     assert set(advisor.probes[0]) >= {"step", "step_gap", "step_gap_lo", "step_gap_hi", "gap_z", "gap_gain", "taus",
-                                      "losses", "units", "window_steps", "drift_ratio", "step_size", "verdict"}
+                                      "losses", "units", "window_steps", "drift_ratio", "step_size", "step_size_max",
+                                      "k_star", "k_best", "scale_gain_z", "scale_help_z", "scale_ks", "scale_losses",
+                                      "scale_zs", "scale_units", "verdict"}
+    assert advisor.probes[0]["scale_units"] == 16  # two training batches of 8, one unit per example
+
+
+def test_the_scale_probe_matches_a_dense_reference():
+    """Each record's curve: the loss of every example with each LoRA B stretched by k, recomputed here from
+    the recorder's factors after the step (W = W0 + k s B A), and k*, gain_z, help_z from those losses."""
+    rec = make_recorder()
+    advisor = AlphaRegimeAdvisor(gap_every=2, window_steps=1, loss_fn=_per_example_loss_fn)
+    module = make_module(lr=0.02)
+    make_trainer(max_steps=5, callbacks=[rec, advisor]).fit(module)
+    layers = _layers(module)
+    batches = advisor.probe_set
+    for p in advisor.probes:
+        after = rec.after[p["step"]]
+        module.eval()
+        curve = {}
+        with torch.no_grad():
+            for k in p["scale_ks"]:
+                for n, m in layers.items():
+                    m.lora_A.copy_(after[n]["A"])
+                    m.lora_B.copy_(k * after[n]["B"])
+                curve[k] = np.array([v for b in batches for v in _example_units(module, b)])
+        ks = p["scale_ks"]
+        means = [float(curve[k].mean()) for k in ks]
+        assert p["scale_losses"] == pytest.approx(means, rel=1e-6)
+        one = ks.index(1.0)
+        best = int(np.argmin(means)) if min(means) < means[one] else one
+        assert p["k_best"] == ks[best]
+        d = curve[1.0] - curve[ks[best]]
+        z_ref = 0.0 if best == one else d.mean() / (d.std(ddof=1) / math.sqrt(len(d)))
+        assert p["scale_gain_z"] == pytest.approx(z_ref, rel=1e-4, abs=1e-9)
+        h = curve[0.0] - curve[1.0]
+        assert p["scale_help_z"] == pytest.approx(h.mean() / (h.std(ddof=1) / math.sqrt(len(h))), rel=1e-4)
+        if 0 < best < len(ks) - 1 and best != one:
+            a2, b1, _ = np.polyfit(ks[best - 1:best + 2], means[best - 1:best + 2], 2)
+            assert p["k_star"] == pytest.approx(float(np.clip(-b1 / (2 * a2), ks[best - 1], ks[best + 1])), rel=1e-5)
+        elif best == one:
+            assert p["k_star"] == 1.0
+
+
+def test_the_scale_probe_uses_validation_batches_and_skips_a_nonzero_start():
+    L = lightning()
+    module = make_module(lr=0.02)
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(15, 8, generator=g), torch.randn(15, 2, generator=g)
+    val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=5)
+    type(module).validation_step = lambda self, batch, batch_idx: None  # a run with validation (its own class)
+    type(module).val_dataloader = lambda self: val
+    advisor = AlphaRegimeAdvisor(gap_every=2, loss_fn=_per_example_loss_fn, scale_batches=2)
+    make_trainer(max_steps=3, callbacks=[advisor], limit_val_batches=1).fit(module)
+    assert len(advisor.scale_set) == 2 and torch.equal(advisor.scale_set[1][0], x[5:10])
+    assert advisor.probes[0]["scale_units"] == 10 and advisor.probes[0]["units"] == 16
+    # B0 != 0: W_base + k s B A is not W0 + k dW, so no scale probe (one warning); the step gap still runs
+    odd = make_module(lr=0.02)
+    with torch.no_grad():
+        for m in _layers(odd).values():
+            m.lora_B.fill_(0.01)
+    other = AlphaRegimeAdvisor(gap_every=2, loss_fn=_per_example_loss_fn)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer(max_steps=5, callbacks=[other]).fit(odd)
+    assert other.from_zero is False and other.probes and all("k_star" not in p for p in other.probes)
+    assert sum("the scale probe needs B0 = 0" in str(w.message) for w in caught) == 1
 
 
 def test_too_small_alpha_warns_once_with_a_suggestion():
-    # alpha 0.01: the loss falls all the way to tau = 64; units agree (z > 1) but the gain is tiny, so these
-    # rules count any gain and z >= 1
-    rules = VerdictRules(window=3, agree=2, split=2, gap_z_min=1.0, gap_gain_min=0.0)
+    # alpha 0.01: the loss keeps falling to k = 16 at every probe; the training-step units (one per batch)
+    # agree with z about 1, so these rules count z >= 0.5
+    rules = VerdictRules(window=3, agree=2, split=2, z_min=0.5)
     advisor = AlphaRegimeAdvisor(gap_every=1, window_steps=1, rules=rules)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         make_trainer(max_steps=4, callbacks=[advisor]).fit(make_module(alpha=0.01, lr=1e-3))
     ours = [w for w in caught if issubclass(w.category, AlphaRegimeWarning)]
-    assert [p["step_gap"] for p in advisor.probes] == [64.0, 64.0, 64.0]
+    assert [p["k_star"] for p in advisor.probes] == [16.0, 16.0, 16.0]
+    assert all(0.5 <= p["scale_gain_z"] < 2.0 for p in advisor.probes)
     assert len(ours) == 1
     assert advisor.verdict.verdict == "alpha-too-small"
-    assert advisor.verdict.suggested_alpha == pytest.approx(0.08)  # round2(0.01 * min(64, 8))
+    assert advisor.verdict.suggested_alpha == pytest.approx(0.08)  # round2(0.01 * min(16, 8))
     assert "Alpha regime: alpha-too-small" in advisor.summary()
-    # the default rules need the gain as well: the same run stays in regime and says nothing
+    # the default rules need z >= 2: the same run stays in regime and says nothing
     quiet = AlphaRegimeAdvisor(gap_every=1, window_steps=1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -347,15 +412,19 @@ def _resume_run(tmp_path, window_steps, first_steps, total_steps):
 
 
 def test_a_resume_inside_a_window_skips_that_probe(tmp_path):
-    # W = 3: the probe at step 4 starts its window before step 2; a resume after 3 steps has lost it
+    # W = 3: the probe at step 4 starts its window before step 2; a resume after 3 steps has lost it, so that
+    # probe has no step gap; the scale probe needs no window and still runs
     first, resumed = _resume_run(tmp_path / "a", window_steps=3, first_steps=3, total_steps=9)
     assert first.probes == []
-    assert [p["step"] for p in resumed.probes] == [8]
+    assert [p["step"] for p in resumed.probes] == [4, 8]
+    assert math.isnan(resumed.probes[0]["step_gap"]) and "taus" not in resumed.probes[0]
+    assert "taus" in resumed.probes[1] and all("k_star" in p for p in resumed.probes)
     for a, b in zip(resumed.probe_set, first.probe_set):  # the probe set came from the checkpoint
         assert torch.equal(a[0], b[0])
     uninterrupted = AlphaRegimeAdvisor(gap_every=4, window_steps=3)
     make_trainer(max_steps=9, callbacks=[uninterrupted]).fit(make_module(lr=0.05))
     assert [p["step"] for p in uninterrupted.probes] == [4, 8]
+    assert all("taus" in p for p in uninterrupted.probes)
 
 
 def test_a_resume_before_the_window_keeps_the_probe(tmp_path):
@@ -419,3 +488,22 @@ def test_the_step_size_watch_skips_step_0_and_feeds_the_peak():
         sizes[step] = statistics.median(per_layer)
     assert advisor.step_size_peak == pytest.approx(max(sizes[s] for s in watched), rel=1e-6)
     assert sizes[0] != pytest.approx(advisor.step_size_peak, rel=1e-3)  # step 0 would have been another value
+
+
+# ----------------------------------------------------------------- misuse
+def test_a_model_without_lora_is_refused_at_setup():
+    from callbacks.engine import NoLoRALayersError
+
+    module = make_module(model=torch.nn.Sequential(torch.nn.Linear(8, 2)))
+    with pytest.raises(NoLoRALayersError, match="AlphaRegimeAdvisor found no LoRA layer"):
+        make_trainer(max_steps=2, callbacks=[AlphaRegimeAdvisor(gap_every=1)]).fit(module)
+
+
+def test_an_advisor_reused_for_a_new_fit_starts_clean():
+    advisor = AlphaRegimeAdvisor(gap_every=1, window_steps=1)
+    make_trainer(max_steps=4, callbacks=[advisor]).fit(make_module(alpha=0.01, lr=1e-3))
+    first_set = advisor.probe_set
+    assert [p["step"] for p in advisor.probes] == [1, 2, 3]
+    make_trainer(max_steps=3, callbacks=[advisor]).fit(make_module(alpha=8.0, lr=1e-2))
+    assert [p["step"] for p in advisor.probes] == [1, 2]  # only this fit's probes
+    assert advisor.probe_set is not first_set and advisor.verdict.probes == 2
