@@ -44,7 +44,10 @@ class SignalDriftMonitor(CallbackBase):
 
     Works with this project's layers and PEFT's ``LoraLayer`` (Linear, GPT-2 Conv1D, Embedding);
     DoRA and other variants are skipped with one warning. ``(A0, B0)`` are snapshotted at fit
-    start; scale, rank and active adapters are read live at each measurement. Gradients are read
+    start; scale, rank and active adapters are read live at each measurement. A monitor reused for
+    a new fit starts clean (snapshot, history, counts); a fit resumed from a checkpoint gets the
+    checkpoint's back. A module whose LoRA layers are all merged, with nothing else trainable, is
+    refused at setup (:class:`~callbacks.engine.MergedLoRAError`). Gradients are read
     in ``on_before_optimizer_step`` (after accumulation and AMP unscaling, before clipping); the
     realized update after the step. A step that AMP skipped (nothing moved) is not counted.
     Runs on one device, under DDP and under FSDP2 (``ModelParallelStrategy`` or ``fully_shard``:
