@@ -4,12 +4,12 @@ The engine (:mod:`callbacks.engine`) is framework-free; the Lightning callbacks 
 the Hugging Face callback (:mod:`callbacks.hf`) loads transformers, each only when imported, so
 either works without the other installed.
 """
-from callbacks.engine import NoLoRALayersError, SignalDriftEngine, SignalDriftWarning
+from callbacks.engine import MergedLoRAError, NoLoRALayersError, SignalDriftEngine, SignalDriftWarning
 
 _LIGHTNING = {"AlphaRegimeAdvisor": "callbacks.advisor", "AlphaRegimeWarning": "callbacks.advisor",
               "SignalDriftMonitor": "callbacks.monitor"}
 
-__all__ = ["AlphaRegimeAdvisor", "AlphaRegimeWarning", "NoLoRALayersError", "SignalDriftEngine",
+__all__ = ["AlphaRegimeAdvisor", "AlphaRegimeWarning", "MergedLoRAError", "NoLoRALayersError", "SignalDriftEngine",
            "SignalDriftMonitor", "SignalDriftWarning"]
 
 

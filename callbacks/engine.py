@@ -37,6 +37,29 @@ class NoLoRALayersError(ValueError):
     """The model has no LoRA layer the diagnostics can read."""
 
 
+class MergedLoRAError(ValueError):
+    """Every LoRA layer is merged into its base weight and nothing else is trainable: a fit cannot train."""
+
+
+def refuse_merged_untrainable(model: nn.Module, who: str) -> None:
+    """Raise :class:`MergedLoRAError` when the model's LoRA layers are all merged and no other
+    parameter is trainable: the merged factors take no part in the forward pass, so the first
+    backward pass would fail with autograd's "element 0 of tensors does not require grad"."""
+    views = lora_layers(model)
+    merged = [v for v in views if v.merged]
+    if not merged or len(merged) < len(views):
+        return
+    factors = {id(p) for v in merged for p in (v.A, v.B)}
+    if any(p.requires_grad and id(p) not in factors for p in model.parameters()):
+        return
+    names = ", ".join(v.name for v in merged[:5]) + (f", ... ({len(merged)} in all)" if len(merged) > 5 else "")
+    raise MergedLoRAError(
+        f"{who}: every LoRA layer of {type(model).__name__} is merged into its base weight ({names}) and no other "
+        "parameter is trainable, so there is nothing to train (the merged factors take no part in the forward pass); "
+        "unmerge them before fitting (lora_alpha.unmerge_adapters(model), or PEFT's unmerge_adapter())"
+    )
+
+
 def check_positive_int(name: str, value: int | None, allow_none: bool = False) -> None:
     check_int(name, value, allow_none=allow_none)
 
@@ -127,6 +150,17 @@ class SignalDriftEngine:
         self._capture: dict[str, FullGradAccumulator] = {}
         self._handles: list = []
         self._warned: set[str] = set()
+
+    def reset(self) -> None:
+        """Forget the previous fit: selection, snapshot ``(A0, B0)``, base norms, history, counts and
+        warnings. A new fit (not a resume, whose checkpoint restores the state) starts from here."""
+        self.stop_capture()
+        self.names = []
+        self.snapshot, self.base_norms, self.history, self.spectra = {}, {}, {}, {}
+        self.skipped_steps = 0
+        self._pending, self._pending_step, self._pending_views, self._batch = {}, None, {}, None
+        self._zero_init = {}
+        self._warned = set()
 
     # ----------------------------------------------------------------- discovery
     def views(self, model: nn.Module) -> list[LoRAView]:

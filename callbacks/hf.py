@@ -8,10 +8,21 @@ import torch
 from torch import Tensor
 from transformers import TrainerCallback
 
-from callbacks.engine import _UNSET, SignalDriftEngine, SignalDriftWarning, renamed_full_grad_every
+from callbacks.engine import (
+    _UNSET,
+    SignalDriftEngine,
+    SignalDriftWarning,
+    refuse_merged_untrainable,
+    renamed_full_grad_every,
+)
 from callbacks.measurements import StepMeasurement
 from callbacks.parallel import factors_sharded, parallel_mode
 from signaldrift import lora_layers
+
+
+def _shown(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def loss_scaler(optimizer):
@@ -68,7 +79,9 @@ class SignalDriftTrainerCallback(TrainerCallback):
     ``signaldrift/skipped_steps``; see :class:`callbacks.SignalDriftMonitor`) are added to the logs,
     so ``report_to="tensorboard"`` writes them (as ``train/signaldrift/...``). Every measured step is
     kept in ``history``. The reporting callbacks must see the logs after this one: register it with
-    :meth:`attach`.
+    :meth:`attach` (once per Trainer: a second call returns the callback already attached). A
+    callback reused for another ``train()`` starts clean (snapshot, history, counts) unless that run
+    resumes from a checkpoint (``global_step > 0`` at its start).
 
     Example::
 
@@ -84,6 +97,8 @@ class SignalDriftTrainerCallback(TrainerCallback):
         full_grad_every = renamed_full_grad_every(full_grad_every, probe_every, type(self).__name__)
         self.engine = SignalDriftEngine(every_n_steps, top_k=top_k, full_grad_every=full_grad_every, layers=layers,
                                         gram_dtype=gram_dtype)
+        self._settings = dict(every_n_steps=every_n_steps, top_k=top_k, full_grad_every=full_grad_every,
+                              layers=self.engine.layer_patterns, gram_dtype=gram_dtype)
         self._grads: dict[str, dict[str, Tensor]] = {}
         self._hooks: list = []
         self._latest: dict[str, float] = {}
@@ -92,9 +107,31 @@ class SignalDriftTrainerCallback(TrainerCallback):
 
     @classmethod
     def attach(cls, trainer, **kwargs) -> SignalDriftTrainerCallback:
-        """Create the callback and put it first, before the Trainer's reporting callbacks."""
-        callback = cls(**kwargs)
-        trainer.callback_handler.callbacks.insert(0, callback)
+        """Create the callback and put it first, before the Trainer's reporting callbacks.
+
+        Idempotent: when the Trainer already has one (attached before, or passed in ``callbacks``), that
+        one is moved first and returned, never a second one measuring the same steps.
+
+        Raises:
+            TypeError: ``trainer`` is not a ``transformers.Trainer`` (it has no ``callback_handler``).
+            ValueError: the Trainer already has this callback with other settings than ``kwargs``.
+        """
+        callbacks = getattr(getattr(trainer, "callback_handler", None), "callbacks", None)
+        if not isinstance(callbacks, list):
+            raise TypeError(f"{cls.__name__}.attach needs a transformers.Trainer (with a callback_handler), got a "
+                            f"{type(trainer).__name__}: {_shown(trainer)}")
+        callback = cls(**kwargs)  # settings checked before anything changes
+        present = [c for c in callbacks if isinstance(c, SignalDriftTrainerCallback)]
+        if present:
+            existing = present[0]
+            if existing._settings != callback._settings:
+                raise ValueError(f"the Trainer already has a {type(existing).__name__} with {existing._settings}; "
+                                 f"attach with {callback._settings} would measure every step twice: use the one "
+                                 "attached, or remove it first (trainer.remove_callback)")
+            callbacks.remove(existing)
+            callbacks.insert(0, existing)
+            return existing
+        callbacks.insert(0, callback)
         return callback
 
     @property
@@ -102,6 +139,10 @@ class SignalDriftTrainerCallback(TrainerCallback):
         return self.engine.history
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"{type(self).__name__}.on_train_begin: model must be the nn.Module being trained, got "
+                            f"{type(model).__name__}; the Trainer passes it (add the callback with attach())")
+        refuse_merged_untrainable(model, type(self).__name__)
         world = int(getattr(args, "world_size", 1) or 1)
         mode = parallel_mode("SignalDriftTrainerCallback", [n for n in ("fsdp", "deepspeed") if getattr(args, n, None)],
                              world, sharded=model is not None and factors_sharded(lora_layers(model)),
@@ -111,8 +152,11 @@ class SignalDriftTrainerCallback(TrainerCallback):
             warnings.warn("SignalDriftTrainerCallback: spectral_suppression and spectral_gain (docs/metrics.md §4) are not "
                           "measured under data parallelism or sharding (they need the global batch's full-weight "
                           "gradient)", SignalDriftWarning, stacklevel=2)
-        self.engine.attach(model)
         self._remove_hooks()
+        if int(getattr(state, "global_step", 0) or 0) == 0:  # a new run, not a resume: forget the previous one
+            self.engine.reset()
+            self._grads, self._latest = {}, {}
+        self.engine.attach(model)
         self._hooked = mode == "single"  # see the class docstring
         if self._hooked:
             for v in self.engine.views(model):

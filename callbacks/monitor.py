@@ -5,6 +5,7 @@ import warnings
 from collections.abc import Sequence
 
 import torch
+from torch import nn
 
 from callbacks._lightning import (
     CallbackBase,
@@ -15,9 +16,27 @@ from callbacks._lightning import (
     unscale_divisor,
     world_size,
 )
-from callbacks.engine import _UNSET, SignalDriftEngine, SignalDriftWarning, check_positive_int, renamed_full_grad_every
+from callbacks.engine import (
+    _UNSET,
+    SignalDriftEngine,
+    SignalDriftWarning,
+    check_positive_int,
+    refuse_merged_untrainable,
+    renamed_full_grad_every,
+)
 from callbacks.measurements import METRICS, PREFIX, StepMeasurement, summary_tag
 from callbacks.tensorboard import add_custom_layout, add_spectra_figure, add_spectrum_histograms, mark_restart
+
+
+def check_hook_call(who: str, hook: str, trainer, pl_module) -> None:
+    """A clear TypeError for a hook called by hand without the trainer or the module being fit (Lightning
+    passes both), instead of an AttributeError from deep inside."""
+    if trainer is None:
+        raise TypeError(f"{who}.{hook}: trainer is None; the Lightning Trainer calls this hook with itself "
+                        f"(pass the callback in Trainer(callbacks=[...]) and call trainer.fit)")
+    if not isinstance(pl_module, nn.Module):
+        raise TypeError(f"{who}.{hook}: pl_module must be the LightningModule being fit (an nn.Module), got "
+                        f"{type(pl_module).__name__}")
 
 
 class SignalDriftMonitor(CallbackBase):
@@ -25,7 +44,10 @@ class SignalDriftMonitor(CallbackBase):
 
     Works with this project's layers and PEFT's ``LoraLayer`` (Linear, GPT-2 Conv1D, Embedding);
     DoRA and other variants are skipped with one warning. ``(A0, B0)`` are snapshotted at fit
-    start; scale, rank and active adapters are read live at each measurement. Gradients are read
+    start; scale, rank and active adapters are read live at each measurement. A monitor reused for
+    a new fit starts clean (snapshot, history, counts); a fit resumed from a checkpoint gets the
+    checkpoint's back. A module whose LoRA layers are all merged, with nothing else trainable, is
+    refused at setup (:class:`~callbacks.engine.MergedLoRAError`). Gradients are read
     in ``on_before_optimizer_step`` (after accumulation and AMP unscaling, before clipping); the
     realized update after the step. A step that AMP skipped (nothing moved) is not counted.
     Runs on one device, under DDP and under FSDP2 (``ModelParallelStrategy`` or ``fully_shard``:
@@ -103,9 +125,14 @@ class SignalDriftMonitor(CallbackBase):
         return list(self.engine.names)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
+        check_hook_call("SignalDriftMonitor", "setup", trainer, pl_module)
         if stage != "fit":
             return
         mode = refuse_sharded(trainer, "SignalDriftMonitor", pl_module, allow_fsdp2=True)
+        refuse_merged_untrainable(pl_module, "SignalDriftMonitor")
+        # A new fit starts clean; a resumed one gets its state back from the checkpoint after this hook.
+        self.engine.reset()
+        self._scale_before = None
         self._probing = self.engine.full_grad_every is not None and world_size(trainer) == 1 and mode == "single"
         if self.engine.full_grad_every is not None and not self._probing:
             warnings.warn("SignalDriftMonitor: spectral_suppression and spectral_gain (docs/metrics.md §4) are not measured "
@@ -119,6 +146,7 @@ class SignalDriftMonitor(CallbackBase):
                           SignalDriftWarning, stacklevel=2)
 
     def on_fit_start(self, trainer, pl_module) -> None:
+        check_hook_call("SignalDriftMonitor", "on_fit_start", trainer, pl_module)
         self.engine.attach(pl_module)  # a snapshot restored from a checkpoint is kept
         self.engine.to_device(pl_module.device)
         from callbacks.advisor import AlphaRegimeAdvisor
@@ -128,15 +156,18 @@ class SignalDriftMonitor(CallbackBase):
             add_custom_layout(w, advisor=advisor, full_grad=self._probing, extra=self.dashboard)
 
     def on_train_start(self, trainer, pl_module) -> None:
+        check_hook_call("SignalDriftMonitor", "on_train_start", trainer, pl_module)
         if trainer.global_step > 0:  # resumed (the loops are restored by now): steps after the checkpoint
             for w in tensorboard_writers(trainer):  # are trained, and logged, again
                 mark_restart(w, trainer.global_step)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        check_hook_call("SignalDriftMonitor", "on_train_batch_start", trainer, pl_module)
         if self._probing and self.engine.captures_full_grad(trainer.global_step):
             self.engine.start_capture(pl_module)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        check_hook_call("SignalDriftMonitor", "on_before_optimizer_step", trainer, pl_module)
         scaler = grad_scaler(trainer)
         self._scale_before = float(scaler.get_scale()) if scaler is not None else None
         # The factor gradients are unscaled by now (unless the optimizer unscales inside step());
@@ -145,6 +176,7 @@ class SignalDriftMonitor(CallbackBase):
                                 loss_scale=self._scale_before or 1.0)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        check_hook_call("SignalDriftMonitor", "on_train_batch_end", trainer, pl_module)
         scaler = grad_scaler(trainer)
         taken = not (scaler is not None and self._scale_before is not None
                      and float(scaler.get_scale()) < self._scale_before)  # the scaler backs off on overflow
@@ -161,6 +193,7 @@ class SignalDriftMonitor(CallbackBase):
                 add_spectra_figure(w, self.engine.spectra, step)
 
     def on_fit_end(self, trainer, pl_module) -> None:
+        check_hook_call("SignalDriftMonitor", "on_fit_end", trainer, pl_module)
         self.engine.stop_capture()
         for w in tensorboard_writers(trainer):
             add_spectra_figure(w, self.engine.spectra, trainer.global_step)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from lora_alpha.files import atomic_write_many
-from lora_alpha.inject import _set_module, _short_list, freeze_all_but_lora, lora_modules
+from lora_alpha.inject import _set_module, _short_list, check_model, freeze_all_but_lora, lora_modules
 from lora_alpha.layers import LoRALinear, is_conv1d, wrappable
 from lora_alpha.scaling import RULES, SQRT_LAW_C, LoRAConfigError, resolve_alpha
 
@@ -87,11 +87,13 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, *, base_model_n
         The directory.
 
     Raises:
-        LoRAConfigError: the model has no LoRA layers or layers use different rules.
+        LoRAConfigError: ``model`` is not an ``nn.Module``, has no LoRA layers, or its layers use
+            different rules.
         AdapterFileError: ``directory`` is a file or lies under one (nothing is written).
     """
     from safetensors.torch import save
 
+    check_model(model, "save_adapter")
     layers = dict(lora_modules(model))
     if not layers:
         raise LoRAConfigError("the model has no LoRALinear layers to save; call lora_alpha.inject first")
@@ -278,13 +280,16 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, *, check_base_m
 
     Raises:
         AdapterFileError: a file is unreadable: not JSON, not a JSON object, a field of the wrong
-            type, an unknown rule, truncated or garbage weights, factors with NaN or infinite values
-            (the message names the file).
+            type, an unknown rule, truncated or garbage weights, factors with NaN or infinite values,
+            factors of another rank than the config's ``r`` (or ``rank_pattern``) for their layer (the
+            message names the file).
         AdapterMismatchError: missing files, a non-LoRA adapter, a layer the model lacks, layers
             that differ from the model's LoRA layers (``strict``), shapes that differ, a merged
             layer, or a different base model.
+        LoRAConfigError: ``model`` is not an ``nn.Module``.
         OSError: a file could not be read.
     """
+    check_model(model, "load_adapter")
     adapter = _read_adapter(Path(directory), model, check_base_model)
     plans = _plan(model, adapter, strict)
     _apply(model, plans, adapter)
@@ -336,7 +341,10 @@ def _read_adapter(directory: Path, model: nn.Module, check_base_model: bool) -> 
                 if bad:
                     raise AdapterFileError(f"{weights_path}: {key!r} holds {bad} NaN or infinite value(s) of "
                                            f"{value.numel()}; LoRA factors must be finite (a diverged or damaged adapter)")
-                factors.setdefault(k[: -len(suffix)], {})[part] = value
+                layer = k[: -len(suffix)]
+                _check_rank(weights_path, key, value.shape[0] if part == "lora_A" else value.shape[1],
+                            config_path, config, layer)
+                factors.setdefault(layer, {})[part] = value
                 break
         else:
             if "lora_embedding" in k or "lora_magnitude" in k:
@@ -345,6 +353,19 @@ def _read_adapter(directory: Path, model: nn.Module, check_base_model: bool) -> 
     if not factors:
         raise AdapterFileError(f"{weights_path} holds no LoRA factors (no '.lora_A.weight'/'.lora_B.weight' keys)")
     return _Adapter(directory, config, rule, factors, others)
+
+
+def _check_rank(weights_path: Path, key: str, rank: int, config_path: Path, config: dict, layer: str) -> None:
+    """Refuse a factor whose rank is not the config's ``r`` (or ``rank_pattern``) for its layer: loaded, its
+    scale would be alpha over the wrong rank (PEFT refuses such an adapter too)."""
+    pattern = config.get("rank_pattern") or {}
+    want = _pattern_value(layer, pattern, config.get("r"))
+    if want is None or want == rank:
+        return
+    source = "rank_pattern" if _pattern_value(layer, pattern, None) is not None else "r"
+    raise AdapterFileError(f"{weights_path}: {key!r} has rank {rank}, but {config_path} gives {source} = {want} for "
+                           f"layer {layer!r}; the factors and the config disagree (the scale would be alpha over the "
+                           "wrong rank): is the config from another adapter?")
 
 
 def _plan(model: nn.Module, adapter: _Adapter, strict: bool) -> list[_LayerPlan]:

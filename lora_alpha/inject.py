@@ -70,8 +70,20 @@ def _inside_lora(name: str, lora_names: set[str]) -> bool:
 
 
 def linear_layer_names(model: nn.Module) -> list[str]:
-    """Names of the modules :class:`LoRALinear` could wrap (for error messages)."""
-    return [n for n, m in model.named_modules() if wrappable(m) and n]
+    """Names of the modules :class:`LoRALinear` could wrap (for error messages): not the base layers
+    inside existing LoRA layers (``...query.base_layer``), which targets never match."""
+    lora_names = {n for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+    return [n for n, m in model.named_modules() if wrappable(m) and n and not _inside_lora(n, lora_names)]
+
+
+def check_model(model: object, who: str) -> nn.Module:
+    """``model`` if it is an ``nn.Module``, else :class:`LoRAConfigError` naming what was passed."""
+    if not isinstance(model, nn.Module):
+        shown = repr(model)
+        shown = shown if len(shown) <= 60 else shown[:60] + "..."
+        raise LoRAConfigError(f"{who}: model must be a torch nn.Module (e.g. a Hugging Face model), got a "
+                              f"{type(model).__name__}: {shown}")
+    return model
 
 
 def _short_list(names: list[str], limit: int = 12) -> str:
@@ -86,15 +98,18 @@ def plan_targets(model: nn.Module, targets: str | Iterable[str]) -> list[str]:
         LoRAConfigError: a pattern matches nothing (the message lists the linear layers), a
             match cannot be wrapped, or a match already carries LoRA.
     """
+    check_model(model, "plan_targets")
     pats = _as_patterns(targets, "targets")
-    lora_names = {n for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+    in_order = [n for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+    lora_names = set(in_order)
     chosen: list[str] = []
+    has_lora = f" ({len(in_order)} layer(s) already have LoRA: {_short_list(in_order)})" if in_order else ""
     for pat in pats:
         hits = [n for n, _ in model.named_modules() if n and name_matches(n, pat) and not _inside_lora(n, lora_names)]
         if not hits:
             raise LoRAConfigError(
                 f"target pattern {pat!r} matches no module; the layers LoRA can wrap are: "
-                f"{_short_list(linear_layer_names(model)) or 'none'}"
+                f"{_short_list(linear_layer_names(model)) or 'none'}{has_lora}"
             )
         for n in hits:
             module = model.get_submodule(n)
@@ -166,8 +181,10 @@ def inject(
         An :class:`InjectSummary`.
 
     Raises:
-        LoRAConfigError: any argument is out of range (see the message for what is allowed).
+        LoRAConfigError: ``model`` is not an ``nn.Module``, or any argument is out of range (see the
+            message for what is allowed).
     """
+    check_model(model, "inject")
     check_rank(rank)
     check_rule(rule)
     alpha = resolve_alpha(alpha, rank, rule)
@@ -238,5 +255,5 @@ def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
                 p.requires_grad_(g)
 
 
-__all__ = ["InjectSummary", "adapters_disabled", "freeze_all_but_lora", "inject", "linear_layer_names",
+__all__ = ["InjectSummary", "adapters_disabled", "check_model", "freeze_all_but_lora", "inject", "linear_layer_names",
            "lora_layers", "lora_modules", "merge_adapters", "name_matches", "plan_targets", "unmerge_adapters"]

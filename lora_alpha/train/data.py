@@ -11,6 +11,7 @@ import json
 import os
 import random
 import re
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -264,12 +265,30 @@ class Records(list):
         return f"{self.path}:{self.lines[i]}"
 
 
+def _json_line(path: Path, i: int, line: str) -> Any:
+    """Line ``i`` of a JSONL file, parsed; one :class:`UsageError` naming the file and line for anything
+    the parser refuses, its own limits included (an integer longer than Python converts, deep nesting)."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{path}:{i} is not valid JSON ({err.msg}); each line must be one JSON object") from None
+    except RecursionError:
+        raise UsageError(f"{path}:{i} nests JSON arrays or objects too deeply to read; each line must be one "
+                         "JSON object of plain fields") from None
+    except ValueError as err:  # Python's int conversion limit (sys.get_int_max_str_digits), not a syntax error
+        if "digits" in str(err):
+            raise UsageError(f"{path}:{i} holds an integer of more than {sys.get_int_max_str_digits()} digits, which "
+                             "Python will not convert; write it as a JSON string (\"123...\") to use it as a label"
+                             ) from None
+        raise UsageError(f"{path}:{i} cannot be read as JSON ({err})") from None
+
+
 def read_records(path: str | os.PathLike, columns: Sequence[str]) -> Records:
     """Rows of a CSV or JSONL file, checked to have ``columns``.
 
     Raises:
-        UsageError: missing file, unreadable encoding, a malformed JSON line, missing columns,
-            or no rows.
+        UsageError: missing file, unreadable encoding, a malformed JSON line (an integer longer than
+            Python converts and nesting deeper than it parses included), missing columns, or no rows.
     """
     path = Path(path)
     if not path.is_file():
@@ -283,10 +302,7 @@ def read_records(path: str | os.PathLike, columns: Sequence[str]) -> Records:
         for i, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UsageError(f"{path}:{i} is not valid JSON ({err.msg}); each line must be one JSON object") from None
+            row = _json_line(path, i, line)
             if not isinstance(row, dict):
                 raise UsageError(f"{path}:{i} is a JSON {type(row).__name__}; each line must be a JSON object")
             rows.append(row)
@@ -364,13 +380,37 @@ def _check_sizes(**sizes: int | None) -> None:
         check_int(name, v, allow_none=True, error=UsageError)
 
 
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {list: "array", dict: "object"}.get(type(value), type(value).__name__)
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value) if isinstance(value, (bool, list, dict)) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _lm_fields(row: dict) -> tuple[str, ...] | None:
+    """The fields a causal-LM record trains on: ("prompt", "completion") when both are strings, else
+    ("text",) when it is a string; None for a record with neither."""
+    if isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str):
+        return ("prompt", "completion")
+    if isinstance(row.get("text"), str):
+        return ("text",)
+    return None
+
+
 class TextClassificationDataModule(_ClassificationDataModule):
     """Text classification from CSV or JSONL files with a text and a label column.
 
     Labels: integers 0..K-1 are kept; any other labels (strings, other integers) are mapped to ids
     in sorted order of the training labels. ``0``, ``0.0`` and ``"0.0"`` are the same label; a
     row without a label (blank, NaN, null) or without text (blank, null) is refused with its file
-    and line. The validation
+    and line, and so is a boolean label (JSON ``true`` would be a class apart from ``1``), text that
+    is not a string (JSON ``true``, a number, a list) and the same column for text and label. The validation
     split defaults to 10% of the training rows (seeded) when no file is given; the test split
     defaults to the validation split. ``train_size`` / ``eval_size`` cap the splits.
     """
@@ -383,6 +423,9 @@ class TextClassificationDataModule(_ClassificationDataModule):
         _check_sizes(train_size=train_size, eval_size=eval_size)
         self.train_size, self.eval_size = train_size, eval_size
         self.files = {"train": train_file, "val": val_file, "test": test_file}
+        if text_column == label_column:
+            raise UsageError(f"the text column and the label column are both {text_column!r}; the model would be given "
+                             "its label as text: name two different columns")
         self.text_column, self.label_column = text_column, label_column
         raw = {k: read_records(v, [text_column, label_column]) for k, v in self.files.items() if v is not None}
         self.raw = {k: self._labelled(records) for k, records in raw.items()}
@@ -396,6 +439,10 @@ class TextClassificationDataModule(_ClassificationDataModule):
         """``[(text, label)]`` with labels normalized; one message for the first row without one."""
         out = []
         for i, r in enumerate(records):
+            if isinstance(r[self.label_column], bool):  # JSON true/false: str() would make them classes of their own
+                raise UsageError(f"{records.where(i)}: label column {self.label_column!r} holds the JSON boolean "
+                                 f"{json.dumps(r[self.label_column])}; booleans are not labels (true and 1 would be two "
+                                 "classes): write 0/1 or names")
             try:
                 label = normalize_label(r[self.label_column])
             except ValueError:
@@ -405,10 +452,13 @@ class TextClassificationDataModule(_ClassificationDataModule):
                 raise UsageError(f"{records.where(i)} has no label in column {self.label_column!r} "
                                  f"(got {r[self.label_column]!r}); every row needs a label")
             text = r[self.text_column]
-            if text is None or isinstance(text, (list, dict)) or not str(text).strip():
+            if text is None or (isinstance(text, str) and not text.strip()):
                 raise UsageError(f"{records.where(i)} has no text in column {self.text_column!r} "
                                  f"(got {text!r}); every row needs text")
-            out.append((str(text), label))
+            if not isinstance(text, str):  # JSON true, 3, [..] would train as the words "True", "3", "[..]"
+                raise UsageError(f"{records.where(i)}: text column {self.text_column!r} holds the JSON "
+                                 f"{_json_kind(text)} {_shown(text)}; text must be a string")
+            out.append((text, label))
         return out
 
     def _label_names(self, rows: list[tuple[str, str]]) -> list[str]:
@@ -433,7 +483,11 @@ class TextClassificationDataModule(_ClassificationDataModule):
 
 
 class CausalLMDataModule(_TokenizedDataModule):
-    """Causal-LM fine-tuning from JSONL: ``text``, or ``prompt`` + ``completion`` (loss on the completion only)."""
+    """Causal-LM fine-tuning from JSONL: ``text``, or ``prompt`` + ``completion`` (loss on the completion only).
+
+    A record without a string ``text`` (or string ``prompt`` and ``completion``), or whose text is blank
+    (blank prompt and completion), is refused with its file and line.
+    """
 
     def __init__(self, tokenizer: str | Any, train_file: str | os.PathLike, *, val_file: str | os.PathLike | None = None,
                  batch_size: int = 8, max_length: int = 256, num_workers: int | None = None, seed: int = 0,
@@ -445,16 +499,21 @@ class CausalLMDataModule(_TokenizedDataModule):
         files = (("train", train_file), ("val", val_file), ("test", test_file))
         self.raw = {k: read_records(v, []) for k, v in files if v is not None}
         for split, rows in self.raw.items():
-            for i, r in enumerate(rows, 1):
-                if not (isinstance(r.get("text"), str) or (isinstance(r.get("prompt"), str) and isinstance(r.get("completion"), str))):
-                    raise UsageError(f"{split} record {i} needs a string 'text', or string 'prompt' and 'completion'; "
-                                     f"it has {sorted(r)}")
+            for i, r in enumerate(rows):
+                fields = _lm_fields(r)
+                if fields is None:
+                    raise UsageError(f"{rows.where(i)}: {split} record {i + 1} needs a string 'text', or string 'prompt' "
+                                     f"and 'completion'; it has {sorted(r)}")
+                if not any(r[f].strip() for f in fields):  # would train on the tokenizer's special tokens alone
+                    got = ", ".join(f"{f}={r[f]!r}" for f in fields)
+                    raise UsageError(f"{rows.where(i)} has no text in {' or '.join(map(repr, fields))} (got {got}); "
+                                     "every record needs text")
 
     def _encode(self, rows: list[dict]) -> TokenizedDataset:
         tok = self.load_tokenizer()
         out = []
         for r in rows:
-            if "prompt" in r and "completion" in r:
+            if _lm_fields(r) == ("prompt", "completion"):
                 p = tok(r["prompt"], add_special_tokens=True)["input_ids"]
                 c = tok(r["completion"], add_special_tokens=False)["input_ids"]
                 if tok.eos_token_id is not None:

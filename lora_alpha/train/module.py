@@ -217,6 +217,23 @@ class LoRAAlphaModule(LightningModule):
         return tokens.sum(1)[keep] / counted[keep]
 
     # ----------------------------------------------------------------- optimization
+    def check_unmerged(self) -> None:
+        """Refuse to train LoRA layers merged into their base weights (``merge_adapters``): their factors
+        take no part in the forward pass, so they would not train, and with nothing else trainable the
+        first backward pass fails. Called before the optimizer is built.
+
+        Raises:
+            UsageError: naming the merged layers and how to unmerge them.
+        """
+        from lora_alpha.inject import lora_modules
+
+        merged = [n for n, m in lora_modules(self.model) if m.merged]
+        if merged:
+            shown = ", ".join(merged[:5]) + (f", ... ({len(merged)} in all)" if len(merged) > 5 else "")
+            raise UsageError(f"cannot fit: {len(merged)} LoRA layer(s) are merged into their base weights ({shown}); "
+                             "merged factors take no part in the forward pass, so they would not train: call "
+                             "lora_alpha.unmerge_adapters(module.model) before fitting")
+
     def param_groups(self) -> list[dict]:
         """AdamW groups: A, B (LoRA+ ratio), and the other trainable modules (head_lr)."""
         a, b, other = [], [], []
@@ -231,6 +248,7 @@ class LoRAAlphaModule(LightningModule):
         return [g for g in groups if g["params"]]
 
     def configure_optimizers(self):
+        self.check_unmerged()
         opt = torch.optim.AdamW(self.param_groups(), weight_decay=self.weight_decay)
         total = max(int(self.trainer.estimated_stepping_batches), 1) if self._trainer is not None else 1
         warm, schedule = self.warmup_steps, self.schedule

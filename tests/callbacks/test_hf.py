@@ -87,3 +87,62 @@ def test_trainer_callback_logs_through_tensorboard(tmp_path):
     assert set(rows) == set(drift.engine.names)
     assert rows[layer]["drift_ratio"] == pytest.approx(sorted(logged.values())[len(logged) // 2], rel=1e-6)
     assert layer in format_report(record)
+
+
+def _tiny_trainer(tmp_path, callbacks=(), max_steps=3, model=None):
+    from peft import LoraConfig, get_peft_model
+    from transformers import Trainer, TrainingArguments
+
+    model = model or get_peft_model(tiny_bert(), LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"]))
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=max_steps, per_device_train_batch_size=4,
+                             logging_steps=1, report_to=[], use_cpu=True, learning_rate=1e-2, save_strategy="no",
+                             disable_tqdm=True, seed=0)
+    return Trainer(model=model, args=args, train_dataset=_Data(), callbacks=list(callbacks))
+
+
+def test_attach_needs_a_trainer_and_is_idempotent(tmp_path):
+    with pytest.raises(TypeError, match=r"SignalDriftTrainerCallback.attach needs a transformers.Trainer .*got a str: 'x'"):
+        SignalDriftTrainerCallback.attach("x")
+    trainer = _tiny_trainer(tmp_path)
+    first = SignalDriftTrainerCallback.attach(trainer, every_n_steps=1, full_grad_every=None)
+    again = SignalDriftTrainerCallback.attach(trainer, every_n_steps=1, full_grad_every=None)
+    ours = [c for c in trainer.callback_handler.callbacks if isinstance(c, SignalDriftTrainerCallback)]
+    assert again is first and ours == [first] and trainer.callback_handler.callbacks[0] is first
+    with pytest.raises(ValueError, match=r"already has a SignalDriftTrainerCallback with .*'every_n_steps': 1.*"
+                                         r"'every_n_steps': 2.* would measure every step twice"):
+        SignalDriftTrainerCallback.attach(trainer, every_n_steps=2, full_grad_every=None)
+    assert [c for c in trainer.callback_handler.callbacks if isinstance(c, SignalDriftTrainerCallback)] == [first]
+    # one passed in callbacks=[...] is found too, and moved first (before the reporting callbacks)
+    given = SignalDriftTrainerCallback(full_grad_every=None)
+    other = _tiny_trainer(tmp_path, callbacks=[given])
+    assert SignalDriftTrainerCallback.attach(other, full_grad_every=None) is given
+    assert other.callback_handler.callbacks[0] is given
+
+
+def test_a_callback_reused_for_another_train_starts_clean(tmp_path):
+    drift = SignalDriftTrainerCallback(every_n_steps=1, full_grad_every=None)
+    first = _tiny_trainer(tmp_path, callbacks=[drift], max_steps=3)
+    first.train()
+    assert sorted(drift.history) == [0, 1, 2]
+    layer = drift.engine.names[0]
+    start = {v.name: v.A.detach().clone() for v in sd.lora_layers(first.model)}[layer]
+    second = _tiny_trainer(tmp_path, callbacks=[drift], max_steps=2, model=first.model)
+    second.train()
+    assert sorted(drift.history) == [0, 1]
+    assert torch.equal(drift.engine.snapshot[layer][0], start)  # the second run's own A0
+
+
+def test_train_begin_without_a_model_or_with_merged_lora_only_says_so():
+    from types import SimpleNamespace
+
+    from lora_alpha import inject, merge_adapters
+
+    args = SimpleNamespace(fsdp=[], deepspeed=None, fp16=False, world_size=1)
+    with pytest.raises(TypeError, match=r"on_train_begin: model must be the nn.Module being trained, got NoneType"):
+        SignalDriftTrainerCallback().on_train_begin(args, None, None, model=None)
+    model = tiny_bert()
+    inject(model, ["query"], rank=2)
+    merge_adapters(model)
+    with pytest.raises(ValueError, match="every LoRA layer of BertForSequenceClassification is merged") as err:
+        SignalDriftTrainerCallback().on_train_begin(args, None, None, model=model)
+    assert type(err.value).__name__ == "MergedLoRAError"

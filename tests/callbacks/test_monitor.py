@@ -220,3 +220,58 @@ def test_probe_every_is_a_deprecated_alias_of_full_grad_every():
             cls(full_grad_every=3, probe_every=7)
     with pytest.raises(TypeError):
         SignalDriftMonitor(1, None)  # keyword-only after every_n_steps
+
+
+@pytest.mark.parametrize("hook, args", [
+    ("setup", ("fit",)), ("on_fit_start", ()), ("on_train_start", ()), ("on_train_batch_start", (None, 0)),
+    ("on_before_optimizer_step", (None,)), ("on_train_batch_end", (None, None, 0)), ("on_fit_end", ()),
+])
+def test_hooks_called_without_a_trainer_or_module_say_so(hook, args):
+    """Hooks called by hand with None: one TypeError naming the hook and the argument, not an AttributeError."""
+    monitor = SignalDriftMonitor(full_grad_every=None)
+    with pytest.raises(TypeError, match=rf"SignalDriftMonitor\.{hook}: trainer is None"):
+        getattr(monitor, hook)(None, make_module(), *args)
+    trainer = make_trainer(max_steps=1)
+    with pytest.raises(TypeError, match=rf"SignalDriftMonitor\.{hook}: pl_module must be the LightningModule .*got NoneType"):
+        getattr(monitor, hook)(trainer, None, *args)
+
+
+def test_a_monitor_reused_for_a_new_fit_starts_clean_and_a_resume_keeps_its_state(tmp_path):
+    """The second fit (a new trainer, the same module trained on) measures from its own start: its history
+    holds only its steps and its snapshot is the factors it started from, not the first fit's."""
+    module = make_module()
+    monitor = SignalDriftMonitor(every_n_steps=1, full_grad_every=None)
+    make_trainer(max_steps=3, callbacks=[monitor]).fit(module)
+    first_step2 = monitor.history[2]
+    start = module.model.fc1.lora_A.detach().clone()
+    make_trainer(max_steps=2, callbacks=[monitor]).fit(module)
+    assert sorted(monitor.history) == [0, 1] and 2 not in monitor.history and first_step2 is not None
+    assert torch.equal(monitor.engine.snapshot[LAYER][0], start)
+    assert monitor.engine.skipped_steps == 0
+    # A resume (ckpt_path) is not a new fit: the checkpoint's snapshot and history come back.
+    L = lightning("lightning.pytorch")
+    ckpt = L.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=3)
+    reused = SignalDriftMonitor(every_n_steps=1, full_grad_every=None)
+    make_trainer(max_steps=3, enable_checkpointing=True, callbacks=[reused, ckpt]).fit(make_module())
+    first = {s: reused.history[s].tags() for s in range(3)}
+    make_trainer(max_steps=5, enable_checkpointing=True, default_root_dir=tmp_path, callbacks=[reused]).fit(
+        make_module(), ckpt_path=str(tmp_path / "last.ckpt"))
+    assert sorted(reused.history) == list(range(5))
+    assert all(reused.history[s].tags() == first[s] for s in range(3))
+
+
+def test_a_module_whose_lora_is_all_merged_and_nothing_else_trainable_is_refused_before_training():
+    from lora_alpha import merge_adapters
+
+    module = make_module()
+    merge_adapters(module.model)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    with pytest.raises(ValueError, match=r"SignalDriftMonitor: every LoRA layer of TinyModule is merged into its base "
+                                              r"weight \(model.fc1, model.fc2\) and no other parameter is trainable.*"
+                                              r"unmerge_adapters") as err:  # was autograd's RuntimeError at step 0
+        make_trainer(max_steps=2, callbacks=[SignalDriftMonitor(full_grad_every=None)]).fit(module)
+    assert type(err.value).__name__ == "MergedLoRAError"
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+    module.model.head.weight.requires_grad_(True)  # something else trains: the merged layers are skipped, as before
+    with pytest.warns(SignalDriftWarning, match="merged into its base weight"):
+        make_trainer(max_steps=1, callbacks=[SignalDriftMonitor(full_grad_every=None)]).fit(module)

@@ -254,6 +254,16 @@ CORRUPTIONS = {
                         "truncated or corrupt"),
     "weights-empty": ("adapter_model.safetensors", _write("adapter_model.safetensors", b""), "truncated or corrupt"),
     "weights-nan": ("adapter_model.safetensors", _nan_factor, r"lora_B.weight' holds 1 NaN or infinite value\(s\)"),
+    # rank-4 factors under a config that says r=8: loaded, the scale would be alpha/8's rule at rank 4 (PEFT refuses)
+    "r-not-the-factors-rank": ("adapter_config.json", _rewrite_json("adapter_config.json", lambda c: {**c, "r": 8}),
+                               r"safetensors: 'base_model\.model\.bert\.encoder\.layer\.0\.attention\.self\.query\.lora_A"
+                               r"\.weight' has rank 4, but .*adapter_config\.json gives r = 8 for layer "
+                               r"'bert\.encoder\.layer\.0\.attention\.self\.query'"),
+    "rank-pattern-not-the-factors-rank": ("adapter_config.json",
+                                          _rewrite_json("adapter_config.json",
+                                                        lambda c: {**c, "rank_pattern": {"value": 2}}),
+                                          r"'base_model\.model\.bert\.encoder\.layer\.0\.attention\.self\.value\.lora_A"
+                                          r"\.weight' has rank 4, but .* gives rank_pattern = 2 for layer"),
 }
 
 
@@ -299,3 +309,14 @@ def test_saved_files_get_the_umasks_mode_not_0600(tmp_path, umask, mode):
     files = sorted(directory.iterdir())
     assert [p.name for p in files] == ["adapter_config.json", "adapter_model.safetensors", "signaldrift_adapter.json"]
     assert {p.name: p.stat().st_mode & 0o777 for p in files} == {p.name: mode for p in files}
+
+
+def test_a_model_that_is_not_a_module_is_one_config_error(tmp_path):
+    from lora_alpha import LoRAConfigError
+
+    directory = _adapter_for(tmp_path)
+    with pytest.raises(LoRAConfigError, match=r"load_adapter: model must be a torch nn.Module .*got a str: 'x'"):
+        load_adapter("x", directory)
+    with pytest.raises(LoRAConfigError, match=r"save_adapter: model must be a torch nn.Module .*got a NoneType: None"):
+        save_adapter(None, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

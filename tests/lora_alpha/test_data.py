@@ -160,3 +160,49 @@ def test_a_csv_with_a_byte_order_mark_reads_its_first_column(tmp_path):
     path.write_bytes("\ufefftext,label\nhello,1\nbye,0\n".encode("utf-8"))
     rows = read_records(path, ["text", "label"])
     assert [r["text"] for r in rows] == ["hello", "bye"]
+
+
+@pytest.mark.parametrize("line, match", [
+    ('{"text": "b", "label": ' + "9" * 5000 + "}", r"d.jsonl:2 holds an integer of more than \d+ digits.*JSON string"),
+    ("[" * 100_000, r"d.jsonl:2 nests JSON arrays or objects too deeply"),
+])
+def test_json_lines_past_the_parsers_limits_name_the_file_and_line(tmp_path, line, match):
+    """Python's int conversion limit (a ValueError) and deep nesting (a RecursionError) are one UsageError."""
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "a", "label": 0}\n' + line + "\n")
+    with pytest.raises(UsageError, match=match):
+        TextClassificationDataModule(tokenizer_path(), path)
+
+
+def test_the_same_column_for_text_and_label_is_refused(tmp_path):
+    with pytest.raises(UsageError, match=r"text column and the label column are both 'label'.*two different columns"):
+        TextClassificationDataModule(tokenizer_path(), write_csv(tmp_path / "d.csv"), text_column="label",
+                                     label_column="label")
+
+
+@pytest.mark.parametrize("row, match", [
+    ({"text": "c", "label": True}, r"d.jsonl:3: label column 'label' holds the JSON boolean true; booleans are not labels"),
+    ({"text": "c", "label": False}, r"d.jsonl:3: label column 'label' holds the JSON boolean false"),
+    ({"text": True, "label": 1}, r"d.jsonl:3: text column 'text' holds the JSON boolean true; text must be a string"),
+    ({"text": 3.5, "label": 1}, r"d.jsonl:3: text column 'text' holds the JSON number 3.5; text must be a string"),
+    ({"text": ["a", "b"], "label": 1}, r"d.jsonl:3: text column 'text' holds the JSON array \[\"a\", \"b\"\]"),
+    ({"text": {"a": 1}, "label": 1}, r"d.jsonl:3: text column 'text' holds the JSON object"),
+])
+def test_booleans_as_labels_and_text_that_is_not_a_string_are_refused_with_the_line(tmp_path, row, match):
+    """true/false would have become classes apart from 1/0, and JSON true would have trained as the word 'True'."""
+    rows = [{"text": "a", "label": 0}, {"text": "b", "label": 1}, row, {"text": "d", "label": 0}]
+    with pytest.raises(UsageError, match=match):
+        TextClassificationDataModule(tokenizer_path(), write_jsonl(tmp_path / "d.jsonl", rows))
+
+
+@pytest.mark.parametrize("rows, match", [
+    ([{"text": " "}, {"text": ""}] * 5, r"c.jsonl:1 has no text in 'text' \(got text=' '\); every record needs text"),
+    ([{"text": "fine"}, {"text": "\n\t"}], r"c.jsonl:2 has no text in 'text'"),
+    ([{"text": "fine"}, {"prompt": " ", "completion": ""}], r"c.jsonl:2 has no text in 'prompt' or 'completion'"),
+])
+def test_causal_lm_refuses_blank_text_with_the_line(tmp_path, rows, match):
+    """All-blank text used to train on the tokenizer's special tokens alone (and report a low loss)."""
+    with pytest.raises(UsageError, match=match):
+        CausalLMDataModule(tokenizer_path(), write_jsonl(tmp_path / "c.jsonl", rows))
+    ok = [{"text": "some text"}, {"prompt": "", "completion": " an answer"}, {"prompt": "q?", "completion": ""}]
+    CausalLMDataModule(tokenizer_path(), write_jsonl(tmp_path / "ok.jsonl", ok))  # a blank part of a pair is allowed

@@ -5,6 +5,7 @@ import torch
 
 import lora_alpha
 from lora_alpha import LoRAConfigError, LoRALinear, adapters_disabled, inject
+from lora_alpha.inject import linear_layer_names, plan_targets
 from tests.conftest import TinyMLP, tiny_bert, tiny_gpt2, tiny_llama
 
 
@@ -199,3 +200,23 @@ def test_discovery_reads_scale_live():
     view = lora_alpha.lora_layers(model)[0]
     assert view.scale == 2.0 and view.kind == "linear" and view.base_weight.shape == (16, 8)
     copy.deepcopy(model)  # layers are deep-copyable
+
+
+def test_a_model_that_is_not_a_module_is_one_config_error():
+    with pytest.raises(LoRAConfigError, match=r"inject: model must be a torch nn.Module .*got a str: 'notamodel'"):
+        inject("notamodel", "query", rank=4)
+    with pytest.raises(LoRAConfigError, match=r"got a NoneType: None"):
+        plan_targets(None, "query")
+
+
+def test_the_layers_listed_as_wrappable_are_the_ones_a_target_can_match():
+    """The base layer inside a LoRA layer is never matched, so the message must not offer it."""
+    model = tiny_bert()
+    inject(model, ["query"], rank=2)
+    with pytest.raises(LoRAConfigError, match="'query.base_layer' matches no module") as err:
+        inject(model, "query.base_layer", rank=2)
+    message = str(err.value)
+    assert "base_layer," not in message.split("already have LoRA")[0]
+    assert "bert.encoder.layer.0.attention.self.key" in message
+    assert "(2 layer(s) already have LoRA: bert.encoder.layer.0.attention.self.query, " in message
+    assert all(".base_layer" not in n for n in linear_layer_names(model))

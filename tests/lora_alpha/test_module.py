@@ -79,3 +79,20 @@ def test_gpu_bf16_mixed_path(tiny_bert_dir, tmp_path):
                            callbacks=[monitor, advisor], num_sanity_val_steps=0)
     trainer.fit(module, datamodule=dm)
     assert module.device.type == "cuda" and monitor.history and advisor.probes
+
+
+def test_fitting_merged_lora_is_refused_before_the_optimizer(tiny_bert_dir):
+    """Merged factors take no part in the forward pass: without this, the first backward fails deep in autograd."""
+    from torch.utils.data import DataLoader
+
+    from lora_alpha import merge_adapters, unmerge_adapters
+
+    module = LoRAAlphaModule(str(tiny_bert_dir), targets=["query"], rank=2, trainable=[])
+    merge_adapters(module.model)
+    data = [{"input_ids": torch.tensor([101, 7, 102]), "attention_mask": torch.ones(3, dtype=torch.long),
+             "labels": torch.tensor(i % 2)} for i in range(4)]
+    with pytest.raises(UsageError, match=r"cannot fit: 2 LoRA layer\(s\) are merged into their base weights "
+                                         r"\(bert.encoder.layer.0.attention.self.query, .*unmerge_adapters"):
+        make_trainer(max_steps=1).fit(module, DataLoader(data, batch_size=2))
+    unmerge_adapters(module.model)
+    make_trainer(max_steps=1).fit(module, DataLoader(data, batch_size=2))
