@@ -523,8 +523,9 @@ def _check_checkpoint(path: Path, module) -> None:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - truncated or foreign files raise many types
-        raise UsageError(f"checkpoint {path} cannot be read: it is damaged (e.g. cut short) or not a checkpoint of "
-                         "this tool; the run stays as it was (start it again with --overwrite)") from None
+        raise UsageError(f"checkpoint {path} cannot be read: it is damaged or not a checkpoint of "
+                         "this tool (cut short, or another program's file); the run stays as it was (start it again "
+                         "with --overwrite)") from None
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise UsageError(f"checkpoint {path} is damaged or not a checkpoint of this tool (it holds no model state); "

@@ -11,7 +11,36 @@ import time
 import pytest
 import torch
 
-from tests.lora_alpha.app_helpers import ROOT, run_cli, run_cli_many, save_tiny, tree_state, write_csv
+from tests.lora_alpha.app_helpers import ROOT, save_tiny, tree_state, write_csv
+
+_MANY = """
+import contextlib, io, json, sys, traceback
+from lora_alpha.train.cli import main
+results = []
+for argv in json.loads(sys.argv[1]):
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            code = main(argv)
+        except SystemExit as exit_:
+            code = exit_.code
+        except BaseException:  # a crash of one case is that case's failure, not the batch's
+            traceback.print_exc()
+            code = "crash"
+    results.append([code, [err.getvalue(), out.getvalue()] if sys.argv[2] == "1" else err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+def run_cli_many(argvs, cwd, capture_stdout=False):
+    """Several invocations in one subprocess (one import of torch): ``[(exit code or "crash", stderr)]``
+    (``[(code, (stderr, stdout))]`` with ``capture_stdout``)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore",
+               PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", _MANY, json.dumps(argvs), "1" if capture_stdout else "0"], cwd=cwd,
+                         env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return [tuple(r) for r in json.loads(out.stdout.strip().splitlines()[-1])]
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +76,18 @@ def _one_line(code, err, message, want_code=2):
     assert "Traceback" not in err, err[-2000:]
 
 
+def _each(cases, results):
+    """Check every case, then fail naming each one that is wrong (not only the first)."""
+    wrong = []
+    for (label, message), (code, err) in zip(cases, results):
+        try:
+            _one_line(code, err, message)
+        except AssertionError:
+            last = err.strip().splitlines()[-1][:300] if err.strip() else ""
+            wrong.append(f"{label}: exit {code}: {last}")
+    assert not wrong, "\n".join(wrong)
+
+
 def test_bad_flags_and_inputs_are_one_line_and_the_overwritten_run_is_untouched(workspace, tmp_path):
     """--seed out of numpy's range and --alpha 1e308 were tracebacks; --max-length above the model's positions
     deleted the old run at step 2; weights without the model's parameters trained from random values and replaced
@@ -76,8 +117,7 @@ def test_bad_flags_and_inputs_are_one_line_and_the_overwritten_run_is_untouched(
         (["--val-data", str(folder)], "--val-data"),
     ]
     results = run_cli_many([_args(workspace, "--overwrite", *extra, output=out) for extra, _ in cases], cwd=tmp_path)
-    for (extra, message), (code, err) in zip(cases, results):
-        _one_line(code, err, message)
+    _each([(" ".join(extra), message) for extra, message in cases], results)
     assert "512 positions" in results[3][1] and "pass --max-length 512 or less" in results[3][1]
     assert "random" in results[6][1]
     assert tree_state(out / "old") == before
@@ -92,15 +132,14 @@ def test_find_alpha_checks_the_shared_flags_too(workspace, tmp_path):
             "--rank", "2", "--batch-size", "8", "--output", str(tmp_path / "fa"), "--no-progress"]
     results = run_cli_many([base + ["--seed", "-1"], base + ["--max-length", "4096"], base + ["--data", "/dev/null"]],
                            cwd=tmp_path)
-    for (code, err), message in zip(results, ["--seed must be", "--max-length 4096 is more than model",
-                                              "is not a regular file"]):
-        _one_line(code, err, message)
+    _each([("--seed -1", "--seed must be"), ("--max-length 4096", "--max-length 4096 is more than model"),
+           ("--data /dev/null", "is not a regular file")], results)
     assert not (tmp_path / "fa").exists()
 
 
 def test_overwrite_of_a_run_still_training_is_refused_unless_its_process_is_dead(workspace, tmp_path):
     """Both processes used to exit 0 with their files mixed in one folder."""
-    from lora_alpha.train.runs import _start_ticks, check_not_running, process_info
+    from lora_alpha.train.runs import _start_ticks, process_info
 
     out = tmp_path / "runs"
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
@@ -116,6 +155,8 @@ def test_overwrite_of_a_run_still_training_is_refused_unless_its_process_is_dead
     finally:
         live.kill()
         live.wait()
+    from lora_alpha.train.runs import check_not_running
+
     check_not_running(out / "busy")  # its process is gone (stale): an overwrite may replace it
 
 
@@ -209,10 +250,11 @@ def test_resume_of_a_hand_edited_record_or_a_damaged_checkpoint_is_one_line(work
         runs[name] = tree_state(run)
     results = run_cli_many([["train", "--name", n, "--output", str(out), "--resume", "--no-progress"] for n in runs],
                            cwd=tmp_path)
-    _one_line(*results[0], f"{out / 'edited' / 'run.json'} is damaged: its recorded --targets is 5, not text")
-    for (code, err), name in zip(results[1:], ("cut", "garbage")):
-        _one_line(code, err, f"checkpoint {out / name / 'checkpoints' / 'last.ckpt'} cannot be read: it is damaged")
-        assert "not a checkpoint of this tool" in err and "Errno" not in err and "eights" not in err, err[-2000:]
+    _each([("targets 5", f"{out / 'edited' / 'run.json'} is damaged: its recorded --targets is 5, not text")]
+          + [(name, f"checkpoint {out / name / 'checkpoints' / 'last.ckpt'} cannot be read: it is damaged or not a "
+                    "checkpoint of this tool") for name in ("cut", "garbage")], results)
+    for code, err in results[1:]:
+        assert "Errno" not in err and "eights" not in err, err[-2000:]
     for name, state in runs.items():
         assert tree_state(out / name) == state
 
@@ -239,17 +281,27 @@ def test_report_on_hand_edited_records_odd_paths_and_a_bad_window(tmp_path):
     record["test"]["test_acc"] = "high"
     record["alpha_finder"] = {"alphas": 5, "losses": [1.0], "suggestion": 3.0}
     (run / "run.json").write_text(json.dumps(record))
-    results = run_cli_many([["report", str(run)], ["report", str(run / "run.json")],
-                            ["report", str(run), "--window", "0"], ["report", str(run), "--window", "-1"],
-                            ["report", str(next(run.glob("events.out.tfevents.*")))]],
+    clean = tmp_path / "clean"
+    _logged_run(clean)
+    results = run_cli_many([["report", str(run)], ["report", str(clean / "run.json")],
+                            ["report", str(clean), "--window", "0"], ["report", str(clean), "--window", "-1"],
+                            ["report", str(next(clean.glob("events.out.tfevents.*")))]],
                            cwd=tmp_path, capture_stdout=True)
     (code, (err, text)), (code2, (err2, text2)) = results[:2]
-    assert code == 0 and "Traceback" not in err, err[-2000:]
-    assert "run.json's alpha_finder is damaged" in text and "test_acc is 'high', not a number" in text
-    assert code2 == 0 and "Per-layer diagnosis" in text2, err2[-2000:]
-    for (code, (err, _)), value in zip(results[2:4], ("0", "-1")):
-        _one_line(code, err, f"--window must be a positive int, got {value}")
-    _one_line(results[4][0], results[4][1][0], "is a file; give the run's folder")
+    wrong = []
+    if code != 0 or "Traceback" in err or "run.json's alpha_finder is damaged" not in text:
+        wrong.append(f"alphas 5: exit {code}: {err[-300:]}")
+    if "test_acc is 'high', not a number" not in text:
+        wrong.append(f"test_acc 'high' is not named: {text[:300]}")
+    if code2 != 0 or "Per-layer diagnosis" not in text2:
+        wrong.append(f"RUN/run.json: exit {code2}: {err2[-300:]}")
+    try:
+        _each([("--window 0", "--window must be a positive int, got 0"),
+               ("--window -1", "--window must be a positive int, got -1"),
+               ("an event file", "is a file; give the run's folder")], [(c, e) for c, (e, _) in results[2:]])
+    except AssertionError as failed:
+        wrong.append(str(failed))
+    assert not wrong, "\n".join(wrong)
 
 
 def test_report_on_empty_event_files_uses_run_json_and_keeps_report_png(tmp_path):
