@@ -3,7 +3,8 @@
 Guarantees (README, "What happens when things go wrong"):
 - a run name is one path component, so a run directory always lies inside ``--output``;
 - nothing of an existing run is touched before every input has been checked, and an overwrite
-  that fails before its first training step leaves the old run as it was;
+  that fails (or is stopped) before its first complete checkpoint leaves the old run as it was;
+- a run that is still training is never overwritten (:func:`check_not_running`);
 - ``run.json`` is written atomically and records the process (pid, host), so a run whose process
   died without a word reads ``stale``.
 """
@@ -70,7 +71,8 @@ class RunDir:
 
     A new run is created exclusively at ``path``. An overwrite builds the new run in a fresh
     hidden folder beside the old one; :meth:`swap_in` moves the old run aside and the new one in
-    (two renames), :meth:`commit` deletes the old run (after the first training step), and
+    (two renames), :meth:`commit` deletes the old run (after the new run's first complete checkpoint,
+    or when it finishes), and
     :meth:`abort` restores the old run.
     """
 
