@@ -56,6 +56,8 @@ def _records(path: Path) -> tuple[list[bytes], str | None]:
 
     data = path.read_bytes()
     payloads: list[bytes] = []
+    if not data:  # a writer starts every file with its version record: an empty file lost everything
+        return payloads, "is empty (0 bytes)"
     pos = 0
     while pos < len(data):
         if len(data) - pos < _HEADER:
@@ -224,8 +226,12 @@ def latest_verdict(record: RunRecord) -> str | None:
     return record.verdicts[max(record.verdicts)] if record.verdicts else None
 
 
-def format_report(record: RunRecord, window: int = 10) -> str:
-    """The per-layer diagnosis table and the verdict, as plain text."""
+def format_report(record: RunRecord, window: int = 10, recorded_verdict: str | None = None) -> str:
+    """The per-layer diagnosis table and the verdict, as plain text.
+
+    ``recorded_verdict``: the verdict as the run recorded it elsewhere (``run.json``), shown when the
+    event files hold none (e.g. they are empty).
+    """
     rows = layer_table(record, window)
     width = max([len("layer")] + [len(r["layer"]) for r in rows])
     head = f"{'layer':<{width}}  " + "  ".join(f"{m:>20}" for m in REPORT_METRICS)
@@ -242,8 +248,13 @@ def format_report(record: RunRecord, window: int = 10) -> str:
     if model_rows:
         lines += ["", "Model (median over layers, recent steps)"] + model_rows
     verdict = latest_verdict(record)
-    lines += ["", "Verdict: " + (verdict.replace("**", "").replace("  \n", "\n  ") if verdict else
-                                 "none (no optimization-gap probe ran; train longer than gap_every steps)")]
+    if verdict:
+        text = verdict.replace("**", "").replace("  \n", "\n  ")
+    elif recorded_verdict:
+        text = recorded_verdict.replace("\n", "\n  ")
+    else:
+        text = "none (no optimization-gap probe ran; train longer than gap_every steps)"
+    lines += ["", "Verdict: " + text]
     return "\n".join(lines)
 
 

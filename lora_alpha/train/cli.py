@@ -21,6 +21,7 @@ from lora_alpha.files import atomic_write, atomic_write_json
 from lora_alpha.train.runs import (
     RECORD_NAME,
     RunDir,
+    check_not_running,
     check_output_dir,
     check_run_name,
     default_run_name,
@@ -31,8 +32,12 @@ from lora_alpha.train.runs import (
     write_record,
 )
 from lora_alpha.scaling import RULES, LoRAConfigError
-from lora_alpha.train.finder import AlphaFinderError
 from signaldrift.errors import check_int, check_number
+
+try:  # the light entry point that notes a stop signal while this module and its imports load
+    import signaldrift_cli as _early
+except ImportError:  # pragma: no cover - a copy of the package without its entry module
+    _early = None
 
 # The embedded default: LoRA-α (alpha = c*sqrt(r), a small lr, the fresh head at its own lr), chosen
 # by benchmarks/results/demo_config_150steps.md and demo_config_250steps.md.
@@ -111,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the adapter and a TensorBoard log go to OUTPUT/NAME/.")
     _add_model_args(t)
     t.add_argument("--alpha", type=_alpha_arg, default=DEMO["alpha"],
-                   help="LoRA alpha, > 0, or 'auto': run the alpha finder's short trials at this --lr for a run of "
+                   help="LoRA alpha (from 1e-300 to 1e300), or 'auto': run the alpha finder's short trials at this --lr for a run of "
                         "--max-steps and train with its suggestion (default: the rule's own; lora-alpha: c*sqrt(r) "
                         "with c = 270; standard: 2r; rslora: 16)")
     t.add_argument("--loraplus-ratio", type=float, default=None, help="LoRA+: B's learning rate = lr * ratio (default: off)")
@@ -187,6 +192,48 @@ def _datamodule(args, model_path: str):
                                         label_column=args.label_column, **sizes)
 
 
+# Model types whose positions start after the padding index (RoBERTa's family): fewer usable positions.
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer", "mpnet", "xmod", "roberta-prelayernorm")
+
+
+def _check_model(args, model_path: str) -> None:
+    """The model folder holds a configuration, and --max-length fits the model's positions: refused here,
+    before the data is tokenized and before anything on disk changes (a text longer than the positions
+    would fail mid-training)."""
+    from lora_alpha.train.module import check_model_path
+
+    check_model_path(model_path)
+    path, shown = Path(model_path), args.model or model_path
+    if path.is_file():
+        raise UsageError(f"--model {shown!r} is a file; pass a Hugging Face model folder (config.json, the weights "
+                         "and the tokenizer files)")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise UsageError(f"--model {shown!r} is not a model folder: it holds no config.json (a Hugging Face model "
+                         "folder holds config.json, the weights and the tokenizer files)")
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model_path)
+    except Exception as err:  # noqa: BLE001 - a damaged config.json raises many types
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"cannot read the configuration (config.json) of model {shown!r}: {first[:200]}") from None
+    limit = _max_positions(config)
+    if limit is not None and args.max_length > limit:
+        raise UsageError(f"--max-length {args.max_length} is more than model {shown!r} can read: it has {limit} "
+                         f"positions (max_position_embeddings in its config.json); pass --max-length {limit} or less")
+
+
+def _max_positions(config) -> int | None:
+    for attr in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "n_ctx"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            if getattr(config, "model_type", None) in _OFFSET_POSITIONS:
+                pad = getattr(config, "pad_token_id", None)
+                value -= (pad if isinstance(pad, int) else 1) + 1
+            return value
+    return None
+
+
 def _check_positive(args, names: tuple[str, ...], minimum: float = 0, inclusive: bool = False) -> None:
     for name in names:
         v, flag = getattr(args, name), "--" + name.replace("_", "-")
@@ -215,8 +262,37 @@ def _refuse_inapplicable(args, given: set[str]) -> None:
         refuse(("epochs",), "unless --max-steps -1 (training stops at --max-steps)")
 
 
+SEED_MAX = 2**32 - 1  # numpy's seeds, which seed_everything sets with torch's and Python's
+ALPHA_RANGE = (1e-300, 1e300)  # the diagnostics compute alpha * 8 and alpha / r: the floats' range, with headroom
+
+
+def _check_common(args) -> None:
+    """The flags `train` and `find-alpha` share, each named as written on the command line."""
+    if isinstance(args.seed, bool) or not isinstance(args.seed, int) or not 0 <= args.seed <= SEED_MAX:
+        raise UsageError(f"--seed must be an int from 0 to {SEED_MAX}, got {args.seed!r}")
+    check_int("--max-length", args.max_length, minimum=2, error=UsageError)  # a token and the one it predicts
+    _check_data_files(args)
+
+
+def _check_data_files(args) -> None:
+    """--data, --val-data, --test-data: a missing file is the data module's to name; a folder or a device is not
+    a missing file."""
+    for name in ("data", "val_data", "test_data"):
+        value = getattr(args, name, None)
+        if value is None or (name == "data" and value == "rotten-tomatoes"):
+            continue
+        path, flag = Path(value), "--" + name.replace("_", "-")
+        if path.is_dir():
+            raise UsageError(f"{flag} {value!r} is a folder; pass a CSV or JSONL file"
+                             + (" (or 'rotten-tomatoes', the embedded data)" if name == "data" else ""))
+        if path.exists() and not path.is_file():
+            raise UsageError(f"{flag} {value!r} is not a regular file (a device, pipe or socket); pass a CSV or "
+                             "JSONL file")
+
+
 def _check_args(args, given: set[str] = frozenset()) -> None:
     _check_positive(args, ("rank", "batch_size", "max_length", "every_n_steps", "full_grad_every", "gap_every", "epochs"))
+    _check_common(args)
     if args.max_steps == 0 or args.max_steps < -1:
         raise UsageError(f"--max-steps must be > 0 (or -1 to train --epochs), got {args.max_steps}")
     _check_positive(args, ("lr", "head_lr", "weight_decay", "checkpoint_every", "warmup_steps", "val_every"), inclusive=True)
@@ -228,6 +304,10 @@ def _check_args(args, given: set[str] = frozenset()) -> None:
                          "`signaldrift find-alpha` first and pass its suggestion with --alpha")
     if args.alpha not in (None, "auto") and (not math.isfinite(args.alpha) or args.alpha <= 0):
         raise UsageError(f"--alpha must be a finite number > 0 (omit it for the rule's default), got {args.alpha}")
+    if args.alpha not in (None, "auto") and not ALPHA_RANGE[0] <= args.alpha <= ALPHA_RANGE[1]:
+        raise UsageError(f"--alpha {args.alpha:g} is outside the range a run can use, {ALPHA_RANGE[0]:g} to "
+                         f"{ALPHA_RANGE[1]:g} (the diagnostics compute alpha * 8 and alpha / r); omit it for the "
+                         "rule's default")
     _check_positive(args, tuple(n for n in ("loraplus_ratio", "train_size", "eval_size") if getattr(args, n) is not None))
     _refuse_inapplicable(args, given)
 
@@ -269,6 +349,7 @@ def find_alpha_cmd(args, given: set[str] = frozenset()) -> int:
     """`signaldrift find-alpha`: the finder on the embedded default (or --model/--data); JSON + PNG."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _check_positive(args, ("rank", "batch_size", "max_length", "steps", "eval_batches", "lr", "head_lr"))
+    _check_common(args)
     _check_positive(args, tuple(n for n in ("train_size", "eval_size") if getattr(args, n) is not None))
     _refuse_inapplicable(args, given)
     if args.target_steps is not None:
@@ -281,12 +362,31 @@ def find_alpha_cmd(args, given: set[str] = frozenset()) -> int:
     from lora_alpha.train.finder import AlphaFinderWarning, find_alpha
 
     warnings.simplefilter("ignore", AlphaFinderWarning)  # the printed table says the same, in place
-    seed_everything(args.seed, verbose=False)
-    model_path = args.model or demo_model_path()
-    dm = _datamodule(args, model_path)
-    module = _module(args, model_path, dm)
-    res = find_alpha(module, dm, alphas=alphas, steps=args.steps, lr=args.lr, head_lr=args.head_lr,
-                     eval_batches=args.eval_batches, progress_bar=not args.no_progress, target_steps=args.target_steps)
+    # SIGTERM (a scheduler, `docker stop`) stops the trials as Ctrl-C does: the finished ones are kept.
+    with StopSignals() as stop:
+        try:
+            stop.check()
+            with stop.interruptible():
+                seed_everything(args.seed, verbose=False)
+                model_path = args.model or demo_model_path()
+                _check_model(args, model_path)
+                dm = _datamodule(args, model_path)
+                module = _module(args, model_path, dm)
+                stop.check()
+                res = find_alpha(module, dm, alphas=alphas, steps=args.steps, lr=args.lr, head_lr=args.head_lr,
+                                 eval_batches=args.eval_batches, progress_bar=not args.no_progress,
+                                 target_steps=args.target_steps)
+        except (StopRequested, KeyboardInterrupt):
+            signum = stop.signum or signal.SIGINT
+            print(f"signaldrift: {signal.Signals(signum).name} before the alpha finder's trials started; nothing "
+                  "was written", file=sys.stderr)
+            return 128 + int(signum)
+        stop.after_fit = True  # a second signal while the results are written ends the command at once
+        return _finder_outputs(args, res, out, stop.signum)
+
+
+def _finder_outputs(args, res, out: Path, signum: int | None) -> int:
+    """find-alpha's JSON, PNG, TensorBoard events and printed table (what finished, when it was stopped)."""
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "find_alpha.json", {**res.as_dict(), "config": {k: v for k, v in vars(args).items() if k != "command"}})
     atomic_write(out / "find_alpha.png", res.plot)
@@ -305,11 +405,12 @@ def find_alpha_cmd(args, given: set[str] = frozenset()) -> int:
                          f"{res.target_steps}-step run by {res.steps}/{res.target_steps}")
         lines.append(f"suggested alpha: {res.suggestion:.4g}" + ("  (at the edge of the grid: widen --alphas)" if res.at_edge else ""))
     if res.interrupted:
-        lines.append("interrupted: the suggestion uses the trials that finished")
+        what = signal.Signals(signum or signal.SIGINT).name
+        lines.append(f"interrupted ({what}): the suggestion uses the trials that finished")
     lines.append(f"wrote {out / 'find_alpha.json'}, {out / 'find_alpha.png'} and TensorBoard events in {out} "
                  f"(tensorboard --logdir {out.parent})")
     print("\n".join(lines))
-    return 130 if res.interrupted else 0
+    return 128 + int(signum or signal.SIGINT) if res.interrupted else 0
 
 
 def _trainer_kwargs(args) -> dict:
@@ -359,15 +460,46 @@ def _resume_args(args, given: set[str], record: dict) -> argparse.Namespace:
     if not isinstance(recorded, dict):
         raise UsageError(f"{Path(args.output) / args.name / RECORD_NAME} has no recorded configuration to resume")
     merged = vars(args).copy()
+    actions = _train_actions()
     for key, value in recorded.items():
         if key not in merged or key in SESSION_FLAGS:
             continue
+        if key in actions:
+            _check_recorded(Path(args.output) / args.name / RECORD_NAME, actions[key], value)
         if key in given and _absolute(key, merged[key]) != value:
             flag = "--" + key.replace("_", "-")
             raise UsageError(f"{flag} {merged[key]!r} contradicts the run's recorded {flag} {value!r}; "
                              f"--resume continues the run as it was configured (drop {flag}, or start a new run)")
         merged[key] = value
     return argparse.Namespace(**merged)
+
+
+def _train_actions() -> dict[str, argparse.Action]:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
+    return {a.dest: a for a in sub.choices["train"]._actions if a.option_strings}  # noqa: SLF001
+
+
+def _check_recorded(path: Path, action: argparse.Action, value) -> None:
+    """A recorded flag has the type its flag gives (a hand-edited or damaged run.json is one line, not a crash)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if value is None and action.default is None:
+        return
+    if isinstance(action, argparse._StoreTrueAction):  # noqa: SLF001
+        ok, what = isinstance(value, bool), "true or false"
+    elif action.type is int:
+        ok, what = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif action.type is float:
+        ok, what = number, "a number"
+    elif action.type is _alpha_arg:
+        ok, what = number or value == "auto", "a number or \"auto\""
+    else:
+        ok, what = isinstance(value, str), "text"
+    if ok and action.choices is not None and value not in action.choices:
+        ok, what = False, f"one of {list(action.choices)}"
+    if not ok:
+        raise UsageError(f"{path} is damaged: its recorded {action.option_strings[0]} is {value!r}, not {what} "
+                         "(was it edited by hand?); restore it, or start the run again with --overwrite")
 
 
 def _check_resume_state(run_dir: Path, record: dict) -> Path:
@@ -391,13 +523,15 @@ def _check_checkpoint(path: Path, module) -> None:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - truncated or foreign files raise many types
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UsageError(f"checkpoint {path} cannot be read (truncated or not a checkpoint): {first[:200]}") from None
+        raise UsageError(f"checkpoint {path} cannot be read: it is damaged or not a checkpoint of "
+                         "this tool (cut short, or another program's file); the run stays as it was (start it again "
+                         "with --overwrite)") from None
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
-        raise UsageError(f"checkpoint {path} has no model state; it is not a checkpoint of this tool")
+        raise UsageError(f"checkpoint {path} is damaged or not a checkpoint of this tool (it holds no model state); "
+                         "the run stays as it was (start it again with --overwrite)")
     want = {k: tuple(v.shape) for k, v in module.state_dict().items() if "lora_" in k}
-    have = {k: tuple(v.shape) for k, v in state.items() if "lora_" in k}
+    have = {k: tuple(v.shape) for k, v in state.items() if "lora_" in k and hasattr(v, "shape")}
     if want.keys() != have.keys():
         extra, missing = sorted(have.keys() - want.keys()), sorted(want.keys() - have.keys())
         raise UsageError(f"checkpoint {path} does not match this run's LoRA layers: "
@@ -427,18 +561,32 @@ def _checked_train(args, given: set[str], stop: StopSignals) -> int:
         if args.overwrite:
             raise UsageError("--resume and --overwrite contradict each other; pass one")
         check_run_name(args.name)
+        _check_inside(Path(args.output) / args.name, Path(args.output), args.name)  # before its run.json is read
         record = read_record(Path(args.output) / args.name)
         args = _resume_args(args, given, record)
     _check_args(args, given)
     name = check_run_name(args.name) if args.name is not None else default_run_name()
     output = check_output_dir(args.output)
     run_dir = output / name
+    _check_inside(run_dir, output, name)
     last_ckpt = run_dir / "checkpoints" / "last.ckpt"
     if args.resume:
         last_ckpt = _check_resume_state(run_dir, record)
     elif run_dir.exists() and not args.overwrite:
         raise UsageError(f"run directory {run_dir} exists; pass another --name, --overwrite, or --resume")
+    elif run_dir.exists():
+        check_not_running(run_dir)
     return _train(args, name, output, run_dir, last_ckpt, record if args.resume else None, stop)
+
+
+def _check_inside(run_dir: Path, output: Path, name: str) -> None:
+    """The run folder is a real folder directly inside --output: a symbolic link (to a folder elsewhere, or
+    dangling) would put the run's files outside the folder the user named."""
+    if run_dir.is_symlink():
+        raise UsageError(f"--name {name!r}: {run_dir} is a symbolic link (to {os.readlink(run_dir)}); a run folder "
+                         "must be a real folder inside --output; pass another --name")
+    if run_dir.exists() and run_dir.resolve().parent != output.resolve():  # pragma: no cover - a name has no '/'
+        raise UsageError(f"--name {name!r}: {run_dir} lies outside --output {output}; pass another --name")
 
 
 @dataclass
@@ -451,6 +599,7 @@ class _Run:
     monitor: Any
     advisor: Any
     guard: Any
+    checkpoint_io: Any
     finder: Any = None  # the alpha finder's result under --alpha auto
 
 
@@ -462,11 +611,9 @@ def _build(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
     from callbacks import AlphaRegimeAdvisor, SignalDriftMonitor
     from lora_alpha.train.dashboard import validation_charts, validation_summary_callback
     from lora_alpha.train.data import demo_model_path
-    from lora_alpha.train.module import check_model_path
-
     seed_everything(args.seed, verbose=False)
     model_path = args.model or demo_model_path()
-    check_model_path(model_path)
+    _check_model(args, model_path)
     dm = _datamodule(args, model_path)
     dm.setup("fit")  # tokenize now: bad data is refused before anything is written
     stop.check()
@@ -487,14 +634,14 @@ def _build(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
 
         callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                                          every_n_train_steps=args.checkpoint_every))
+    checkpoint_io = _atomic_checkpoint_io()
     try:
-        trainer = Trainer(callbacks=callbacks, logger=logger, plugins=[_atomic_checkpoint_io()],
-                          **_trainer_kwargs(args))
+        trainer = Trainer(callbacks=callbacks, logger=logger, plugins=[checkpoint_io], **_trainer_kwargs(args))
     except Exception as err:  # noqa: BLE001 - construction has no side effects; any rejection is the user's input
         raise UsageError(f"Lightning rejected the trainer settings: {str(err).strip().splitlines()[0]}") from None
     stop.check()
     finder = _auto_alpha(args, module, dm, stop) if args.alpha == "auto" else None  # last: the longest check
-    return _Run(dm, module, trainer, monitor, advisor, guard, finder)
+    return _Run(dm, module, trainer, monitor, advisor, guard, checkpoint_io, finder)
 
 
 PROBE_FIELDS = ("step", "step_gap", "step_gap_lo", "step_gap_hi", "gap_z", "gap_gain", "drift_ratio", "step_size",
@@ -536,29 +683,36 @@ def _train(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
     stop.check()
     # Every input has been checked: only now is anything on disk created or replaced.
     if resumed is not None:
-        record = dict(resumed, status="running", resumed=resumed.get("resumed", 0) + 1, **process_info())
+        times = resumed.get("resumed", 0)
+        times = times if isinstance(times, int) and not isinstance(times, bool) and times >= 0 else 0
+        record = dict(resumed, status="running", resumed=times + 1, **process_info())
         record.pop("signal", None)
         target = RunDir(run_dir)
     else:
+        _check_inside(run_dir, output, name)
+        if run_dir.exists():
+            check_not_running(run_dir)  # again: a run may have started there while this one was being built
         target = RunDir.create(output, name, args.overwrite)
         record = new_record(name, _config(args), str(module.lora_summary))
         if run.finder is not None:
             record["alpha_finder"] = run.finder.as_dict()
+    start = time.time()
+    try:
+        if run.finder is not None and resumed is None:
             from callbacks.measurements import FINDER_RUN
             from lora_alpha.train.dashboard import write_finder_events
 
             # in the new run, before the swap; a folder of its own (steps = the finder's grid, not training steps)
             write_finder_events(target.build_path / FINDER_RUN, run.finder, run.finder.plot())
-    write_record(target.build_path, record)
-    target.swap_in()
-    guard.on_first_step = target.commit
-    if trainer.is_global_zero:
-        from lora_alpha.train.dashboard import hparam_metrics, run_hparams, write_hparams
+        write_record(target.build_path, record)
+        target.swap_in()
+        # An overwritten old run is kept (aside) until the new run has a complete checkpoint, or has finished.
+        run.checkpoint_io.on_saved = target.commit
+        if trainer.is_global_zero:
+            from lora_alpha.train.dashboard import hparam_metrics, run_hparams, write_hparams
 
-        write_hparams(trainer.logger, run_hparams(module, args),
-                      hparam_metrics(args.task == "sequence-classification"))
-    start = time.time()
-    try:
+            write_hparams(trainer.logger, run_hparams(module, args),
+                          hparam_metrics(args.task == "sequence-classification"))
         trainer.fit(module, datamodule=dm, ckpt_path=str(last_ckpt) if resumed is not None else None)
         stop.after_fit = True
         if stop.signum is None and (trainer.interrupted or guard.interrupted):
@@ -567,37 +721,80 @@ def _train(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
             trainer.limit_val_batches = 1.0  # the final check reads the whole validation split
             val = trainer.validate(module, datamodule=dm, verbose=False)[0]
             test = trainer.test(module, datamodule=dm, verbose=False)[0]
+            verdict = advisor.verdict
+            record.update(status="finished", seconds=round(time.time() - start, 1), val=_floats(val),
+                          test=_floats(test), steps=trainer.global_step, precision=str(trainer.precision),
+                          verdict=None if verdict is None else {"verdict": verdict.verdict, "evidence": verdict.evidence,
+                                                                "suggestion": verdict.suggestion},
+                          # each probe's estimate and the verdict reached after it (docs/metrics.md §5, §6)
+                          probes=[{k: p.get(k) for k in PROBE_FIELDS} for p in advisor.probes])
+            write_record(run_dir, record)
+            target.commit()  # the new run is whole: the old one (if it was still kept) goes now
     except (KeyboardInterrupt, SystemExit) as err:
         if isinstance(err, SystemExit) and not (guard.interrupted or stop.signum is not None):
             raise
         stop.signum = stop.signum or signal.SIGINT
     except StopRequested as err:  # a signal before the first step (see the lifecycle callback)
         stop.signum = err.signum
-    except BaseException:
-        if not guard.stepped and resumed is not None:
-            write_record(run_dir, resumed)  # nothing was trained: the run stays as it was
-        elif not guard.stepped:
-            target.abort()  # nothing was trained: the old run (if any) is back, unchanged
-        else:
-            record.update(status="failed", seconds=round(time.time() - start, 1), steps=trainer.global_step)
-            write_record(run_dir, record)
+    except BaseException as err:
+        fate = _failed(run_dir, resumed, target, record, guard, trainer, start)
+        if isinstance(err, (OSError, RunWriteError)):  # a full disk, a vanished folder: the cause, in one line
+            print(f"signaldrift: error: {_write_error(err)}; {fate}", file=sys.stderr)
+            return 1
+        print(f"signaldrift: the run failed; {fate}", file=sys.stderr)
         raise
     if stop.signum is not None and not guard.stepped:
         return _not_started(run_dir, resumed, target, stop.signum)
+    if stop.signum is not None and (target.old is not None or target.staged is not None):
+        what = signal.Signals(stop.signum).name
+        target.abort()  # stopped before the new run had a checkpoint: the old run is worth more
+        print(f"signaldrift: {what} at step {trainer.global_step}, before the new run's first checkpoint; the new run "
+              f"was discarded and the existing run {run_dir} is as it was", file=sys.stderr)
+        return 128 + int(stop.signum)
     if stop.signum is not None:
         return _interrupted(args, name, run_dir, last_ckpt, record, trainer, stop.signum, start)
-    target.commit()
-    verdict = advisor.verdict
-    record.update(status="finished", seconds=round(time.time() - start, 1), val=_floats(val), test=_floats(test),
-                  steps=trainer.global_step, precision=str(trainer.precision),
-                  verdict=None if verdict is None else {"verdict": verdict.verdict, "evidence": verdict.evidence,
-                                                        "suggestion": verdict.suggestion},
-                  # each probe's estimate and the verdict reached after it (docs/metrics.md §5, §6)
-                  probes=[{k: p.get(k) for k in PROBE_FIELDS} for p in advisor.probes])
-    write_record(run_dir, record)
     if trainer.is_global_zero:
         print(_summary(record, monitor, advisor, run_dir, dm))
     return 0
+
+
+class RunWriteError(Exception):
+    """A file of the run could not be written (the message names it and why); the run stops."""
+
+
+def _write_error(err: BaseException) -> str:
+    if isinstance(err, RunWriteError):
+        return str(err)
+    name = f" {err.filename}" if getattr(err, "filename", None) else ""
+    return f"cannot write{name}: {err.strerror or err}" if isinstance(err, OSError) else str(err)
+
+
+def _try_write(run_dir: Path, record: dict) -> str | None:
+    """Write run.json; None, or why it could not be written (the disk may be the reason the run failed)."""
+    try:
+        write_record(run_dir, record)
+        return None
+    except OSError as err:
+        return err.strerror or str(err)
+
+
+def _failed(run_dir: Path, resumed: dict | None, target: RunDir, record: dict, guard, trainer, start: float) -> str:
+    """After a failure: the old run back (an overwrite without a checkpoint yet), or the run marked ``failed``.
+    Returns what became of the run, in words."""
+    steps = trainer.global_step
+    if resumed is not None and not guard.stepped:
+        why = _try_write(run_dir, resumed)
+        return f"{run_dir} is as it was" + (f" (but run.json could not be restored: {why})" if why else "")
+    if resumed is None and (target.old is not None or target.staged is not None):
+        target.abort()
+        return f"the new run was discarded and the existing run {run_dir} is as it was"
+    if resumed is None and not guard.stepped:
+        target.abort()
+        return "nothing was kept"
+    record.update(status="failed", seconds=round(time.time() - start, 1), steps=steps)
+    why = _try_write(run_dir, record)
+    return f"{run_dir} is marked failed at step {steps}" if why is None else \
+        f"{run_dir} stopped at step {steps} (run.json could not be marked failed: {why})"
 
 
 def _not_started(run_dir: Path, resumed: dict | None, target: RunDir, signum: int) -> int:
@@ -657,6 +854,7 @@ class StopSignals:
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopSignals:
+        self.signum = _early_signal()  # noted while the command was starting: acted on at the first check
         for sig in self.SIGNALS:
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -698,17 +896,13 @@ def _lifecycle_callback(stop: StopSignals, last_ckpt: Path):
         interrupted = False
         stepped = False
         saved = False
-        on_first_step = None
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             if stop.signum is not None and not self.stepped:
                 raise StopRequested(stop.signum)  # asked before the first step: nothing to keep
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            if not self.stepped:
-                self.stepped = True
-                if self.on_first_step is not None:
-                    self.on_first_step()  # the new run has trained: an overwritten old run may go now
+            self.stepped = True
             if stop.signum is not None and not self.saved:
                 self._save(trainer)
                 trainer.should_stop = True
@@ -737,11 +931,35 @@ def _atomic_checkpoint_io():
     from lightning.pytorch.plugins.io import TorchCheckpointIO
 
     class AtomicCheckpointIO(TorchCheckpointIO):
+        on_saved = None  # called after each whole checkpoint (the overwrite's old run may go then)
+
         def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+            except Exception as err:  # noqa: BLE001 - torch reports a full disk as a RuntimeError
+                raise RunWriteError(f"cannot write checkpoint {path}: {_why(err, Path(path).parent)}") from err
+            if self.on_saved is not None:
+                self.on_saved()
 
     return AtomicCheckpointIO()
+
+
+def _why(err: BaseException, folder: Path) -> str:
+    """The reason a write failed: the OSError in the chain (ENOSPC...), else the first line, with the free space."""
+    seen = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        seen = seen.__cause__ or seen.__context__
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    import shutil
+
+    try:
+        free = f"; {shutil.disk_usage(folder).free // 2**20} MiB free there"
+    except OSError:
+        free = ""
+    return first[:200] + free
 
 
 def _floats(d: dict) -> dict:
@@ -797,7 +1015,12 @@ def _summary(record, monitor, advisor, run_dir: Path, dm) -> str:
 def report(args) -> int:
     from callbacks.report import format_report, read_run, write_report_png
 
+    check_int("--window", args.window, error=UsageError)
     run_dir = Path(args.run_dir)
+    if run_dir.is_file():
+        if run_dir.name != RECORD_NAME:
+            raise UsageError(f"{run_dir} is a file; give the run's folder (e.g. {run_dir.parent})")
+        run_dir = run_dir.parent  # `report RUN/run.json`: the run is the file's folder
     if not run_dir.is_dir():
         raise UsageError(f"run directory {run_dir} does not exist")
     info = read_record(run_dir) if (run_dir / RECORD_NAME).exists() else None  # corrupt: one line, exit 2
@@ -811,28 +1034,81 @@ def report(args) -> int:
             record = read_run(run_dir)
         except FileNotFoundError as err:
             raise UsageError(str(err)) from None
+        except OSError as err:
+            raise UsageError(f"cannot read the event files of {run_dir}: {err}") from None
     for w in caught:
         print(f"signaldrift: warning: {w.message}", file=sys.stderr)
+    recorded_verdict = None
     if info is not None:
         status = live_status(info)
         note = {"stale": f" (its process, pid {info.get('pid')} on {info.get('host')}, is gone: it died without "
                          "a word; resume it with --resume)",
                 "running": " (still training)"}.get(status, "")
         print(f"Run {info.get('name')}: {status}{note}; {info.get('lora', '')}")
-        if isinstance(info.get("alpha_finder"), dict):
-            print(f"Alpha finder: {_finder_line(info['alpha_finder'])}")
+        finder = info.get("alpha_finder")
+        if finder is not None:
+            print(f"Alpha finder: {_finder_line(finder)}" if _finder_ok(finder) else
+                  "Alpha finder: run.json's alpha_finder is damaged (alphas, losses and suggestion must be numbers); "
+                  "not shown")
         test = info.get("test")
-        if isinstance(test, dict) and isinstance(test.get("test_acc"), (int, float)):
-            print(f"Held-out accuracy: {test['test_acc']:.4f}")
+        acc = test.get("test_acc") if isinstance(test, dict) else None
+        if _is_number(acc):
+            print(f"Held-out accuracy: {acc:.4f}")
+        elif acc is not None:
+            print(f"Held-out accuracy: run.json's test_acc is {acc!r}, not a number; not shown")
+        recorded_verdict = _recorded_verdict(info) if not record.verdicts else None
     incomplete = getattr(record, "incomplete", None)
     if incomplete:
-        files = ", ".join(f"{Path(f).name} ({n} records read)" for f, n in incomplete.items())
+        files = ", ".join(f"{Path(f).name} (" + ("empty: 0 bytes" if _empty_file(f) else f"{n} records read") + ")"
+                          for f, n in incomplete.items())
         print(f"INCOMPLETE: {len(incomplete)} event file(s) were cut short or damaged: {files}; "
-              "the numbers below are from the records before the damage")
-    print(format_report(record, args.window))
-    png = atomic_write(run_dir / "report.png", lambda tmp: write_report_png(record, tmp))
+              + ("the numbers below are from the records before the damage" if record.scalars else
+                 "they hold no measurements" + ("; the verdict below is run.json's" if recorded_verdict else "")))
+    print(format_report(record, args.window, recorded_verdict=recorded_verdict))
+    png = run_dir / "report.png"
+    if not record.scalars:
+        kept = " (the existing report.png is kept)" if png.exists() else ""
+        print(f"\nreport.png not written: the event files hold no measurements{kept}")
+        return 0
+    try:
+        atomic_write(png, lambda tmp: write_report_png(record, tmp))
+    except OSError as err:
+        raise UsageError(f"cannot write {png}: {err.strerror or err}; the report above is complete") from None
     print(f"\nWrote {png}")
     return 0
+
+
+def _empty_file(path: str) -> bool:
+    try:
+        return Path(path).stat().st_size == 0
+    except OSError:
+        return False
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _finder_ok(res) -> bool:
+    """run.json's alpha_finder as --alpha auto writes it (a hand-edited one may hold anything)."""
+    return (isinstance(res, dict) and all(isinstance(res.get(k), list) and all(_is_number(v) for v in res[k])
+                                          for k in ("alphas", "losses"))
+            and _is_number(res.get("suggestion")))
+
+
+def _recorded_verdict(info: dict) -> str | None:
+    """run.json's verdict and probes, as text, for a report whose event files hold no verdict."""
+    verdict = info.get("verdict")
+    if not isinstance(verdict, dict) or not isinstance(verdict.get("verdict"), str):
+        return None
+    lines = [f"{verdict['verdict']} (from run.json; the event files hold no verdict)"]
+    lines += [str(verdict[k]) for k in ("evidence", "suggestion") if isinstance(verdict.get(k), str) and verdict[k]]
+    probes = info.get("probes")
+    if isinstance(probes, list):
+        for p in probes:
+            if isinstance(p, dict) and _is_number(p.get("step")) and _is_number(p.get("step_gap")):
+                lines.append(f"probe at step {p['step']:g}: step_gap {p['step_gap']:.3g}, verdict {p.get('verdict')}")
+    return "\n".join(lines)
 
 
 def given_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
@@ -846,6 +1122,21 @@ def given_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    installed = _early is not None and _early.install()  # `signaldrift` (signaldrift_cli) did it at its start
+    try:
+        return _main(argv)
+    finally:
+        if installed:
+            _early.uninstall()
+
+
+def _early_signal() -> int | None:
+    return None if _early is None else _early.pending()
+
+
+def _main(argv: list[str] | None) -> int:
+    from lora_alpha.train.finder import AlphaFinderError
+
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -855,14 +1146,26 @@ def main(argv: list[str] | None = None) -> int:
     # Our data modules resume mid-epoch from the checkpoint's data position (LoRAAlphaModule), which
     # Lightning cannot see: its warning that the dataloader is not resumable would be wrong here.
     warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
+    signum = _early_signal()
+    if signum is not None:  # while the command was starting (imports): nothing has been done
+        print(f"signaldrift: {signal.Signals(signum).name} before `{args.command}` started; nothing was written "
+              "or replaced", file=sys.stderr)
+        return 128 + int(signum)
     try:
         if args.command == "report":
+            if _early is not None:
+                _early.uninstall()  # a report writes only report.png, atomically: a signal ends it at once
             try:
                 code = report(args)
                 sys.stdout.flush()  # here, where a closed pipe is caught, not in the interpreter's exit
                 return code
             except BrokenPipeError:  # `signaldrift report RUN | head`: the reader left, nothing is wrong
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush fails quietly
+                return 1
+            except OSError as err:  # stdout is a full disk (`> /dev/full`) or a broken device
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                print(f"signaldrift: error: cannot write the report to standard output: {err.strerror or err}",
+                      file=sys.stderr)
                 return 1
         return {"train": train, "find-alpha": find_alpha_cmd}[args.command](args, given)
     except (UsageError, LoRAConfigError, AlphaFinderError) as err:

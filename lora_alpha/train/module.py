@@ -55,13 +55,38 @@ def load_hf_model(name_or_path: str, task: str, num_labels: int = 2) -> nn.Modul
     hf_logging.disable_progress_bar()
     try:
         if task == "sequence-classification":
-            return AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=num_labels)
-        return AutoModelForCausalLM.from_pretrained(name_or_path)
+            model, info = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=num_labels,
+                                                                             output_loading_info=True)
+        else:
+            model, info = AutoModelForCausalLM.from_pretrained(name_or_path, output_loading_info=True)
     except Exception as err:  # noqa: BLE001 - truncated weights raise the file format's own error types
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(f"cannot load model {name_or_path!r} for {task}: {first}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
+    check_loaded(name_or_path, model, info)
+    return model
+
+
+def check_loaded(name_or_path: str, model: nn.Module, info: dict) -> None:
+    """Refuse a model whose weights file lacks pretrained parameters: only the new head (the classifier that
+    sequence classification adds) may start from random values.
+
+    The pretrained body is every parameter under the model's ``base_model_prefix`` (``bert.``, ``model.``,
+    ``transformer.``); a missing one would train from random initialization without a word.
+    """
+    missing = set(info.get("missing_keys") or ())
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    params = [n for n, _ in model.named_parameters(remove_duplicate=False)]
+    body = {n for n in params if prefix and n.startswith(prefix + ".")}
+    if not body:  # a model without the usual prefix: everything but a head is pretrained
+        heads = ("classifier.", "score.", "lm_head.", "qa_outputs.")
+        body = {n for n in params if not n.startswith(heads)}
+    lost = sorted(missing & body)
+    if lost:
+        raise UsageError(f"model {name_or_path!r}: its weights lack {len(lost)} of the model's {len(body)} "
+                         f"pretrained parameters (e.g. {', '.join(lost[:2])}); they would train from random values. "
+                         "Pass a folder whose weights file matches its config.json")
 
 
 class LoRAAlphaModule(LightningModule):

@@ -3,7 +3,8 @@
 Guarantees (README, "What happens when things go wrong"):
 - a run name is one path component, so a run directory always lies inside ``--output``;
 - nothing of an existing run is touched before every input has been checked, and an overwrite
-  that fails before its first training step leaves the old run as it was;
+  that fails (or is stopped) before its first complete checkpoint leaves the old run as it was;
+- a run that is still training is never overwritten (:func:`check_not_running`);
 - ``run.json`` is written atomically and records the process (pid, host), so a run whose process
   died without a word reads ``stale``.
 """
@@ -58,8 +59,9 @@ def check_output_dir(output: str | os.PathLike, flag: str = "--output") -> Path:
         probe.touch(exist_ok=False)
         probe.unlink()
     except OSError as err:
-        raise UsageError(f"{flag} {str(out)!r} is not writable ({err.strerror or err}); pass a folder you can "
-                         "write to") from None
+        where = "" if existing == out else f" (nor its nearest existing folder {str(existing)!r})"
+        raise UsageError(f"{flag} {str(out)!r} cannot be written{where}: creating a file there failed "
+                         f"({err.strerror or err}); pass a folder you can write to") from None
     return out
 
 
@@ -69,7 +71,8 @@ class RunDir:
 
     A new run is created exclusively at ``path``. An overwrite builds the new run in a fresh
     hidden folder beside the old one; :meth:`swap_in` moves the old run aside and the new one in
-    (two renames), :meth:`commit` deletes the old run (after the first training step), and
+    (two renames), :meth:`commit` deletes the old run (after the new run's first complete checkpoint,
+    or when it finishes), and
     :meth:`abort` restores the old run.
     """
 
@@ -164,6 +167,24 @@ def read_record(run_dir: Path) -> dict[str, Any]:
     if not isinstance(record, dict) or record.get("status") not in STATUSES:
         raise UsageError(f"{path} is corrupt: expected a JSON object with a status in {list(STATUSES)}")
     return record
+
+
+def check_not_running(run_dir: Path) -> None:
+    """Refuse to replace a run whose ``run.json`` says ``running`` while its process is alive (or on another
+    host, where this one cannot tell); a dead process (``stale``) or an unreadable record does not block."""
+    path = Path(run_dir) / RECORD_NAME
+    if not path.is_file():
+        return
+    try:
+        record = read_record(run_dir)
+    except UsageError:
+        return
+    if live_status(record) != "running":
+        return
+    pid, host = record.get("pid"), record.get("host")
+    where = "" if host == socket.gethostname() else f" on host {host}, which this machine cannot check"
+    raise UsageError(f"run {run_dir} is still training (pid {pid}{where}); --overwrite would mix two runs in one "
+                     "folder: stop that process first, or pass another --name")
 
 
 def live_status(record: dict[str, Any]) -> str:
