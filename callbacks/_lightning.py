@@ -127,3 +127,16 @@ def rank_mean(trainer, device):
         return trainer.strategy.reduce(t, reduce_op="mean").tolist()
 
     return reduce
+
+
+def check_hook_call(who: str, hook: str, trainer, pl_module) -> None:
+    """A clear TypeError for a hook called by hand without the trainer or the module being fit (Lightning
+    passes both), instead of an AttributeError from deep inside."""
+    if trainer is None:
+        raise TypeError(f"{who}.{hook}: trainer is None; the Lightning Trainer calls this hook with itself "
+                        f"(pass the callback in Trainer(callbacks=[...]) and call trainer.fit)")
+    import torch
+
+    if not isinstance(pl_module, torch.nn.Module):
+        raise TypeError(f"{who}.{hook}: pl_module must be the LightningModule being fit (an nn.Module), got "
+                        f"{type(pl_module).__name__}")

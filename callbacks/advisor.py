@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from callbacks._lightning import CallbackBase, log_metrics, rank_mean, refuse_sharded, tensorboard_writers
+from callbacks._lightning import CallbackBase, check_hook_call, log_metrics, rank_mean, refuse_sharded, tensorboard_writers
 from callbacks.batches import map_tensors, move_to_device
 from callbacks.engine import NoLoRALayersError, SignalDriftWarning, check_positive_int, medians_of_views
 from callbacks.measurements import PREFIX, summary_tag, threshold_tag
@@ -207,6 +207,7 @@ class AlphaRegimeAdvisor(CallbackBase):
 
     # ----------------------------------------------------------------- hooks
     def setup(self, trainer, pl_module, stage: str) -> None:
+        check_hook_call("AlphaRegimeAdvisor", "setup", trainer, pl_module)
         refuse_sharded(trainer, "AlphaRegimeAdvisor", pl_module, allow_fsdp2=True)
         if stage == "fit" and not [v for v in lora_layers(pl_module) if not v.variant]:
             raise NoLoRALayersError(
@@ -220,6 +221,7 @@ class AlphaRegimeAdvisor(CallbackBase):
         self._probe_now = False
 
     def on_train_start(self, trainer, pl_module) -> None:
+        check_hook_call("AlphaRegimeAdvisor", "on_train_start", trainer, pl_module)
         if trainer.global_step > 0:  # resumed: see callbacks.tensorboard.mark_restart
             for w in tensorboard_writers(trainer):
                 mark_restart(w, trainer.global_step)
@@ -241,10 +243,12 @@ class AlphaRegimeAdvisor(CallbackBase):
         return self.rules.window
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        check_hook_call("AlphaRegimeAdvisor", "on_train_batch_start", trainer, pl_module)
         if not self._fixed_probe_set and len(self.probe_set) < self.probe_batches_wanted:
             self.probe_set.append(_detached(batch))
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        check_hook_call("AlphaRegimeAdvisor", "on_before_optimizer_step", trainer, pl_module)
         self._before = None
         step, w = trainer.global_step, self.window_steps
         # The window of the probe after step k*gap_every + 1 starts W steps earlier (W = 1: this step).
@@ -257,6 +261,7 @@ class AlphaRegimeAdvisor(CallbackBase):
             self._before = [p.detach().clone() for v in self._views(pl_module) for p in (v.A, v.B)]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        check_hook_call("AlphaRegimeAdvisor", "on_train_batch_end", trainer, pl_module)
         if self._before is not None:
             (self._probe_step if self._probe_now else self._watch_step)(trainer, pl_module)
         self._log_state(trainer, pl_module, trainer.global_step - 1)
@@ -360,6 +365,7 @@ class AlphaRegimeAdvisor(CallbackBase):
                           AlphaRegimeWarning, stacklevel=3)
 
     def on_fit_end(self, trainer, pl_module) -> None:
+        check_hook_call("AlphaRegimeAdvisor", "on_fit_end", trainer, pl_module)
         if trainer.is_global_zero and self.verdict is not None:
             log.info("%s", self.summary())
 

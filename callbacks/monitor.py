@@ -5,10 +5,10 @@ import warnings
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 
 from callbacks._lightning import (
     CallbackBase,
+    check_hook_call,
     grad_scaler,
     log_metrics,
     refuse_sharded,
@@ -26,17 +26,6 @@ from callbacks.engine import (
 )
 from callbacks.measurements import METRICS, PREFIX, StepMeasurement, summary_tag
 from callbacks.tensorboard import add_custom_layout, add_spectra_figure, add_spectrum_histograms, mark_restart
-
-
-def check_hook_call(who: str, hook: str, trainer, pl_module) -> None:
-    """A clear TypeError for a hook called by hand without the trainer or the module being fit (Lightning
-    passes both), instead of an AttributeError from deep inside."""
-    if trainer is None:
-        raise TypeError(f"{who}.{hook}: trainer is None; the Lightning Trainer calls this hook with itself "
-                        f"(pass the callback in Trainer(callbacks=[...]) and call trainer.fit)")
-    if not isinstance(pl_module, nn.Module):
-        raise TypeError(f"{who}.{hook}: pl_module must be the LightningModule being fit (an nn.Module), got "
-                        f"{type(pl_module).__name__}")
 
 
 class SignalDriftMonitor(CallbackBase):

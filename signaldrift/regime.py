@@ -160,6 +160,8 @@ def _floats(name: str, values: Sequence | None, *, signed: bool = False) -> list
     out: list[float] = []
     allowed = "a number (inf allowed; None or NaN: not measured)" if signed else \
         "a number >= 0 (inf allowed; None or NaN: not measured)"
+    if values is not None and (isinstance(values, (str, bytes)) or not hasattr(values, "__iter__")):
+        raise ValueError(f"{name} must be a sequence of numbers, got {values!r}")
     for i, v in enumerate(values if values is not None else ()):
         if v is None:
             out.append(math.nan)
@@ -231,9 +233,9 @@ def count_evidence(k_stars, gain_zs=None, help_zs=None, drift_ratios=None, step_
     total = len(ks_all)
     zs, helps = (_aligned(n, v, total) for n, v in (("gain_zs", gain_zs), ("help_zs", help_zs)))
     drifts, sizes = (_aligned(n, v, total, signed=False) for n, v in (("drift_ratios", drift_ratios), ("step_sizes", step_sizes)))
-    if steps is not None and len(list(steps)) != total:
-        raise ValueError(f"steps has {len(list(steps))} values but k_stars has {total}; they must align")
     step_list = list(steps) if steps is not None else [None] * total
+    if len(step_list) != total:
+        raise ValueError(f"steps has {len(step_list)} values but k_stars has {total}; they must align")
     lo = max(total - rules.window, 0)
     votes = tuple(scale_vote(k, z, h, rules) for k, z, h in zip(ks_all[lo:], zs[lo:], helps[lo:]))
     window_sizes = [v for v in sizes[lo:] if not math.isnan(v)]
@@ -323,8 +325,10 @@ def _suggest(verdict: str, why: str, ev: Evidence, rules: VerdictRules, alpha: f
     if verdict == "uncertain" and why == "split":
         return (f"the probes disagree ({n['larger']} of {len(ev.votes)} say larger, {n['collapse']} collapse): no change "
                 f"is supported; keep alpha={alpha:g} and probe again"), None
-    if not ev.votes or n["NaN"] == len(ev.votes):
-        return (f"too early to tell: no scale probe has measured the run yet; keep alpha={alpha:g}"), None
+    if not ev.measured:
+        return f"too early to tell: no scale probe has measured the run yet; keep alpha={alpha:g}", None
+    if n["NaN"] == len(ev.votes):
+        return f"the last {len(ev.votes)} probe(s) gave no k*: no evidence either way; keep alpha={alpha:g}", None
     if len(ev.votes) < k:
         return f"too early to tell: {len(ev.votes)} probe(s) so far, {k} must agree; keep alpha={alpha:g}", None
     if n["larger"] or n["collapse"]:
@@ -378,6 +382,8 @@ def regime_verdict(
     alpha, rank, scale, c = (check_number(n, v) for n, v in (("alpha", alpha), ("rank", rank), ("scale", scale), ("c", c)))
     if not isinstance(rules, VerdictRules):
         raise ValueError(f"rules must be a VerdictRules, got {type(rules).__name__}")
+    if previous is not None and not isinstance(previous, str) and not hasattr(previous, "__iter__"):
+        raise ValueError(f"previous must be a verdict or a sequence of verdicts, got {previous!r}")
     history = [previous] if isinstance(previous, str) else list(previous or ())
     for v in history:
         if v not in VERDICTS:

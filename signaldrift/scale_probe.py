@@ -46,7 +46,10 @@ class ScaleProbe:
 def check_ks(ks: Sequence[float]) -> tuple[float, ...]:
     """The grid, ascending and without repeats: finite, >= 0, with 1 and a value on each side of it."""
     try:
-        grid = sorted({float(k) for k in ks})
+        values = list(ks)
+        if any(isinstance(k, (bool, str)) for k in values):
+            raise TypeError
+        grid = sorted({float(k) for k in values})
     except (TypeError, ValueError):
         raise ValueError(f"ks must be numbers, got {ks!r}") from None
     if (1.0 not in grid or grid[0] >= 1.0 or grid[-1] <= 1.0
@@ -157,6 +160,6 @@ def scale_probe(
     if len(units[0]) < 2:
         gain_z = None
     help_z = paired_z(units[0], units[one]) if grid[0] == 0.0 else None
-    zs = tuple(0.0 if j == one else paired_z(units[one], units[j]) for j in range(len(grid)))
+    zs = tuple(None if len(units[0]) < 2 else 0.0 if j == one else paired_z(units[one], units[j]) for j in range(len(grid)))
     return ScaleProbe(k_star=k_star, k_best=grid[best], gain_z=gain_z, help_z=help_z, ks=grid,
                       losses=tuple(means), units=len(units[0]), zs=zs)

@@ -507,3 +507,14 @@ def test_an_advisor_reused_for_a_new_fit_starts_clean():
     make_trainer(max_steps=3, callbacks=[advisor]).fit(make_module(alpha=8.0, lr=1e-2))
     assert [p["step"] for p in advisor.probes] == [1, 2]  # only this fit's probes
     assert advisor.probe_set is not first_set and advisor.verdict.probes == 2
+
+
+@pytest.mark.parametrize("hook, args", [("setup", ("fit",)), ("on_train_start", ()), ("on_train_batch_start", (None, 0)),
+                                        ("on_before_optimizer_step", (None,)), ("on_train_batch_end", (None, None, 0)),
+                                        ("on_fit_end", ())])
+def test_hooks_called_without_a_trainer_or_module_say_so(hook, args):
+    advisor = AlphaRegimeAdvisor()
+    with pytest.raises(TypeError, match=rf"AlphaRegimeAdvisor\.{hook}: trainer is None"):
+        getattr(advisor, hook)(None, make_module(), *args)
+    with pytest.raises(TypeError, match=rf"AlphaRegimeAdvisor\.{hook}: pl_module must be the LightningModule .*got NoneType"):
+        getattr(advisor, hook)(make_trainer(max_steps=1), None, *args)

@@ -849,3 +849,27 @@ def test_rules_k_thresholds_must_bracket_one():
 def test_rules_are_frozen():
     with pytest.raises(AttributeError):
         RULES.window = 3
+
+
+def test_series_given_as_generators_and_non_sequences():
+    """A generator of steps is read once (it used to be consumed by the length check); a number where a
+    sequence belongs is one ValueError naming it."""
+    from signaldrift.regime import regime_verdict as rv
+
+    k = K_SMALL_FOR_GENERATORS = VerdictRules().k_too_small * 2
+    agree = VerdictRules().agree
+    v = rv(16, 8, 2, [k] * agree, gain_zs=[VerdictRules().z_min + 1] * agree, steps=(s for s in range(10, 10 + agree)))
+    assert v.verdict == "alpha-too-small" and f"step {9 + agree}" in v.suggestion
+    for bad in ({"k_stars": 5}, {"previous": 5}):
+        args = dict(k_stars=[1.0], previous=None) | bad
+        with pytest.raises(ValueError, match="must be a"):
+            rv(16, 8, 2, args["k_stars"], previous=args["previous"])
+
+
+def test_a_window_of_unmeasured_probes_after_a_measured_one_is_not_called_too_early():
+    from signaldrift.regime import regime_verdict as rv
+
+    w = VerdictRules().window
+    v = rv(16, 8, 2, [1.0] + [None] * w)
+    assert v.verdict == "in-regime" and "too early" not in v.suggestion and f"last {w} probe(s) gave no k*" in v.suggestion
+    assert "too early to tell: no scale probe" in rv(512, 8, 64, [None] * 2).suggestion

@@ -545,3 +545,16 @@ def test_reduce_making_every_k_worse_than_one_gives_k_star_one():
 def test_default_grid_is_the_documented_one():
     assert DEFAULT_KS == (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
     assert Fraction(DEFAULT_KS[1]) == Fraction(1, 4)
+
+
+def test_one_unit_gives_no_z_at_any_k_and_the_grid_refuses_bools_and_text():
+    import torch
+
+    from signaldrift.scale_probe import scale_probe as probe
+
+    b = torch.ones(1, dtype=torch.float64)
+    out = probe(lambda: [float((b[0] - 2.0) ** 2)], [b])
+    assert out.gain_z is None and out.help_z is None and out.zs == (None,) * len(out.ks)
+    for bad in ((0, True, 2), (0, 1, "2")):
+        with pytest.raises(ValueError, match="ks must be numbers"):
+            probe(lambda: [1.0], [b], ks=bad)
