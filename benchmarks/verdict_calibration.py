@@ -53,8 +53,9 @@ RANK, TARGETS, BATCH, MAX_LENGTH, HEAD_LR, GAP_EVERY = 8, ("query", "key", "valu
 LABELS = ("alpha-too-small", "in-regime", "too-aggressive")
 VERDICT_ORDER = ("alpha-too-small", "in-regime", "uncertain", "too-aggressive")
 # Candidate thresholds the fit chooses from (each combination replayed on the fitting task).
-CANDIDATES = {"gap_too_small": (2.0, 4.0, 8.0, 16.0), "gap_z_min": (0.0, 1.0, 2.0),
-              "gap_gain_min": (0.0, 0.01, 0.03, 0.05, 0.1), "agree": (2, 3), "step_size_high": (0.004, 0.005, 0.0065, 0.008, 0.01, 0.015, 0.02, 0.03, math.inf)}
+CANDIDATES = {"k_too_small": (1.5, 2.0, 3.0, 4.0), "k_too_aggressive": (0.5, 0.75, 1.0), "z_min": (1.0, 2.0, 3.0),
+              "help_z_max": (-1e9, -3.0, -2.0, 0.0), "window": (3, 5), "agree": (2, 3),
+              "step_size_high": (0.004, 0.0066, 0.01, math.inf)}
 
 
 def debates_files(folder: Path) -> dict[str, Path]:
@@ -148,7 +149,8 @@ def train_run(task: str, alpha: float, lr: float, seed: int, steps: int, gap_eve
             seconds = time.time() - t0
         labels = [int(r["labels"]) for r in dm.splits["test"].rows]
     keep = ("step", "step_gap", "step_gap_lo", "step_gap_hi", "gap_z", "gap_gain", "drift_ratio", "step_size",
-            "step_size_peak", "k_star", "k_best", "scale_gain_z", "scale_help_z", "scale_losses", "scale_zs", "verdict")
+            "step_size_max", "step_size_peak", "k_star", "k_best", "scale_gain_z", "scale_help_z", "scale_losses",
+            "scale_zs", "verdict")
     return {"task": task, "alpha": alpha, "lr": lr, "seed": seed, "steps": steps, "seconds": seconds,
             "head_lr": head_lr, "ks": list(advisor.ks),
             "majority_acc": max(labels.count(k) for k in set(labels)) / len(labels),
@@ -157,10 +159,12 @@ def train_run(task: str, alpha: float, lr: float, seed: int, steps: int, gap_eve
 
 
 # ----------------------------------------------------------------------------- labels and replay
-def labels_for(runs: list[dict], task: str, budget: int, margin: float) -> dict[tuple[float, float], dict]:
+def labels_for(runs: list[dict], task: str, budget: int, margin: float, recipe: str = "head") -> dict[tuple[float, float], dict]:
+    """Per (alpha, lr) of one recipe and task: the mean held-out accuracy over seeds at ``budget`` and its label
+    against the best alpha at the same lr (in-regime within ``margin``)."""
     cells: dict[tuple[float, float], list[float]] = {}
     for r in runs:
-        if r["task"] == task and str(budget) in r["held_out"]:
+        if r["task"] == task and r.get("recipe", "head") == recipe and str(budget) in r["held_out"]:
             cells.setdefault((r["alpha"], r["lr"]), []).append(r["held_out"][str(budget)]["acc"])
     means = {k: statistics.fmean(v) for k, v in cells.items()}
     out = {}
@@ -171,25 +175,45 @@ def labels_for(runs: list[dict], task: str, budget: int, margin: float) -> dict[
     return out
 
 
-def replay(run: dict, rules) -> list[str]:
-    """The verdict after each probe, as the advisor reaches it (previous verdict included)."""
-    from signaldrift import regime_verdict
+def interval_peaks(run: dict) -> list[float | None]:
+    """Each probe's largest step size since the previous probe (the advisor's ``step_size_max``)."""
+    return [p.get("step_size_max", p.get("step_size")) for p in run["probes"]]
 
-    probes = run["probes"]
+
+def _gap_votes(run: dict, upto: int, window: int) -> list[str]:
+    """Rules v2's step-gap votes (GAP 2 / 0.5, z >= 2, gain >= 0.1) of the window, for the ablation."""
+    out = []
+    for p in run["probes"][max(upto + 1 - window, 0): upto + 1]:
+        g, z, gain = p.get("step_gap"), p.get("gap_z"), p.get("gap_gain")
+        if g is None or math.isnan(g):
+            out.append("NaN")
+            continue
+        significant = (z is None or z >= 2.0) and (gain is None or gain >= 0.1)
+        out.append("larger" if significant and g >= 2.0 else "collapse" if significant and g < 0.5 else "in range")
+    return out
+
+
+def replay(run: dict, rules, with_step_gap: bool = False) -> list[str]:
+    """The verdict after each probe, as the advisor reaches it (every earlier verdict as ``previous``).
+    ``with_step_gap``: the ablation that adds rules v2's step-gap votes to the scale probe's."""
+    import dataclasses
+
+    from signaldrift.regime import count_evidence, decide, regime_verdict
+
+    probes, peaks = run["probes"], interval_peaks(run)
     out: list[str] = []
-    previous = None
-    peak = None  # the advisor's watch every 10 steps is replaced here by the probes' step sizes (every 12)
     for i in range(len(probes)):
-        size = probes[i]["step_size"]
-        if size is not None and (peak is None or size > peak):
-            peak = size
-        recent = probes[max(0, i + 1 - rules.window): i + 1]
-        v = regime_verdict(run["alpha"], RANK, run["alpha"] / RANK, step_gaps=[p["step_gap"] for p in recent],
-                           gap_zs=[p["gap_z"] for p in recent], gap_gains=[p["gap_gain"] for p in recent], drift_ratios=[p["drift_ratio"] for p in recent],
-                           step_sizes=[p["step_size"] for p in recent], step_size_peak=peak, previous=previous,
-                           rules=rules).verdict
-        out.append(v)
-        previous = v
+        series = dict(gain_zs=[p["scale_gain_z"] for p in probes[:i + 1]], help_zs=[p["scale_help_z"] for p in probes[:i + 1]],
+                      drift_ratios=[p["drift_ratio"] for p in probes[:i + 1]], step_sizes=peaks[:i + 1])
+        ks = [p["k_star"] for p in probes[:i + 1]]
+        if not with_step_gap:
+            out.append(regime_verdict(run["alpha"], RANK, run["alpha"] / RANK, ks, previous=out, rules=rules, **series).verdict)
+            continue
+        ev = count_evidence(ks, rules=rules, **series)
+        extra = _gap_votes(run, i, rules.window)
+        counts = {v: ev.counts[v] + extra.count(v) for v in ev.counts}
+        ev = dataclasses.replace(ev, counts=counts, measured=True)
+        out.append(decide(ev, rules, False, out)[0])
     return out
 
 
@@ -206,20 +230,40 @@ def verdict_at(run: dict, seq: list[str], budget: int) -> str:
     return shown[-1] if shown else "in-regime"
 
 
-def score(runs: list[dict], task: str, rules, margin: float, budgets=BUDGETS) -> dict:
-    """The verdict at the end of each budget against the labels; balanced accuracy per verdict,
-    confusion, near-best runs called too-aggressive, flips over the second half of the long runs."""
+def first_right(run: dict, seq: list[str], label: str, budget: int) -> int | None:
+    """The first probe step (< budget) from which the verdict equals ``label`` up to the budget's end; None
+    when it is not right at the end. An in-regime label counts as right from step 0 when every verdict is."""
+    shown = [(p["step"], v) for p, v in zip(run["probes"], seq) if p["step"] < budget]
+    if (shown[-1][1] if shown else "in-regime") != label:
+        return None
+    step = 0 if label == "in-regime" else shown[0][0]
+    for s, v in shown:
+        if v != label:
+            step = None
+        elif step is None:
+            step = s
+    return step
+
+
+def score(runs: list[dict], task: str, rules, margin: float, budgets=BUDGETS, with_step_gap: bool = False) -> dict:
+    """The verdict at the end of each budget against the labels (every recipe of ``task``): balanced accuracy
+    per verdict, confusion, near-best runs called wrong, flips over the second half of the long runs, and
+    when each run's verdict became right."""
     pairs = []
-    seqs = {id(r): replay(r, rules) for r in runs if r["task"] == task}
+    mine = [r for r in runs if r["task"] == task]
+    seqs = {id(r): replay(r, rules, with_step_gap) for r in mine}
     for budget in budgets:
-        labels = labels_for(runs, task, budget, margin)
-        for r in runs:
-            if r["task"] != task or (r["alpha"], r["lr"]) not in labels:
-                continue
-            lab = labels[(r["alpha"], r["lr"])]
-            own = r["held_out"][str(budget)]["acc"]
-            pairs.append({"budget": budget, "alpha": r["alpha"], "lr": r["lr"], "seed": r["seed"], "label": lab["label"],
-                          "verdict": verdict_at(r, seqs[id(r)], budget), "near_best": lab["best_acc"] - own <= margin})
+        for recipe in sorted({r.get("recipe", "head") for r in mine}):
+            labels = labels_for(runs, task, budget, margin, recipe)
+            for r in mine:
+                if r.get("recipe", "head") != recipe or (r["alpha"], r["lr"]) not in labels:
+                    continue
+                lab = labels[(r["alpha"], r["lr"])]
+                own = r["held_out"][str(budget)]["acc"]
+                pairs.append({"recipe": recipe, "budget": budget, "alpha": r["alpha"], "lr": r["lr"], "seed": r["seed"],
+                              "label": lab["label"], "verdict": verdict_at(r, seqs[id(r)], budget),
+                              "near_best": lab["best_acc"] - own <= margin,
+                              "right_from": first_right(r, seqs[id(r)], lab["label"], budget)})
     out: dict = {"n": len(pairs)}
     for verdict in ("alpha-too-small", "too-aggressive"):
         pos = [p for p in pairs if p["label"] == verdict]
@@ -231,14 +275,16 @@ def score(runs: list[dict], task: str, rules, margin: float, budgets=BUDGETS) ->
     out["confusion"] = {lab: {v: sum(p["label"] == lab and p["verdict"] == v for p in pairs) for v in VERDICT_ORDER}
                         for lab in LABELS}
     out["near_best_called_too_aggressive"] = sum(p["near_best"] and p["verdict"] == "too-aggressive" for p in pairs)
+    out["near_best_called_too_small"] = sum(p["near_best"] and p["verdict"] == "alpha-too-small" for p in pairs)
+    long = [p for p in pairs if p["budget"] == max(budgets)]
+    early = [p for p in long if p["right_from"] is not None and p["right_from"] <= max(budgets) // 4]
+    out["right_by_quarter"] = {"runs": len(long), "right": len(early),
+                               "fraction": len(early) / len(long) if long else None}
     flips = []
-    for r in runs:
-        if r["task"] != task:
-            continue
+    for r in mine:
         half = [v for p, v in zip(r["probes"], seqs[id(r)]) if p["step"] >= r["steps"] // 2]
-        changes = sum(a != b for a, b in zip(half, half[1:]))
-        flips.append({"alpha": r["alpha"], "lr": r["lr"], "seed": r["seed"], "changes": changes,
-                      "diverged": diverged(r)})
+        flips.append({"recipe": r.get("recipe", "head"), "alpha": r["alpha"], "lr": r["lr"], "seed": r["seed"],
+                      "changes": sum(a != b for a, b in zip(half, half[1:])), "diverged": diverged(r)})
     healthy = [f["changes"] for f in flips if not f["diverged"]]
     out["flips"] = {"max_changes_healthy": max(healthy) if healthy else None,
                     "runs_over_one_change_healthy": sum(c > 1 for c in healthy), "healthy_runs": len(healthy),
@@ -248,41 +294,44 @@ def score(runs: list[dict], task: str, rules, margin: float, budgets=BUDGETS) ->
 
 
 def objective(s: dict) -> tuple:
-    """The issue's targets first (no near-best run called too-aggressive, at most one verdict change over the
-    second half of a non-diverging run), then the mean balanced accuracy of the two verdicts."""
+    """The issue's targets first (no near-best run called wrong, at most one verdict change over the second
+    half of a non-diverging run), then the mean balanced accuracy of the two verdicts, then how early."""
     vals = [s[v]["balanced_accuracy"] for v in ("alpha-too-small", "too-aggressive") if s[v]["balanced_accuracy"] is not None]
-    return (-int(s["near_best_called_too_aggressive"] > 0) - int(s["flips"]["runs_over_one_change_healthy"] > 0),
-            statistics.fmean(vals) if vals else -1.0)
+    misses = s["near_best_called_too_aggressive"] + s["near_best_called_too_small"]
+    return (-misses - s["flips"]["runs_over_one_change_healthy"], statistics.fmean(vals) if vals else -1.0,
+            s["right_by_quarter"]["fraction"] or 0.0)
 
 
 def peak_extremes(runs: list[dict], task: str, margin: float) -> tuple[float | None, float | None]:
     """The largest peak step size of a run that learned (final held-out accuracy above the majority class by
     more than ``margin``) and the smallest peak of a run that collapsed (:func:`diverged`); None when empty."""
-    learned = [max(p["step_size"] for p in r["probes"]) for r in runs if r["task"] == task
-               and r["held_out"][str(r["steps"])]["acc"] > r["majority_acc"] + margin]
-    collapsed = [max(p["step_size"] for p in r["probes"]) for r in runs if r["task"] == task and diverged(r)]
+    def peak(r):
+        return max((v for v in interval_peaks(r) if v is not None), default=0.0)
+
+    learned = [peak(r) for r in runs if r["task"] == task and r["held_out"][str(r["steps"])]["acc"] > r["majority_acc"] + margin]
+    collapsed = [peak(r) for r in runs if r["task"] == task and diverged(r)]
     return max(learned, default=None), min(collapsed, default=None)
 
 
 def collapse_level(runs: list[dict], task: str, margin: float) -> float | None:
-    """The step size that separates the task's collapsed runs from those that learned: the geometric midpoint
-    between the largest peak step size of a run that learned (final held-out accuracy above the majority class
-    by more than ``margin``) and the smallest peak of a run that collapsed (:func:`diverged`). None when the
-    two overlap or one side is empty."""
+    """The geometric midpoint between the largest peak step size of a run that learned and the smallest of a
+    run that collapsed on ``task``; None when they overlap or a side is empty."""
     learned, collapsed = peak_extremes(runs, task, margin)
     if learned is None or collapsed is None or learned >= collapsed:
         return None
     return math.sqrt(learned * collapsed)
 
 
-def fit(runs: list[dict], task: str, margin: float, budgets=BUDGETS, step_size_high: float | None = None) -> tuple[dict, dict]:
-    """The candidates' best combination on ``task`` (:func:`objective`); with ``step_size_high`` that value is
-    fixed and only the other candidates are searched."""
+def fit(runs: list[dict], task: str, margin: float, budgets=BUDGETS, step_size_high: float | None = None,
+        with_step_gap: bool = False) -> tuple[dict, dict]:
+    """The candidates' best combination on ``task`` (:func:`objective`); ``step_size_high`` fixed when given."""
     candidates = dict(CANDIDATES, **({"step_size_high": (step_size_high,)} if step_size_high is not None else {}))
     best = None
     for values in itertools.product(*candidates.values()):
         chosen = dict(zip(candidates, values))
-        s = score(runs, task, rules_of(chosen), margin, budgets)
+        if chosen["agree"] > chosen["window"]:
+            continue
+        s = score(runs, task, rules_of(chosen), margin, budgets, with_step_gap)
         key = objective(s)
         if best is None or key > best[0]:
             best = (key, chosen, s)
@@ -293,51 +342,75 @@ def rules_of(values: dict):
     from signaldrift.regime import VerdictRules
 
     sh = values["step_size_high"]
-    return VerdictRules(gap_too_small=values["gap_too_small"], gap_z_min=values["gap_z_min"],
-                        gap_gain_min=values["gap_gain_min"], step_size_high=sh if math.isfinite(sh) else 1e300,
-                        agree=values.get("agree", 3))
+    return VerdictRules(k_too_small=values["k_too_small"], k_too_aggressive=values["k_too_aggressive"],
+                        z_min=values["z_min"], help_z_max=values["help_z_max"],
+                        step_size_high=sh if math.isfinite(sh) else 1e300, window=values["window"], agree=values["agree"])
+
+
+def code_values() -> dict:
+    from signaldrift import regime
+
+    return {"k_too_small": regime.K_TOO_SMALL, "k_too_aggressive": regime.K_TOO_AGGRESSIVE, "z_min": regime.SCALE_Z_MIN,
+            "help_z_max": regime.HELP_Z_MAX, "step_size_high": regime.STEP_SIZE_HIGH, "window": regime.VERDICT_WINDOW,
+            "agree": regime.VERDICT_AGREE}
 
 
 def analyse(runs: list[dict], margin: float, budgets=BUDGETS) -> tuple[str, dict]:
-    from signaldrift import regime
-
-    code = {"gap_too_small": regime.GAP_TOO_SMALL, "gap_z_min": regime.GAP_Z_MIN, "gap_gain_min": regime.GAP_GAIN_MIN,
-            "step_size_high": regime.STEP_SIZE_HIGH, "agree": regime.VERDICT_AGREE}
+    code = code_values()
     tasks = [t for t in TASKS if any(r["task"] == t for r in runs)]
-    parts, result = [], {"margin": margin, "code": code, "directions": []}
-    # the grid itself
+    recipes = sorted({r.get("recipe", "head") for r in runs})
+    parts, result = [], {"margin": margin, "code": code, "directions": [], "out_of_sample": {}}
     rows = []
-    for t in tasks:
-        for budget in budgets:
-            for (a, lr), lab in sorted(labels_for(runs, t, budget, margin).items(), key=lambda kv: (kv[0][1], kv[0][0])):
-                rows.append([t, budget, a, lr, lab["acc"], lab["label"]])
+    for recipe in recipes:
+        for t in tasks:
+            for budget in budgets:
+                for (a, lr), lab in sorted(labels_for(runs, t, budget, margin, recipe).items(), key=lambda kv: (kv[0][1], kv[0][0])):
+                    rows.append([recipe, t, budget, a, lr, lab["acc"], lab["label"]])
     parts.append("## The grid: held-out accuracy (mean over seeds) and labels\n\n"
-                 + md_table(["task", "steps", "alpha", "lr", "held-out acc", "label"], rows))
+                 "Recipes: `head` = the classifier head at lr 3e-3; `adapters` = the head at the adapters' lr.\n\n"
+                 + md_table(["recipe", "task", "steps", "alpha", "lr", "held-out acc", "label"], rows))
     for fit_task in tasks:
         for score_task in tasks:
             if score_task == fit_task and len(tasks) > 1:
                 continue
             level = collapse_level(runs, fit_task, margin)
-            for variant, fixed in (("all candidates", None), ("STEP_SIZE_HIGH = the fit task's collapse level", level)):
-                if variant != "all candidates" and fixed is None:
-                    continue
-                fitted, fit_score = fit(runs, fit_task, margin, budgets, step_size_high=fixed)
-                out = score(runs, score_task, rules_of(fitted), margin, budgets)
+            for variant, fixed, gap in (("scale probe, STEP_SIZE_HIGH = the fit task's collapse level", level, False),
+                                        ("scale probe + v2 step-gap votes (ablation)", level, True)):
+                fitted, fit_score = fit(runs, fit_task, margin, budgets, step_size_high=fixed, with_step_gap=gap)
+                out = score(runs, score_task, rules_of(fitted), margin, budgets, with_step_gap=gap)
                 result["directions"].append({"fit_on": fit_task, "scored_on": score_task, "variant": variant,
                                              "collapse_level": level, "fitted": fitted,
                                              "peaks": peak_extremes(runs, fit_task, margin),
                                              "fit_score": _brief(fit_score), "out_of_sample": _brief(out)})
+    for d in result["directions"]:
+        if not d["variant"].endswith("(ablation)"):
+            result["out_of_sample"][f"fit_on_{d['fit_on']}_scored_on_{d['scored_on']}"] = {
+                v: d["out_of_sample"][v]["balanced_accuracy"] for v in ("alpha-too-small", "too-aggressive")}
     for t in tasks:
         result.setdefault("code_scores", {})[t] = _brief(score(runs, t, rules_of(code), margin, budgets))
     for d in result["directions"]:
         parts.append(_direction_md(d))
     for t, s in result.get("code_scores", {}).items():
         parts.append(f"## The code's constants ({_vals(code)}) on {t}\n\n" + _score_md(s))
+    parts.append(_curves_md(runs, tasks))
     return "\n\n".join(parts) + "\n", result
 
 
+def _curves_md(runs: list[dict], tasks: list[str]) -> str:
+    """k* (z) at the first probes of seed 0 of each run: the raw evidence the rules read."""
+    rows = []
+    for r in sorted(runs, key=lambda r: (r.get("recipe", "head"), r["task"], r["lr"], r["alpha"])):
+        if r["seed"] != 0:
+            continue
+        cells = [f"{p['k_star']:.2g} ({_num(p['scale_gain_z'])}, {_num(p['scale_help_z'])})" for p in r["probes"][:5]]
+        rows.append([r.get("recipe", "head"), r["task"], r["lr"], r["alpha"], *cells])
+    steps = [p["step"] for p in runs[0]["probes"][:5]] if runs else []
+    return ("## k* (gain_z, help_z) at the first five probes, seed 0\n\n"
+            + md_table(["recipe", "task", "lr", "alpha", *(f"step {s}" for s in steps)], rows))
+
+
 def _num(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.4g}"
+    return "n/a" if x is None else f"{x:.3g}"
 
 
 def _vals(v: dict) -> str:
@@ -354,11 +427,16 @@ def _score_md(s: dict) -> str:
                     for v in ("alpha-too-small", "too-aggressive"))
     conf = md_table(["label \\ verdict", *VERDICT_ORDER],
                     [[lab, *(s["confusion"][lab][v] for v in VERDICT_ORDER)] for lab in LABELS])
-    f = s["flips"]
+    f, q = s["flips"], s["right_by_quarter"]
+    late = [p for p in s["pairs"] if p["budget"] == max(p2["budget"] for p2 in s["pairs"])]
+    when = md_table(["recipe", "alpha", "lr", "seed", "label", "verdict at the end", "right from step"],
+                    [[p["recipe"], p["alpha"], p["lr"], p["seed"], p["label"], p["verdict"],
+                      "never" if p["right_from"] is None else p["right_from"]] for p in late])
     return (f"{s['n']} (run, budget) pairs. {ba}. Near-best runs called too-aggressive: "
-            f"{s['near_best_called_too_aggressive']}. Verdict changes over the second half of the "
-            f"{f['healthy_runs']} non-diverging long runs: at most {f['max_changes_healthy']}, "
-            f"{f['runs_over_one_change_healthy']} runs with more than one.\n\n{conf}")
+            f"{s['near_best_called_too_aggressive']}, alpha-too-small: {s['near_best_called_too_small']}. Verdict changes "
+            f"over the second half of the {f['healthy_runs']} non-diverging long runs: at most {f['max_changes_healthy']}, "
+            f"{f['runs_over_one_change_healthy']} runs with more than one. Right by 25% of the long run (and from then "
+            f"on): {q['right']} of {q['runs']}.\n\n{conf}\n\nWhen each long run's verdict became right:\n\n{when}")
 
 
 def _direction_md(d: dict) -> str:
@@ -384,33 +462,42 @@ def figure(runs: list[dict], path: Path) -> None:
     colours = {12.0: "tab:purple", 48.0: "tab:blue", 191.0: "tab:cyan", 764.0: "tab:green", 3056.0: "tab:red"}
     for row, t in zip(axes, tasks):
         for ax, lr in zip(row, LRS):
-            if not any(r["task"] == t and r["lr"] == lr for r in runs):
+            mine = [r for r in runs if r["task"] == t and r["lr"] == lr and r.get("recipe", "head") == "head"]
+            if not mine:
                 ax.set_axis_off()
                 continue
-            for r in runs:
-                if r["task"] == t and r["lr"] == lr:
-                    steps = [p["step"] for p in r["probes"]]
-                    ax.plot(steps, [max(p["step_gap"], 0.05) for p in r["probes"]], marker="o", ms=3, lw=1,
-                            color=colours.get(r["alpha"], "grey"), ls="-" if r["seed"] == 0 else "--",
-                            label=f"alpha {r['alpha']:g}" if r["seed"] == 0 else None)
-            ax.axhline(regime.GAP_TOO_SMALL, color="grey", ls="--", lw=0.8)
-            ax.axhline(regime.GAP_TOO_AGGRESSIVE, color="grey", ls=":", lw=0.8)
-            ax.set(yscale="log", xlabel="step", ylabel="step_gap (0 drawn at 0.05)", title=f"{t}, lr {lr:g}")
-            ax.text(0.01, 0.01, f"dashed: GAP_TOO_SMALL {regime.GAP_TOO_SMALL:g}, dotted: GAP_TOO_AGGRESSIVE "
-                    f"{regime.GAP_TOO_AGGRESSIVE:g}", transform=ax.transAxes, fontsize=7, va="bottom")
+            for r in mine:
+                steps = [p["step"] for p in r["probes"]]
+                ax.plot(steps, [max(p["k_star"], 0.1) if p.get("k_star") is not None else math.nan for p in r["probes"]],
+                        marker="o", ms=3, lw=1, color=colours.get(r["alpha"], "grey"), ls="-" if r["seed"] == 0 else "--",
+                        label=f"alpha {r['alpha']:g}" if r["seed"] == 0 else None)
+            ax.axhline(regime.K_TOO_SMALL, color="grey", ls="--", lw=0.8)
+            ax.axhline(regime.K_TOO_AGGRESSIVE, color="grey", ls=":", lw=0.8)
+            ax.axvline(BUDGETS[0], color="black", lw=0.6, alpha=0.4)
+            ax.set(yscale="log", xlabel="step", ylabel="k* (0 drawn at 0.1)", title=f"{t}, lr {lr:g} (head recipe)")
+            ax.text(0.01, 0.01, f"dashed: K_TOO_SMALL {regime.K_TOO_SMALL:g}, dotted: K_TOO_AGGRESSIVE "
+                    f"{regime.K_TOO_AGGRESSIVE:g}; vertical: step {BUDGETS[0]}", transform=ax.transAxes, fontsize=7, va="bottom")
             ax.legend(fontsize=8)
-        ax = row[2]  # the collapse evidence: each run's peak step size against its label at the last budget
+        ax, drawn = row[2], 0  # the early k* against each run's label at 63 steps
         marks = {"alpha-too-small": ("tab:blue", "v"), "in-regime": ("tab:green", "o"), "too-aggressive": ("tab:red", "^")}
-        last = max(r["steps"] for r in runs if r["task"] == t)
-        labels = labels_for(runs, t, last, 0.02)
-        for r in runs:
-            if r["task"] == t and (r["alpha"], r["lr"]) in labels:
-                colour, marker = marks[labels[(r["alpha"], r["lr"])]["label"]]
-                ax.scatter(r["alpha"] * r["lr"], max(p["step_size"] for p in r["probes"]), c=colour, marker=marker)
+        for recipe in sorted({r.get("recipe", "head") for r in runs}):
+            labels = labels_for(runs, t, BUDGETS[0], 0.02, recipe)
+            for r in runs:
+                if r["task"] == t and r.get("recipe", "head") == recipe and (r["alpha"], r["lr"]) in labels:
+                    early = [p["k_star"] for p in r["probes"] if p["step"] < BUDGETS[0] and p.get("k_star") is not None]
+                    if early:
+                        colour, marker = marks[labels[(r["alpha"], r["lr"])]["label"]]
+                        ax.scatter(r["alpha"] * r["lr"], max(statistics.median(early), 0.1), c=colour, marker=marker,
+                                   facecolors="none" if recipe != "head" else colour)
+                        drawn += 1
+        if not drawn:
+            ax.set_axis_off()
+            continue
         for lab, (colour, marker) in marks.items():
-            ax.scatter([], [], c=colour, marker=marker, label=f"{lab} at {last} steps")
-        ax.set(xscale="log", yscale="log", xlabel="alpha x lr", ylabel="peak step_size over the probes",
-               title=f"{t}: peak step size")
+            ax.scatter([], [], c=colour, marker=marker, label=f"{lab} at {BUDGETS[0]} steps")
+        ax.axhline(regime.K_TOO_SMALL, color="grey", ls="--", lw=0.8)
+        ax.set(xscale="log", yscale="log", xlabel="alpha x lr", ylabel=f"median k* before step {BUDGETS[0]}",
+               title=f"{t}: early k* by label (hollow: adapters recipe)")
         ax.legend(fontsize=8)
     save_figure(fig, path)
 
@@ -436,7 +523,7 @@ def main(argv=None) -> None:
     runs, _ = stored_runs(out_dir, name, lambda r: None, fresh=args.quick)
     runs = [r for r in runs if "recipe" in r]  # runs with the scale probe (rules v3's evidence)
     done = {(r["recipe"], r["task"], r["alpha"], r["lr"], r["seed"]) for r in runs}
-    recipes = [HEAD_LR if x == "head" else None for x in args.recipes.split(",") if x]
+    recipes = [HEAD_LR if x == "head" else None for x in ("head" if args.quick else args.recipes).split(",") if x]
     alphas, lrs = (ALPHAS, LRS) if not args.quick else ((48.0, 3056.0), (1e-3,))
     steps, every = (BUDGETS[-1], GAP_EVERY) if not args.quick else (8, 2)
     config = {"alphas": alphas, "lrs": lrs, "seeds": args.seeds, "steps": steps, "budgets": [steps // 4, steps],

@@ -106,36 +106,6 @@ def test_bench_memory_quick(tmp_path):
     assert all({"peak_rss", "engine_bytes"} <= set(v) for v in data["runs"].values())
 
 
-def test_gap_calibration_quick(tmp_path):
-    data = _run("gap_calibration.py", tmp_path)
-    assert len(data["runs"]) == 2 and all(r["probes"] for r in data["runs"])
-    assert [w["window"] for w in data["windows"]] == [3, 5, "all"]
-    assert all({"too_small", "too_aggressive", "verdict_matches_label"} <= set(w) for w in data["windows"])
-    assert {"label", "median_gap_window", "verdict"} <= set(data["cells"][0])
-    assert (tmp_path / "gap_calibration_quick.png").stat().st_size > 0
-
-
-def test_gap_calibration_split_and_labels():
-    if str(ROOT / "benchmarks") not in sys.path:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-    from gap_calibration import balanced_accuracy, best_split, grid_labels
-
-    points = [(1.0, False), (2.0, False), (8.0, True), (16.0, True), (3.0, True)]
-    fit = best_split(points)
-    # t between 2 and 3 catches every positive and no negative
-    assert fit == {"threshold_lo": pytest.approx(6 ** 0.5), "threshold_hi": pytest.approx(6 ** 0.5),
-                   "balanced_accuracy": 1.0}
-    # ties: t between 1 and 2 and t between 3 and 4 both reach 3/4
-    tied = best_split([(1.0, False), (2.0, True), (3.0, False), (4.0, True)])
-    assert tied == {"balanced_accuracy": 0.75, "threshold_lo": pytest.approx(2 ** 0.5), "threshold_hi": pytest.approx(12 ** 0.5)}
-    assert balanced_accuracy(points, 4.0) == pytest.approx((2 / 3 + 1) / 2)
-    assert best_split([(1.0, True)]) is None
-    grid = {"runs": [{"alpha": a, "lr": 1e-3, "test_acc": acc} for a, acc in
-                     ((8.0, 0.70), (8.0, 0.72), (64.0, 0.75), (256.0, 0.74), (1024.0, 0.53))]}
-    labels = {k[0]: v["label"] for k, v in grid_labels(grid, margin=0.02).items()}
-    assert labels == {8.0: "alpha-too-small", 64.0: "in-regime", 256.0: "in-regime", 1024.0: "too-aggressive"}
-
-
 def test_verdict_calibration_quick(tmp_path):
     data = _run("verdict_calibration.py", tmp_path)
     assert {r["task"] for r in data["runs"]} == {"rotten_tomatoes", "debates"} and len(data["runs"]) == 4
@@ -151,7 +121,8 @@ def test_alpha_auto_quick(tmp_path):
 
 
 def test_verdict_calibration_labels_replay_and_flips():
-    """The labelling rule, the replay through regime_verdict and the flip count, on hand-made runs."""
+    """The labelling rule, the replay through regime_verdict (rules v3), when a verdict became right and the
+    flip count, on hand-made runs."""
     if str(ROOT / "benchmarks") not in sys.path:
         sys.path.insert(0, str(ROOT / "benchmarks"))
     import verdict_calibration as vc
@@ -161,28 +132,31 @@ def test_verdict_calibration_labels_replay_and_flips():
         return {"task": "t", "alpha": alpha, "lr": lr, "seed": seed, "steps": 252, "majority_acc": 0.5,
                 "held_out": {"63": {"acc": acc63}, "252": {"acc": acc252}}, "probes": probes}
 
-    def probe(step, gap=1.0, size=0.001, z=5.0, gain=0.5):
-        return {"step": step, "step_gap": gap, "gap_z": z, "gap_gain": gain, "drift_ratio": 0.01, "step_size": size}
+    def probe(step, k=1.0, size=0.001, z=5.0, help_z=3.0):
+        return {"step": step, "k_star": k, "scale_gain_z": 0.0 if k == 1.0 else z, "scale_help_z": help_z,
+                "drift_ratio": 0.01, "step_size": size, "step_size_max": size}
 
-    runs = [run(10.0, 1e-4, 0.60, 0.70, [probe(s, gap=64.0) for s in (12, 24, 36, 48)]),
+    runs = [run(10.0, 1e-4, 0.60, 0.70, [probe(s, k=8.0) for s in (12, 24, 36, 48)]),
             run(100.0, 1e-4, 0.75, 0.80, [probe(s) for s in (12, 24, 36, 48)]),
-            run(1000.0, 1e-4, 0.50, 0.50, [probe(12, size=0.05)] + [probe(s, size=1e-5) for s in (24, 36, 48)]),
-            run(100.0, 1e-3, 0.79, 0.81, [probe(s, gap=(64.0 if (s // 12) % 2 else 0.0)) for s in range(132, 252, 12)])]
+            run(1000.0, 1e-4, 0.50, 0.50, [probe(12, size=0.05)] + [probe(s, k=0.0, size=1e-5) for s in (24, 36, 48)]),
+            run(100.0, 1e-3, 0.79, 0.81, [probe(s, k=(8.0 if (s // 12) % 2 else 0.0)) for s in range(132, 252, 12)])]
     labels = vc.labels_for(runs, "t", 63, margin=0.02)
     assert {k: v["label"] for k, v in labels.items()} == {
         (10.0, 1e-4): "alpha-too-small", (100.0, 1e-4): "in-regime", (1000.0, 1e-4): "too-aggressive",
         (100.0, 1e-3): "in-regime"}  # alone at its lr: its own best
-    rules = VerdictRules(agree=2, split=2)
-    assert vc.replay(runs[0], rules) == ["in-regime", "alpha-too-small", "alpha-too-small", "alpha-too-small"]
-    # the early peak step size keeps the collapsed run too-aggressive after its steps shrank
+    rules = VerdictRules(agree=2, split=2, window=5, settle=2)
+    seq = vc.replay(runs[0], rules)
+    assert seq == ["in-regime", "alpha-too-small", "alpha-too-small", "alpha-too-small"]
+    assert vc.first_right(runs[0], seq, "alpha-too-small", 63) == 24
+    # the early spike decides at once; the k* = 0 probes (a significant collapse) keep it
     assert vc.replay(runs[2], rules) == ["too-aggressive"] * 4
     # before any probe of a budget the run shows in-regime; after, the last verdict
-    assert vc.verdict_at(runs[0], vc.replay(runs[0], rules), 12) == "in-regime"
-    assert vc.verdict_at(runs[0], vc.replay(runs[0], rules), 63) == "alpha-too-small"
+    assert vc.verdict_at(runs[0], seq, 12) == "in-regime"
+    assert vc.verdict_at(runs[0], seq, 63) == "alpha-too-small"
     s = vc.score(runs, "t", rules, margin=0.02)
     assert s["alpha-too-small"]["tpr"] == 1.0 and s["too-aggressive"]["tpr"] == 1.0
     flips = {(f["alpha"], f["lr"]): f["changes"] for f in s["flips"]["per_run"]}
-    # alternating 64 / 0 with agree 2 and split 2: 2 larger after 3 probes, then 2 + 2 (uncertain) for good
-    assert vc.replay(runs[3], rules) == ["in-regime"] * 2 + ["alpha-too-small"] + ["uncertain"] * 7
+    # alternating 8 / 0: one larger after one probe is too few; then 2 larger and 2 collapse: uncertain for good
+    assert vc.replay(runs[3], rules) == ["in-regime", "in-regime", "alpha-too-small"] + ["uncertain"] * 7
     assert flips[(100.0, 1e-3)] == 2
     assert flips[(100.0, 1e-4)] == 0 and s["near_best_called_too_aggressive"] == 0
