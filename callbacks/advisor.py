@@ -234,7 +234,8 @@ class AlphaRegimeAdvisor(CallbackBase):
 
     def thresholds(self) -> dict[str, float]:
         """The levels this advisor's verdict compares against (its ``rules``), as charts draw them."""
-        return {"step_gap_too_small": GAP_TOO_SMALL, "step_gap_too_aggressive": GAP_TOO_AGGRESSIVE,
+        return {"k_star_too_small": self.rules.k_too_small, "k_star_too_aggressive": self.rules.k_too_aggressive,
+                "step_gap_too_small": GAP_TOO_SMALL, "step_gap_too_aggressive": GAP_TOO_AGGRESSIVE,
                 "step_size_high": self.rules.step_size_high}
 
     @property
@@ -351,6 +352,8 @@ class AlphaRegimeAdvisor(CallbackBase):
             metrics.update({threshold_tag(k): v for k, v in self.thresholds().items() if k.startswith("step_gap")})
             recent = [p["step_gap"] for p in self.probes[-self.window:] if not math.isnan(p["step_gap"])]
             metrics[summary_tag("step_gap_median")] = statistics.median(recent)
+        if "k_star" in record:  # the band k* is drawn against, at k*'s own steps
+            metrics.update({threshold_tag(k): v for k, v in self.thresholds().items() if k.startswith("k_star")})
         for k in ("gap_gain", "gap_z", "k_star", "scale_gain_z", "scale_help_z"):
             if record.get(k) is not None and math.isfinite(record[k]):  # a z is inf when every unit agrees exactly
                 metrics[summary_tag(k)] = record[k]

@@ -33,7 +33,7 @@ MODEL_METRICS: dict[str, int] = {"alpha": 6, "alpha_verdict": 6, "step_gap": 5, 
                                  "step_gap_median": 6, "gap_z": 5, "gap_gain": 5, "skipped_steps": 0}
 # The levels the verdict and the collapse evidence compare against (signaldrift.regime), logged as constant
 # series so that charts can draw them next to the values: signaldrift/thresholds/<name>.
-THRESHOLDS = ("step_gap_too_small", "step_gap_too_aggressive", "step_size_high")
+THRESHOLDS = ("k_star_too_small", "k_star_too_aggressive", "step_gap_too_small", "step_gap_too_aggressive", "step_size_high")
 # The alpha finder's trials when a run chose its alpha with them (``signaldrift train --alpha auto``): a
 # TensorBoard run of their own in the run's folder FINDER_RUN (their steps are the grid's indices, not
 # training steps), read back by the report. Held-out loss and alpha by grid index; at step 0 the best alpha

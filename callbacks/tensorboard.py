@@ -38,11 +38,11 @@ def dashboard_layout(*, advisor: bool = True, full_grad: bool = True,
 
     Custom Scalars colours a chart's lines by run (so that runs compare), never by tag: each chart is
     a margin chart of one series (raw values, no smoothing), the value as a line and a band: the
-    median over layers shaded up to the max, step_gap against the verdict's in-regime band (its two
-    thresholds), and in the details step_gap between its quartiles over the probe set.
+    median over layers shaded up to the max, k* against the verdict's in-regime band (its two
+    thresholds), and in the details step_gap against its band and between its quartiles.
 
     Args:
-        advisor: an AlphaRegimeAdvisor logs alpha, the verdict, step_gap and the thresholds.
+        advisor: an AlphaRegimeAdvisor logs alpha, the verdict, k*, step_gap and the thresholds.
         full_grad: spectral suppression and gain are measured (full-gradient steps).
         extra: more charts for the first category, ``title -> [tag pattern, ...]`` (a multiline
             chart; TensorBoard draws these before the margin charts) or ``title -> ["Margin", [[value,
@@ -58,9 +58,9 @@ def dashboard_layout(*, advisor: bool = True, full_grad: bool = True,
         first["verdict: -1 alpha too small, 0 in regime, 0.5 uncertain, 1 too aggressive"] = _margin(
             _line(summary_tag("alpha_verdict")))
         first["alpha (median over layers)"] = _margin(_line(summary_tag("alpha")))
-        first["step_gap of each probe (line) against the in-regime band (shaded): a significant probe at or above "
-              "the band says alpha looks too small, below it that the step overshoots"] = _margin(
-            [summary_tag("step_gap"), threshold_tag("step_gap_too_aggressive"), threshold_tag("step_gap_too_small")])
+        first["k* of each probe (line) against the in-regime band (shaded): the loss is lowest with the run's update "
+              "stretched k* times; a significant k* at or above the band says alpha looks too small, below it collapse"] = _margin(
+            [summary_tag("k_star"), threshold_tag("k_star_too_aggressive"), threshold_tag("k_star_too_small")])
     first["drift_ratio: median over layers, shaded up to the max"] = _margin(_median_max("drift_ratio"))
     # Titles are the same for every run: TensorBoard merges the layouts of a logdir's runs chart by chart.
     first["step_size: median over layers, shaded up to the max (the advisor calls a run too aggressive once the "
@@ -70,6 +70,12 @@ def dashboard_layout(*, advisor: bool = True, full_grad: bool = True,
         first[chart] = list(spec) if spec and spec[0] in ("Margin", "Multiline") else ["Multiline", list(spec)]
     details: dict[str, list] = {}
     if advisor:
+        details["step_gap of each probe (line) against its band (shaded); it does not vote in rules v3"] = _margin(
+            [summary_tag("step_gap"), threshold_tag("step_gap_too_aggressive"), threshold_tag("step_gap_too_small")])
+        details["scale_gain_z (each probe): how clearly the examples agree that k* beats k = 1"] = _margin(
+            _line(summary_tag("scale_gain_z")))
+        details["scale_help_z (each probe): how clearly the update beats no update (negative: it made things worse)"] = _margin(
+            _line(summary_tag("scale_help_z")))
         details["step_gap of each probe, shaded between its quartiles over the probe set's examples (the "
                 "whole-model gap, from their mean loss, need not lie between them)"] = _margin(
             [summary_tag("step_gap"), summary_tag("step_gap_lo"), summary_tag("step_gap_hi")])

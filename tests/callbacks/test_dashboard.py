@@ -84,11 +84,14 @@ def test_every_layout_pattern_matches_a_logged_tag_and_charts_one_quantity(run):
     first = layout["Signal-Drift"]
     # the caller's multiline chart first (TensorBoard draws multiline charts first), then ours in order
     assert [t.split(":")[0].split(" ")[0] for t in first] == [
-        "train", "verdict", "alpha", "step_gap", "drift_ratio", "step_size"]
-    gap = next(c for t, c in first.items() if t.startswith("step_gap"))  # against the in-regime band
+        "train", "verdict", "alpha", "k*", "drift_ratio", "step_size"]
+    k = next(c for t, c in first.items() if t.startswith("k*"))  # against the verdict's in-regime band
+    assert k == ("Margin", [(summary_tag("k_star"), threshold_tag("k_star_too_aggressive"), threshold_tag("k_star_too_small"))])
+    details = layout["Signal-Drift details"]
+    gap = next(c for t, c in details.items() if t.startswith("step_gap of each probe (line)"))  # no longer votes
     assert gap == ("Margin", [(summary_tag("step_gap"), threshold_tag("step_gap_too_aggressive"),
                                threshold_tag("step_gap_too_small"))])
-    spread = next(c for t, c in layout["Signal-Drift details"].items() if t.startswith("step_gap of each probe"))
+    spread = next(c for t, c in details.items() if t.startswith("step_gap of each probe, shaded"))
     assert spread == ("Margin", [(summary_tag("step_gap"), summary_tag("step_gap_lo"), summary_tag("step_gap_hi"))])
     size = next(t for t in first if t.startswith("step_size"))
     assert threshold_tag("step_size_high") in size  # the advisor's collapse level, named (the same for every run)
@@ -146,6 +149,11 @@ def test_the_summary_is_small_sorts_first_and_holds_alpha_and_the_verdict(run):
     assert sorted(scalars[threshold_tag("step_gap_too_small")]) == probes
     assert sorted(scalars[threshold_tag("step_gap_too_aggressive")]) == probes
     assert sorted(scalars[threshold_tag("step_size_high")]) == list(range(STEPS))
+    # k* and its band (the advisor's rules) at the probes
+    assert sorted(scalars["Summary/k_star"]) == probes
+    assert scalars["Summary/k_star"][probes[0]] == pytest.approx(advisor.probes[0]["k_star"], rel=1e-6)
+    for name, value in (("k_star_too_small", advisor.rules.k_too_small), ("k_star_too_aggressive", advisor.rules.k_too_aggressive)):
+        assert sorted(scalars[threshold_tag(name)]) == probes and set(scalars[threshold_tag(name)].values()) == {value}
     median = statistics.median([advisor.probes[0]["step_gap"], advisor.probes[1]["step_gap"]])
     assert scalars["Summary/step_gap_median"][4] == pytest.approx(median, rel=1e-5)
 
