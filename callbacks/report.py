@@ -241,7 +241,7 @@ def format_report(record: RunRecord, window: int = 10, recorded_verdict: str | N
         lines.append(f"{r['layer']:<{width}}  " + "  ".join(f"{c:>20}" for c in cells))
     model_rows = []
     series = measured(record)
-    for m in REPORT_METRICS + ("step_gap", "gap_gain"):
+    for m in REPORT_METRICS + ("k_star", "step_gap", "gap_gain"):
         v = _recent(series.get(TagKey(m), {}), window)
         if v is not None:
             model_rows.append(f"  {m:<22}{v:.4g}")
@@ -370,6 +370,24 @@ def write_report_png(record: RunRecord, path: str | Path, window: int = 10) -> P
     return path
 
 
+def _k_star_panel(ax, kstar: dict, too_small: float, too_aggressive: float) -> None:
+    """k* of each probe against the verdict's in-regime band (docs/metrics.md §7, §6)."""
+    ax.axhspan(too_aggressive, too_small, color="tab:green", alpha=0.12,
+               label=f"in-regime band [{too_aggressive:g}, {too_small:g})")
+    ax.axhline(too_small, color="tab:blue", ls="--", lw=1, label=f"alpha too small at or above {too_small:g} (significant probes)")
+    ax.axhline(too_aggressive, color="tab:red", ls="--", lw=1, label=f"collapse below {too_aggressive:g} (significant probes)")
+    _plot_series(ax, kstar, marker="o", ls="", color="black", label="k* of each probe (whole model)")
+    top = max([*kstar.values(), too_small * 1.35]) * 1.1
+    if top > 8:  # k* of 16 would squash the band flat: log above 1
+        ax.set_yscale("symlog", linthresh=1, linscale=1)
+        ax.set_ylim(-0.05, top * 1.5)
+    else:
+        ax.set_ylim(-0.04 * top, top)
+    ax.set_ylabel("k* (the run's update stretched)", fontsize=9)
+    ax.set_title("k*: where along the run's own update the loss is lowest", fontsize=10)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
+
+
 def report_figure(record: RunRecord, window: int = 10):
     """A one-page figure answering "is my alpha right?": the verdict, alpha and the suggestion in the title;
     step_gap with the verdict's thresholds; the verdict over time; drift_ratio and step_size with the
@@ -402,36 +420,41 @@ def report_figure(record: RunRecord, window: int = 10):
         ax.grid(True, alpha=0.3)
         ax.set_xlabel("optimizer step", fontsize=9)
 
-    ax = axes[0]  # step_gap and the verdict's thresholds
-    gap = by_key.get(TagKey("step_gap"), {})
-    ax.axhspan(too_aggressive, too_small, color="tab:green", alpha=0.12,
-               label=f"in-regime band [{too_aggressive:g}, {too_small:g})")
-    ax.axhline(too_small, color="tab:blue", ls="--", lw=1, label=f"alpha too small at or above {too_small:g} (significant probes)")
-    ax.axhline(too_aggressive, color="tab:red", ls="--", lw=1,
-               label=f"too aggressive below {too_aggressive:g} (significant probes)")
-    if gap:
-        lo, hi = by_key.get(TagKey("step_gap_lo"), {}), by_key.get(TagKey("step_gap_hi"), {})
-        both = sorted(set(lo) & set(hi) & set(gap))
-        if both:
-            ax.vlines(both, [lo[s] for s in both], [hi[s] for s in both], color="grey", lw=2, alpha=0.6,
-                      label="spread over the probe set (quartiles)")
-            for q in (lo, hi):  # caps: a spread with equal quartiles is still seen
-                ax.plot(both, [q[s] for s in both], ls="", marker="_", markersize=10, color="grey", alpha=0.8)
-        _plot_series(ax, gap, marker="o", ls="", color="black", label="step_gap of each probe (whole model)")
-        median = by_key.get(TagKey("step_gap_median"), {})
-        if median:
-            _plot_series(ax, median, color="black", lw=1.5, label="median of the verdict's window")
-        top = max([*gap.values(), *(lo[s] for s in both), *(hi[s] for s in both), too_small * 1.35]) * 1.1
-        if top > 8:  # a gap of 16 or 64 would squash the band and its thresholds flat: log above 1
-            ax.set_yscale("symlog", linthresh=1, linscale=1)
-            ax.set_ylim(-0.05, top * 1.5)
+    ax = axes[0]  # k* (rules v3; runs before it: step_gap) and the verdict's thresholds
+    kstar = by_key.get(TagKey("k_star"), {})
+    if kstar:
+        _k_star_panel(ax, kstar, level("k_star_too_small", regime.K_TOO_SMALL),
+                      level("k_star_too_aggressive", regime.K_TOO_AGGRESSIVE))
+    gap = {} if kstar else by_key.get(TagKey("step_gap"), {})
+    if not kstar:
+        ax.axhspan(too_aggressive, too_small, color="tab:green", alpha=0.12,
+                   label=f"in-regime band [{too_aggressive:g}, {too_small:g})")
+        ax.axhline(too_small, color="tab:blue", ls="--", lw=1, label=f"alpha too small at or above {too_small:g} (significant probes)")
+        ax.axhline(too_aggressive, color="tab:red", ls="--", lw=1,
+                   label=f"too aggressive below {too_aggressive:g} (significant probes)")
+        if gap:
+            lo, hi = by_key.get(TagKey("step_gap_lo"), {}), by_key.get(TagKey("step_gap_hi"), {})
+            both = sorted(set(lo) & set(hi) & set(gap))
+            if both:
+                ax.vlines(both, [lo[s] for s in both], [hi[s] for s in both], color="grey", lw=2, alpha=0.6,
+                          label="spread over the probe set (quartiles)")
+                for q in (lo, hi):  # caps: a spread with equal quartiles is still seen
+                    ax.plot(both, [q[s] for s in both], ls="", marker="_", markersize=10, color="grey", alpha=0.8)
+            _plot_series(ax, gap, marker="o", ls="", color="black", label="step_gap of each probe (whole model)")
+            median = by_key.get(TagKey("step_gap_median"), {})
+            if median:
+                _plot_series(ax, median, color="black", lw=1.5, label="median of the verdict's window")
+            top = max([*gap.values(), *(lo[s] for s in both), *(hi[s] for s in both), too_small * 1.35]) * 1.1
+            if top > 8:  # a gap of 16 or 64 would squash the band and its thresholds flat: log above 1
+                ax.set_yscale("symlog", linthresh=1, linscale=1)
+                ax.set_ylim(-0.05, top * 1.5)
+            else:
+                ax.set_ylim(-0.04 * top, top)  # a probe at 0 (the loss lowest where the step started) stays visible
         else:
-            ax.set_ylim(-0.04 * top, top)  # a probe at 0 (the loss lowest where the step started) stays visible
-    else:
-        _empty(ax, "step_gap probe")
-    ax.set_ylabel("step_gap (best multiple of the step)", fontsize=9)
-    ax.set_title("step_gap: where along the step the loss is lowest", fontsize=10)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)  # below: never over a probe
+            _empty(ax, "step_gap probe")
+        ax.set_ylabel("step_gap (best multiple of the step)", fontsize=9)
+        ax.set_title("step_gap: where along the step the loss is lowest", fontsize=10)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)  # below: never over a probe
 
     ax = axes[1]  # the verdict over time
     codes = by_key.get(TagKey("alpha_verdict"), {})

@@ -644,8 +644,8 @@ def _build(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
     return _Run(dm, module, trainer, monitor, advisor, guard, checkpoint_io, finder)
 
 
-PROBE_FIELDS = ("step", "step_gap", "step_gap_lo", "step_gap_hi", "gap_z", "gap_gain", "drift_ratio", "step_size",
-                "step_size_peak", "verdict")
+PROBE_FIELDS = ("step", "k_star", "scale_gain_z", "scale_help_z", "scale_ks", "scale_losses", "step_gap", "step_gap_lo",
+                "step_gap_hi", "gap_z", "gap_gain", "drift_ratio", "step_size", "step_size_max", "step_size_peak", "verdict")
 AUTO_TRIAL_STEPS = 16  # find-alpha's default trial length (benchmarks/results/alpha_finder.md)
 
 
@@ -967,6 +967,9 @@ def _floats(d: dict) -> dict:
 
 
 def _last_probe(p: dict) -> str:
+    if p.get("k_star") is not None:
+        z = "n/a" if p.get("scale_gain_z") is None else f"{p['scale_gain_z']:.3g}"
+        return f"{p['k_star']:.3g} (last probe, z {z}: the loss is lowest with the update stretched this much)"
     spread = ""
     if p.get("step_gap_lo") is not None and p.get("step_gap_hi") is not None:
         spread = f", quartiles over the probe set [{p['step_gap_lo']:.3g}, {p['step_gap_hi']:.3g}]"
@@ -1000,7 +1003,7 @@ def _summary(record, monitor, advisor, run_dir: Path, dm) -> str:
         ("step_size", recent("step_size")),
         ("grad_alignment", recent("grad_alignment")),
         ("spectral_suppression", recent("spectral_suppression")),
-        ("step_gap", "n/a" if not advisor.probes else _last_probe(advisor.probes[-1])),
+        ("k*", "n/a" if not advisor.probes else _last_probe(advisor.probes[-1])),
         ("verdict", "none (no probe ran)" if v is None else v.verdict),
         ("evidence", "" if v is None else v.evidence),
         ("suggestion", "" if v is None else v.suggestion),
@@ -1106,7 +1109,9 @@ def _recorded_verdict(info: dict) -> str | None:
     probes = info.get("probes")
     if isinstance(probes, list):
         for p in probes:
-            if isinstance(p, dict) and _is_number(p.get("step")) and _is_number(p.get("step_gap")):
+            if isinstance(p, dict) and _is_number(p.get("step")) and _is_number(p.get("k_star")):
+                lines.append(f"probe at step {p['step']:g}: k* {p['k_star']:.3g}, verdict {p.get('verdict')}")
+            elif isinstance(p, dict) and _is_number(p.get("step")) and _is_number(p.get("step_gap")):
                 lines.append(f"probe at step {p['step']:g}: step_gap {p['step_gap']:.3g}, verdict {p.get('verdict')}")
     return "\n".join(lines)
 
