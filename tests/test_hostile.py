@@ -105,13 +105,30 @@ def test_section_5(losses, taus):
 
 @SETTINGS
 @given(alpha=ODD_FLOATS, rank=ODD_FLOATS, scale=ODD_FLOATS,
-       gaps=st.one_of(st.none(), st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=4)),
+       k_stars=st.one_of(st.none(), st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=4)),
+       zs=st.one_of(st.none(), st.lists(st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)), max_size=4)),
        drifts=st.one_of(st.none(), st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=4)))
-def test_section_6(alpha, rank, scale, gaps, drifts):
-    v = _answers_or_value_error(sd.regime_verdict, alpha, rank, scale, gaps, drifts)
+def test_section_6(alpha, rank, scale, k_stars, zs, drifts):
+    v = _answers_or_value_error(sd.regime_verdict, alpha, rank, scale, k_stars, gain_zs=zs, help_zs=zs,
+                                drift_ratios=drifts, step_sizes=drifts)
     if v is not None:
         assert v.verdict in sd.regime.VERDICTS
     _answers_or_value_error(sd.recommended_alpha, rank)
+
+
+@SETTINGS
+@given(losses=st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True),
+                                 st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=3)),
+                       min_size=1, max_size=6),
+       ks=st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.booleans(), st.text(max_size=2)),
+                   min_size=0, max_size=6))
+def test_section_7(losses, ks):
+    p = torch.ones(3)
+    it = iter(losses * 10)
+    probe = _answers_or_value_error(sd.scale_probe, lambda: next(it), [p], ks)
+    if probe is not None:
+        assert probe.k_star != probe.k_star or probe.k_star >= 0
+    assert torch.equal(p, torch.ones(3))  # restored whatever happened
 
 
 def _state(model):
