@@ -23,6 +23,7 @@ from lora_alpha.train.runs import (
     RunDir,
     check_not_running,
     check_output_dir,
+    check_replaceable,
     check_run_name,
     default_run_name,
     live_status,
@@ -576,6 +577,8 @@ def _checked_train(args, given: set[str], stop: StopSignals) -> int:
         raise UsageError(f"run directory {run_dir} exists; pass another --name, --overwrite, or --resume")
     elif run_dir.exists():
         check_not_running(run_dir)
+        check_replaceable(run_dir, {"--model": args.model, "--data": args.data, "--val-data": args.val_data,
+                                    "--test-data": getattr(args, "test_data", None)})
     return _train(args, name, output, run_dir, last_ckpt, record if args.resume else None, stop)
 
 

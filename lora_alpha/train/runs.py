@@ -187,6 +187,26 @@ def check_not_running(run_dir: Path) -> None:
                      "folder: stop that process first, or pass another --name")
 
 
+def check_replaceable(run_dir: Path, inputs: dict[str, str | None]) -> None:
+    """``--overwrite`` replaces a run and nothing else: a folder without ``run.json`` (or a file) is the user's,
+    and a file the new run reads (``inputs``: flag -> path) must not lie inside the folder it replaces."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"{run_dir} is a file, not a run folder; --overwrite replaces only a run folder: "
+                         "pass another --name")
+    if not (run_dir / RECORD_NAME).is_file() and any(run_dir.iterdir()):
+        raise UsageError(f"{run_dir} holds no {RECORD_NAME}: it is not a run folder, so --overwrite will not "
+                         "replace it (nothing was touched); pass another --name, or move the folder away")
+    inside = run_dir.resolve()
+    for flag, value in inputs.items():
+        if value is None or not Path(value).exists():
+            continue
+        where = Path(value).resolve()
+        if where == inside or inside in where.parents:
+            raise UsageError(f"{flag} {value!r} lies inside {run_dir}, the run folder --overwrite would replace "
+                             "(it would be deleted with it); move it out first, or pass another --name")
+
+
 def live_status(record: dict[str, Any]) -> str:
     """The recorded status, except that ``running`` whose process is gone on this host reads ``stale``."""
     status = record.get("status")

@@ -160,6 +160,32 @@ def test_overwrite_of_a_run_still_training_is_refused_unless_its_process_is_dead
     check_not_running(out / "busy")  # its process is gone (stale): an overwrite may replace it
 
 
+def test_overwrite_replaces_only_a_run_and_never_an_input_inside_it(workspace, tmp_path):
+    """A folder without run.json (a user's thesis.txt in it) and a --data file inside the old run used to be
+    deleted by --overwrite (the second after the run had read it)."""
+    out = tmp_path / "runs"
+    (out / "notes").mkdir(parents=True)
+    (out / "notes" / "thesis.txt").write_text("four years of work")
+    _old_run(out / "old")
+    (out / "old" / "mine.csv").write_bytes((workspace / "d.csv").read_bytes())
+    (out / "afile").write_text("not a folder")
+    before = tree_state(out)
+    data_inside = _args(workspace, "--overwrite", output=out, name="old")
+    data_inside[data_inside.index("--data") + 1] = str(out / "old" / "mine.csv")
+    val_inside = _args(workspace, "--overwrite", "--val-data", str(out / "old" / "mine.csv"), output=out, name="old")
+    results = run_cli_many([_args(workspace, "--overwrite", output=out, name="notes"), data_inside, val_inside,
+                            _args(workspace, "--overwrite", output=out, name="afile")], cwd=tmp_path)
+    _each([("no run.json", f"{out / 'notes'} holds no run.json: it is not a run folder"),
+           ("--data inside", f"--data {str(out / 'old' / 'mine.csv')!r} lies inside {out / 'old'}"),
+           ("--val-data inside", f"--val-data {str(out / 'old' / 'mine.csv')!r} lies inside {out / 'old'}"),
+           ("a file", f"{out / 'afile'} is a file, not a run folder")], results)
+    assert tree_state(out) == before
+    # an empty folder holds nothing to lose: it may be replaced
+    (out / "empty").mkdir()
+    (code, err), = run_cli_many([_args(workspace, "--overwrite", output=out, name="empty")], cwd=tmp_path)
+    assert code == 0 and (out / "empty" / "run.json").is_file(), err[-2000:]
+
+
 def test_a_name_that_is_a_symlink_out_of_output_is_refused(workspace, tmp_path):
     """The checkpoint used to be written into the link's target, outside --output."""
     out = tmp_path / "runs"
