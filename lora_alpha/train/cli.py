@@ -298,6 +298,9 @@ def _check_args(args, given: set[str] = frozenset()) -> None:
         raise UsageError(f"--max-steps must be > 0 (or -1 to train --epochs), got {args.max_steps}")
     _check_positive(args, ("lr", "head_lr", "weight_decay", "checkpoint_every", "warmup_steps", "val_every"), inclusive=True)
     _check_positive(args, ("val_batches",))
+    if args.max_steps > 0 and args.warmup_steps >= args.max_steps:
+        raise UsageError(f"--warmup-steps {args.warmup_steps} is not below --max-steps {args.max_steps}: the learning "
+                         "rate would never reach --lr; pass fewer warmup steps")
     if args.alpha == "auto" and args.max_steps == -1:
         raise UsageError("--alpha auto needs --max-steps (the finder scales its trials to the planned run's length)")
     if args.alpha == "auto" and str(getattr(args, "devices", "auto")) not in ("1", "auto"):

@@ -64,16 +64,17 @@ def load_hf_model(name_or_path: str, task: str, num_labels: int = 2) -> nn.Modul
         raise UsageError(f"cannot load model {name_or_path!r} for {task}: {first}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
-    check_loaded(name_or_path, model, info)
+    check_loaded(name_or_path, model, info, new_head=task == "sequence-classification")
     return model
 
 
-def check_loaded(name_or_path: str, model: nn.Module, info: dict) -> None:
+def check_loaded(name_or_path: str, model: nn.Module, info: dict, new_head: bool = True) -> None:
     """Refuse a model whose weights file lacks pretrained parameters: only the new head (the classifier that
-    sequence classification adds) may start from random values.
+    sequence classification adds, ``new_head``) may start from random values.
 
     The pretrained body is every parameter under the model's ``base_model_prefix`` (``bert.``, ``model.``,
-    ``transformer.``); a missing one would train from random initialization without a word.
+    ``transformer.``); a missing one would train from random initialization without a word. A causal LM adds
+    no head: a missing LM head means the checkpoint is not a causal language model (an encoder such as BERT).
     """
     missing = set(info.get("missing_keys") or ())
     prefix = getattr(model, "base_model_prefix", "") or ""
@@ -87,6 +88,12 @@ def check_loaded(name_or_path: str, model: nn.Module, info: dict) -> None:
         raise UsageError(f"model {name_or_path!r}: its weights lack {len(lost)} of the model's {len(body)} "
                          f"pretrained parameters (e.g. {', '.join(lost[:2])}); they would train from random values. "
                          "Pass a folder whose weights file matches its config.json")
+    head = sorted(missing - body) if not new_head else []
+    if head:
+        raise UsageError(f"model {name_or_path!r} has no pretrained language-model head ({len(head)} parameters "
+                         f"missing, e.g. {', '.join(head[:2])}): it is not a causal language model (an encoder "
+                         "such as BERT?); --task causal-lm needs one (GPT-2, Llama, ...), or use "
+                         "--task sequence-classification")
 
 
 class LoRAAlphaModule(LightningModule):

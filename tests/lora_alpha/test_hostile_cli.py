@@ -186,6 +186,23 @@ def test_overwrite_replaces_only_a_run_and_never_an_input_inside_it(workspace, t
     assert code == 0 and (out / "empty" / "run.json").is_file(), err[-2000:]
 
 
+def test_causal_lm_on_an_encoder_without_an_lm_head_is_refused(workspace, tmp_path):
+    """--task causal-lm on a BERT checkpoint used to train a random LM head on a bidirectional encoder."""
+    out = tmp_path / "runs"
+    (code, err), = run_cli_many([_args(workspace, "--task", "causal-lm", output=out, name="lm")], cwd=tmp_path)
+    _one_line(code, err, f"model {str(workspace / 'bert')!r} has no pretrained language-model head")
+    assert not (out / "lm").exists()
+
+
+def test_warmup_that_outlasts_the_run_is_refused(workspace, tmp_path):
+    """--warmup-steps 1000 with --max-steps 2 used to train at a thousandth of --lr without a word."""
+    out = tmp_path / "runs"
+    results = run_cli_many([_args(workspace, "--warmup-steps", "2", output=out, name="w"),
+                            _args(workspace, "--warmup-steps", "1", output=out, name="ok")], cwd=tmp_path)
+    _one_line(*results[0], "--warmup-steps 2 is not below --max-steps 2")
+    assert results[1][0] == 0 and not (out / "w").exists(), results[1][1][-2000:]
+
+
 def test_a_name_that_is_a_symlink_out_of_output_is_refused(workspace, tmp_path):
     """The checkpoint used to be written into the link's target, outside --output."""
     out = tmp_path / "runs"
