@@ -310,6 +310,11 @@ def read_records(path: str | os.PathLike, columns: Sequence[str]) -> Records:
     else:
         reader = csv.DictReader(io.StringIO(text, newline=""))
         try:
+            header = reader.fieldnames or []
+            twice = sorted({c for c in header if header.count(c) > 1})
+            if twice:  # DictReader keeps the last of equal names: the first column would be dropped unseen
+                raise UsageError(f"{path}: the header names column(s) {twice} more than once; rename them so that "
+                                 "each column has its own name")
             for row in reader:
                 if None in row:  # csv puts fields beyond the header under the key None
                     raise UsageError(f"{path}:{reader.line_num} has more fields than the header's "

@@ -91,6 +91,7 @@ def test_causal_lm_masks_the_prompt(tmp_path):
 
 @pytest.mark.parametrize("content, match", [
     ('text,label\n"a, b",1\nc, d,0\n', r"d.csv:3 has more fields than the header's 2"),
+    ('text,label,text\ngood,1,\nbad,0,\n', r"d.csv: the header names column\(s\) \['text'\] more than once"),
     ('text,label\nhi,1\n"x' + "x" * 200_000 + '",1\ny,0\n', r"d.csv is not valid CSV after line \d+ \(field larger than field limit"),
 ])
 def test_malformed_csv_lines_name_the_line(tmp_path, content, match):
