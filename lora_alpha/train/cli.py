@@ -25,6 +25,8 @@ from lora_alpha.train.runs import (
     check_output_dir,
     check_replaceable,
     check_run_name,
+    check_same_data,
+    data_digests,
     default_run_name,
     live_status,
     new_record,
@@ -568,6 +570,7 @@ def _checked_train(args, given: set[str], stop: StopSignals) -> int:
         _check_inside(Path(args.output) / args.name, Path(args.output), args.name)  # before its run.json is read
         record = read_record(Path(args.output) / args.name)
         args = _resume_args(args, given, record)
+        check_same_data(record, vars(args))
     _check_args(args, given)
     name = check_run_name(args.name) if args.name is not None else default_run_name()
     output = check_output_dir(args.output)
@@ -700,6 +703,7 @@ def _train(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
             check_not_running(run_dir)  # again: a run may have started there while this one was being built
         target = RunDir.create(output, name, args.overwrite)
         record = new_record(name, _config(args), str(module.lora_summary))
+        record["data_sha256"] = data_digests(record["config"])
         if run.finder is not None:
             record["alpha_finder"] = run.finder.as_dict()
     start = time.time()

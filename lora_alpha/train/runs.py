@@ -10,6 +10,7 @@ Guarantees (README, "What happens when things go wrong"):
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -205,6 +206,37 @@ def check_replaceable(run_dir: Path, inputs: dict[str, str | None]) -> None:
         if where == inside or inside in where.parents:
             raise UsageError(f"{flag} {value!r} lies inside {run_dir}, the run folder --overwrite would replace "
                              "(it would be deleted with it); move it out first, or pass another --name")
+
+
+DATA_FLAGS = ("data", "val_data", "test_data")
+
+
+def data_digests(config: dict[str, Any]) -> dict[str, str]:
+    """sha256 of each data file the run reads (the embedded default is not a path), so a resume can check them."""
+    out = {}
+    for key in DATA_FLAGS:
+        value = config.get(key)
+        if isinstance(value, str) and Path(value).is_file():
+            digest = hashlib.sha256()
+            with open(value, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            out[key] = digest.hexdigest()
+    return out
+
+
+def check_same_data(record: dict[str, Any], config: dict[str, Any]) -> None:
+    """A resume reads the files the run started with: one that changed (or went) is refused by its flag."""
+    recorded = record.get("data_sha256")
+    if not isinstance(recorded, dict):
+        return  # a record from before the digests
+    now = data_digests(config)
+    for key, digest in recorded.items():
+        if key in DATA_FLAGS and now.get(key) != digest:
+            flag = "--" + key.replace("_", "-")
+            raise UsageError(f"{flag} {config.get(key)!r} is not the file the run started with (its sha256 changed, "
+                             "or it is gone); --resume would continue on other data: restore the file, or start "
+                             "a new run")
 
 
 def live_status(record: dict[str, Any]) -> str:

@@ -203,6 +203,30 @@ def test_warmup_that_outlasts_the_run_is_refused(workspace, tmp_path):
     assert results[1][0] == 0 and not (out / "w").exists(), results[1][1][-2000:]
 
 
+def test_resume_refuses_data_that_changed_since_the_run_started(workspace, tmp_path):
+    """Editing --data between an interrupt and --resume used to continue silently on the other data."""
+    import hashlib
+
+    out = tmp_path / "runs"
+    data = tmp_path / "mine.csv"
+    data.write_bytes((workspace / "d.csv").read_bytes())
+    args = _args(workspace, output=out, name="r")
+    args[args.index("--data") + 1] = str(data)
+    (code, err), = run_cli_many([args], cwd=tmp_path)
+    assert code == 0, err[-2000:]
+    record = json.loads((out / "r" / "run.json").read_text())
+    assert record["data_sha256"] == {"data": hashlib.sha256(data.read_bytes()).hexdigest()}
+    assert (out / "r" / "checkpoints" / "last.ckpt").is_file()
+    record["status"] = "interrupted"
+    (out / "r" / "run.json").write_text(json.dumps(record))
+    resume = ["train", "--name", "r", "--output", str(out), "--resume", "--no-progress"]
+    data.write_text(data.read_text().replace("neg", "pos"))
+    before = tree_state(out / "r")
+    (code, err), = run_cli_many([resume], cwd=tmp_path)
+    _one_line(code, err, f"--data {str(data)!r} is not the file the run started with")
+    assert tree_state(out / "r") == before
+
+
 def test_a_name_that_is_a_symlink_out_of_output_is_refused(workspace, tmp_path):
     """The checkpoint used to be written into the link's target, outside --output."""
     out = tmp_path / "runs"
