@@ -53,7 +53,7 @@ RANK, TARGETS, BATCH, MAX_LENGTH, HEAD_LR, GAP_EVERY = 8, ("query", "key", "valu
 LABELS = ("alpha-too-small", "in-regime", "too-aggressive")
 VERDICT_ORDER = ("alpha-too-small", "in-regime", "uncertain", "too-aggressive")
 # Candidate thresholds the fit chooses from (each combination replayed on the fitting task).
-CANDIDATES = {"k_too_small": (1.5, 2.0, 3.0, 4.0), "k_too_aggressive": (0.5, 0.75, 1.0), "z_min": (1.0, 2.0, 3.0),
+CANDIDATES = {"k_too_small": (1.5, 2.0, 3.0, 4.0), "k_too_aggressive": (0.5, 0.75, 1.0), "z_min": (0.0, 0.5, 1.0, 2.0, 3.0),
               "help_z_max": (-1e9, -3.0, -2.0, 0.0), "window": (3, 5), "agree": (2, 3),
               "step_size_high": (0.004, 0.0066, 0.01, math.inf)}
 

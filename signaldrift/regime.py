@@ -19,14 +19,14 @@ from signaldrift.errors import check_int, check_number
 SQRT_LAW_C: float = 270.0
 
 # The verdict's thresholds (docs/metrics.md §6, rules v3); each cites benchmarks/results/verdict_calibration.md.
-K_TOO_SMALL: float = 2.0  # a significant k* at or above this votes "larger"
-K_TOO_AGGRESSIVE: float = 0.75  # a significant k* below this votes "collapse"
-SCALE_Z_MIN: float = 2.0  # k* counts when the units agree it beats k = 1 (gain_z) at least this clearly
+K_TOO_SMALL: float = 1.5  # a significant k* at or above this votes "larger"
+K_TOO_AGGRESSIVE: float = 0.5  # a significant k* below this votes "collapse"
+SCALE_Z_MIN: float = 0.0  # k* counts when its gain over k = 1 (gain_z) is at least this; 0 = any mean gain
 HELP_Z_MAX: float = -2.0  # help_z at or below this (the update made the probe set worse) votes "collapse"
-STEP_SIZE_HIGH: float = 0.0066  # a step-size peak in the window at or above this is collapse evidence
+STEP_SIZE_HIGH: float = 0.0088  # a step-size peak in the window at or above this is collapse evidence
 DRIFT_RATIO_HIGH: float = 0.1  # a guard: no calibration cell came near it (alpha_vs_lr.md)
-VERDICT_WINDOW: int = 5  # probes counted
-VERDICT_AGREE: int = 2  # probes that must agree on a side
+VERDICT_WINDOW: int = 3  # probes counted
+VERDICT_AGREE: int = 3  # probes that must agree on a side
 VERDICT_SPLIT: int = 2  # probes on both sides that make the verdict uncertain
 VERDICT_SETTLE: int = 2  # neutral verdicts (in-regime, uncertain) needed between the two sides
 ALPHA_FLOOR_FRACTION: float = 0.25  # before any probe: alpha below this of c*sqrt(r) is too small (alpha_vs_lr.md)

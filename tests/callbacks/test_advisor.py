@@ -1,6 +1,7 @@
 """AlphaRegimeAdvisor (docs/metrics.md sections 5 and 6, estimator v2) against dense references: the
 direction, the probe set, the losses along the line, the descent search and every number of a probe
 record recomputed from the factors an independent recorder kept."""
+import dataclasses
 import math
 import statistics
 import warnings
@@ -365,13 +366,20 @@ def test_too_small_alpha_warns_once_with_a_suggestion():
     assert advisor.verdict.verdict == "alpha-too-small"
     assert advisor.verdict.suggested_alpha == pytest.approx(0.08)  # round2(0.01 * min(16, 8))
     assert "Alpha regime: alpha-too-small" in advisor.summary()
-    # the default rules need z >= 2: the same run stays in regime and says nothing
-    quiet = AlphaRegimeAdvisor(gap_every=1, window_steps=1)
+    # rules that need z >= 2: the same run stays in regime and says nothing
+    quiet = AlphaRegimeAdvisor(gap_every=1, window_steps=1, rules=dataclasses.replace(rules, z_min=2.0))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         make_trainer(max_steps=4, callbacks=[quiet]).fit(make_module(alpha=0.01, lr=1e-3))
     assert not [w for w in caught if issubclass(w.category, AlphaRegimeWarning)]
     assert quiet.verdict.verdict == "in-regime"
+    # the shipped rules (any mean gain, 3 of the last 3) name it at the third probe
+    shipped = AlphaRegimeAdvisor(gap_every=1, window_steps=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer(max_steps=4, callbacks=[shipped]).fit(make_module(alpha=0.01, lr=1e-3))
+    assert len([w for w in caught if issubclass(w.category, AlphaRegimeWarning)]) == 1
+    assert [p["verdict"] for p in shipped.probes] == ["in-regime", "in-regime", "alpha-too-small"]
 
 
 # ----------------------------------------------------------------- state and resume

@@ -118,7 +118,7 @@ def _two_sig(x):
 
 def test_verdicts():
     """The verdict's rules v3 in one pass (docs/metrics.md §6); thresholds read from the rules."""
-    rules = VerdictRules()
+    rules = VerdictRules(window=5, agree=2)  # the shipped thresholds in a window that can hold a split
     k, big, mid, low = rules.agree, 2 * rules.k_too_small, 1.0, rules.k_too_aggressive / 2
     z, helped = rules.z_min, abs(rules.help_z_max) + 1.0
     r = 16
@@ -128,7 +128,7 @@ def test_verdicts():
     def v_(ks, **kw):
         kw.setdefault("gain_zs", [z] * len(ks))
         kw.setdefault("help_zs", [helped] * len(ks))
-        return regime_verdict(alpha, r, s, ks, **kw)
+        return regime_verdict(alpha, r, s, ks, rules=rules, **kw)
 
     ks = [big * 1.5] * (k - 1) + [big]  # k say larger; the suggestion uses their median
     v = v_(ks, drift_ratios=[0.0] * k)
@@ -149,7 +149,7 @@ def test_verdicts():
     assert v.verdict == "too-aggressive"  # so are large steps
     assert v_([mid], drift_ratios=[0.0]).verdict == "in-regime"
     # not significant: the large k* do not vote
-    v = v_([big] * k, gain_zs=[rules.z_min / 2] * k)
+    v = v_([big] * k, gain_zs=[rules.z_min - 0.5] * k)
     assert v.verdict == "in-regime" and v.votes["in range"] == k
     # both sides: uncertain; and no direct flip from the other side
     assert v_([big] * rules.split + [low] * rules.split).verdict == "uncertain"

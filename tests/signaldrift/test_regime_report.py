@@ -5,9 +5,17 @@ import math
 
 import pytest
 
-from signaldrift import ALPHA_FLOOR_FRACTION, MAX_SUGGESTED_FACTOR, VerdictRules, recommended_alpha, regime_verdict
+from signaldrift import ALPHA_FLOOR_FRACTION, MAX_SUGGESTED_FACTOR, VerdictRules, recommended_alpha
+from signaldrift import regime_verdict as shipped_verdict
 
-RULES = VerdictRules()
+# The rules' logic is tested under the shipped thresholds with a 5-probe window and 2 to agree, a window that
+# can hold a split (the shipped 3 of 3 cannot: 2 + 2 > 3); test_regime_v3.py::test_shipped_counts pins the shipped counts.
+RULES = VerdictRules(window=5, agree=2)
+
+
+def regime_verdict(*args, rules=RULES, **kw):
+    return shipped_verdict(*args, rules=rules, **kw)
+
 K, N, SPLIT, SETTLE = RULES.agree, RULES.window, RULES.split, RULES.settle
 KTS, KTA, Z = RULES.k_too_small, RULES.k_too_aggressive, RULES.z_min
 D, H = RULES.drift_ratio_high, RULES.step_size_high

@@ -4,6 +4,7 @@ Every threshold and count is read from ``VerdictRules()`` and the module's const
 re-calibrated); the expected verdicts, counts and suggestions are worked out here from the docs' definitions
 (a reference implementation of the three stages, written from the docs, is at the top), never by calling the
 code's helpers to make an expectation."""
+import dataclasses
 import math
 import random
 import statistics
@@ -30,11 +31,19 @@ from signaldrift.regime import (
     RegimeVerdict,
     VerdictRules,
     round2,
-    regime_verdict,
     scale_vote,
 )
+from signaldrift.regime import regime_verdict as shipped_verdict
 
-RULES = VerdictRules()
+# The rules' logic is tested under the shipped thresholds with a 5-probe window and 2 to agree, a window that
+# can hold a split (the shipped 3 of 3 cannot: 2 + 2 > 3); test_shipped_counts pins the shipped counts.
+RULES = VerdictRules(window=5, agree=2)
+
+
+def regime_verdict(*args, rules=RULES, **kw):
+    return shipped_verdict(*args, rules=rules, **kw)
+
+
 K, N, SPLIT, SETTLE = RULES.agree, RULES.window, RULES.split, RULES.settle
 R, C = 16, 270.0
 ALPHA = C * math.sqrt(R)  # 1080: on the law, so the square-root prior never decides here
@@ -176,9 +185,11 @@ def test_structure_needed_by_these_tests():
     # The tests place k votes of one side and `split` of the other in one window and need settle >= 1; if the
     # calibrated counts change so that this no longer fits, the tests must be re-planned (not silently pass).
     assert K + SPLIT <= N and SPLIT <= K and K >= 2 and SETTLE >= 1
-    assert RULES == DEFAULT_RULES
-    assert (RULES.k_too_small, RULES.k_too_aggressive, RULES.z_min, RULES.help_z_max, RULES.step_size_high,
-            RULES.drift_ratio_high, RULES.window, RULES.agree, RULES.split, RULES.settle) == (
+    assert RULES == VerdictRules(window=5, agree=2) and RULES != DEFAULT_RULES
+    assert (DEFAULT_RULES.k_too_small, DEFAULT_RULES.k_too_aggressive, DEFAULT_RULES.z_min, DEFAULT_RULES.help_z_max,
+            DEFAULT_RULES.step_size_high,
+            DEFAULT_RULES.drift_ratio_high, DEFAULT_RULES.window, DEFAULT_RULES.agree, DEFAULT_RULES.split,
+            DEFAULT_RULES.settle) == (
         K_TOO_SMALL, K_TOO_AGGRESSIVE, SCALE_Z_MIN, HELP_Z_MAX, STEP_SIZE_HIGH, DRIFT_RATIO_HIGH, VERDICT_WINDOW,
         VERDICT_AGREE, VERDICT_SPLIT, VERDICT_SETTLE)
     assert VERDICTS == ("alpha-too-small", "too-aggressive", "in-regime", "uncertain")
@@ -187,11 +198,25 @@ def test_structure_needed_by_these_tests():
 
 
 def test_docs_worked_example():
-    v = regime_verdict(16, 8, 16 / 8, [8, 8, 1], gain_zs=[3, 3, 0], help_zs=[1, 1, 1])
+    v = shipped_verdict(16, 8, 16 / 8, [8, 8, 4], gain_zs=[3, 3, 1], help_zs=[1, 1, 1])
     assert v.verdict == "alpha-too-small"
-    assert v.votes == {"larger": 2, "collapse": 0, "in range": 1, "NaN": 0}
+    assert v.votes == {"larger": 3, "collapse": 0, "in range": 0, "NaN": 0}
     assert v.suggested_alpha == 130.0
-    assert v.agreeing == 2 and v.k_star == 8.0 and v.held_back is None
+    assert v.agreeing == 3 and v.k_star == 8.0 and v.held_back is None
+
+
+def test_shipped_counts():
+    # Shipped: the last VERDICT_WINDOW probes, VERDICT_AGREE of them agreeing (docs/metrics.md §6).
+    big, low, mid, helped = 2 * K_TOO_SMALL, K_TOO_AGGRESSIVE / 4, 1.0, abs(HELP_Z_MAX) + 3
+    w, k = VERDICT_WINDOW, VERDICT_AGREE
+
+    def v(ks):
+        return shipped_verdict(ALPHA, R, S, ks, gain_zs=[SCALE_Z_MIN] * len(ks), help_zs=[helped] * len(ks)).verdict
+
+    assert v([big] * k) == "alpha-too-small" and v([big] * (k - 1) + [mid]) == "in-regime"
+    assert v([low] * k) == "too-aggressive" and v([low] * (k - 1) + [mid]) == "in-regime"
+    # only the last `w` probes count
+    assert v([big] * k + [mid] * w) == "in-regime" and v([mid] * w + [big] * k) == "alpha-too-small"
 
 
 # ----------------------------------------------------------------- scale_vote: one probe's vote
@@ -251,7 +276,7 @@ def test_vote_none_or_nan(missing):
 
 
 def test_vote_honours_passed_rules():
-    rules = VerdictRules(k_too_small=3.0, k_too_aggressive=0.5, z_min=1.0, help_z_max=-1.0)
+    rules = dataclasses.replace(RULES, k_too_small=3.0, k_too_aggressive=0.5, z_min=1.0, help_z_max=-1.0)
     assert scale_vote(3.0, 1.0, 0.0, rules) == "larger"
     assert scale_vote(below(3.0), 1.0, 0.0, rules) == "in range"
     assert scale_vote(below(0.5), 1.0, 0.0, rules) == "collapse"
@@ -371,7 +396,7 @@ def test_split_comes_first():
 
 
 def test_collapse_comes_before_larger():
-    rules = VerdictRules(split=RULES.window)  # no split with k on each side: the order decides
+    rules = dataclasses.replace(RULES, split=RULES.window)  # no split with k on each side: the order decides
     assert 2 * K <= rules.window
     ks, gz, hz = _split([LARGER] * K + [COLLAPSE] * K)
     v = regime_verdict(ALPHA, R, S, ks, gain_zs=gz, help_zs=hz, c=C, rules=rules)
@@ -482,7 +507,7 @@ def test_settle_neutral_verdicts_both_sides(neutral):
 
 def test_issue_example_too_small_then_two_neutral_then_too_aggressive():
     # the docs' example with settle = 2: previous [too-small, in-regime, in-regime] -> too-aggressive
-    rules = VerdictRules(settle=2)
+    rules = dataclasses.replace(RULES, settle=2)
     ks, gz, hz = _split([COLLAPSE] * K)
     run = lambda prev: regime_verdict(ALPHA, R, S, ks, gain_zs=gz, help_zs=hz, previous=prev, c=C, rules=rules)
     assert run(["alpha-too-small", "in-regime", "in-regime"]).verdict == "too-aggressive"
@@ -504,7 +529,7 @@ def test_only_the_last_side_matters_and_same_side_is_never_held():
 
 
 def test_settle_zero_flips_directly():
-    rules = VerdictRules(settle=0)
+    rules = dataclasses.replace(RULES, settle=0)
     ks, gz, hz = _split([COLLAPSE] * K)
     v = regime_verdict(ALPHA, R, S, ks, gain_zs=gz, help_zs=hz, previous=["alpha-too-small"], c=C, rules=rules)
     assert (v.verdict, v.held_back) == ("too-aggressive", None)
