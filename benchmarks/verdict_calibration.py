@@ -487,8 +487,8 @@ def figure(runs: list[dict], path: Path) -> None:
                     early = [p["k_star"] for p in r["probes"] if p["step"] < BUDGETS[0] and p.get("k_star") is not None]
                     if early:
                         colour, marker = marks[labels[(r["alpha"], r["lr"])]["label"]]
-                        ax.scatter(r["alpha"] * r["lr"], max(statistics.median(early), 0.1), c=colour, marker=marker,
-                                   facecolors="none" if recipe != "head" else colour)
+                        ax.scatter(r["alpha"] * r["lr"], max(statistics.median(early), 0.1), marker=marker,
+                                   edgecolors=colour, facecolors="none" if recipe != "head" else colour)
                         drawn += 1
         if not drawn:
             ax.set_axis_off()
@@ -497,7 +497,7 @@ def figure(runs: list[dict], path: Path) -> None:
             ax.scatter([], [], c=colour, marker=marker, label=f"{lab} at {BUDGETS[0]} steps")
         ax.axhline(regime.K_TOO_SMALL, color="grey", ls="--", lw=0.8)
         ax.set(xscale="log", yscale="log", xlabel="alpha x lr", ylabel=f"median k* before step {BUDGETS[0]}",
-               title=f"{t}: early k* by label (hollow: adapters recipe)")
+               title=f"{t}: early k* by label\n(hollow: adapters recipe)")
         ax.legend(fontsize=8)
     save_figure(fig, path)
 
