@@ -112,6 +112,11 @@ def _loss_value(out: Any) -> float:
     raise TypeError(f"the probe's loss function returned {type(out).__name__}; expected a scalar tensor or a dict with 'loss'")
 
 
+def _escaped(text: str) -> str:
+    """Asterisks escaped for TensorBoard's Markdown ("c*sqrt(r) ... k*" would turn italic)."""
+    return text.replace("*", "\\*")
+
+
 class AlphaRegimeAdvisor(CallbackBase):
     """Probe the optimization gap along the realized LoRA step and judge the alpha regime.
 
@@ -471,7 +476,7 @@ class AlphaRegimeAdvisor(CallbackBase):
 
     def _verdict_text(self) -> str:
         v = self.verdict
-        return f"**{v.verdict}**  \n{v.evidence}  \n{v.suggestion}"
+        return f"**{v.verdict}**  \n{_escaped(v.evidence)}  \n{_escaped(v.suggestion)}"
 
     def summary(self) -> str:
         """A one-screen summary of the probes and the verdict."""

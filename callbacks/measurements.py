@@ -28,9 +28,10 @@ METRICS: dict[str, int] = {
 # Whole-model quantities logged by the advisor (docs/metrics.md sections 5 and 6) and the engine:
 # alpha (median over layers), the verdict as a code (-1 alpha-too-small, 0 in-regime, 0.5 uncertain,
 # 1 too-aggressive), each probe's step_gap with its spread, gap_z and gap_gain, and the median of the
-# probes the verdict counts.
+# probes the verdict counts; each scale probe's k* and its two z values (section 7).
 MODEL_METRICS: dict[str, int] = {"alpha": 6, "alpha_verdict": 6, "step_gap": 5, "step_gap_lo": 5, "step_gap_hi": 5,
-                                 "step_gap_median": 6, "gap_z": 5, "gap_gain": 5, "skipped_steps": 0}
+                                 "step_gap_median": 6, "gap_z": 5, "gap_gain": 5, "skipped_steps": 0,
+                                 "k_star": 7, "scale_gain_z": 7, "scale_help_z": 7}
 # The levels the verdict and the collapse evidence compare against (signaldrift.regime), logged as constant
 # series so that charts can draw them next to the values: signaldrift/thresholds/<name>.
 THRESHOLDS = ("k_star_too_small", "k_star_too_aggressive", "step_gap_too_small", "step_gap_too_aggressive", "step_size_high")

@@ -249,7 +249,7 @@ def format_report(record: RunRecord, window: int = 10, recorded_verdict: str | N
         lines += ["", "Model (median over layers, recent steps)"] + model_rows
     verdict = latest_verdict(record)
     if verdict:
-        text = verdict.replace("**", "").replace("  \n", "\n  ")
+        text = _unmarked(verdict).replace("  \n", "\n  ")
     elif recorded_verdict:
         text = recorded_verdict.replace("\n", "\n  ")
     else:
@@ -269,11 +269,16 @@ def _first(record: RunRecord, tags: tuple[str, ...]) -> dict[int, float]:
     return next((record.scalars[t] for t in tags if record.scalars.get(t)), {})
 
 
+def _unmarked(text: str) -> str:
+    """The advisor's Markdown as plain text: the bold verdict unmarked, escaped asterisks plain."""
+    return text.replace("\\*", "\0").replace("**", "").replace("\0", "*")
+
+
 def _verdict_parts(text: str | None) -> tuple[str, str]:
     """(verdict, suggestion) of the advisor's text ``**verdict**  \nevidence  \nsuggestion``."""
     if not text or "**" not in text:
         return "no verdict", "no optimization-gap probe ran; train longer than the probe cadence"
-    lines = [line.strip() for line in text.replace("**", "").split("\n")]
+    lines = [line.strip() for line in _unmarked(text).split("\n")]
     return lines[0], lines[-1] if len(lines) > 2 else ""
 
 

@@ -380,6 +380,11 @@ def test_too_small_alpha_warns_once_with_a_suggestion():
         make_trainer(max_steps=4, callbacks=[shipped]).fit(make_module(alpha=0.01, lr=1e-3))
     assert len([w for w in caught if issubclass(w.category, AlphaRegimeWarning)]) == 1
     assert [p["verdict"] for p in shipped.probes] == ["in-regime", "in-regime", "alpha-too-small"]
+    # TensorBoard's text is Markdown: every asterisk of the evidence is escaped ("c*sqrt(r) ... k*" was italic)
+    text = shipped._verdict_text()
+    body = text.split("  \n", 1)[1]
+    assert text.startswith("**alpha-too-small**  \n") and "c\\*sqrt(r)" in body
+    assert body.count("*") == body.count("\\*") > 0  # each asterisk has its backslash
 
 
 # ----------------------------------------------------------------- state and resume

@@ -162,3 +162,44 @@ def test_the_report_draws_the_alpha_finders_trials_when_the_run_has_them(tmp_pat
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+def test_the_report_reads_each_probes_k_star_and_draws_it_first(tmp_path):
+    """The scale probe's k* (Summary/k_star) and z values were written but not read back: the report's table
+    left k* out and report.png's first panel fell back to step_gap."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from callbacks.measurements import PREFIX, TagKey, parse_tag, summary_tag
+    from callbacks.report import format_report, measured, report_figure
+
+    written = {12: 4.0, 24: 1.5, 36: 1.0}
+    writer = SummaryWriter(str(tmp_path))
+    for step, k in written.items():
+        writer.add_scalar(summary_tag("k_star"), k, step)
+        writer.add_scalar(f"{PREFIX}/scale_gain_z", 0.5, step)
+        writer.add_scalar(f"{PREFIX}/scale_help_z", -2.5, step)
+        writer.add_scalar(summary_tag("step_gap"), 3.0, step)
+    writer.close()
+    assert parse_tag("Summary/k_star") == TagKey("k_star")
+    record = read_run(tmp_path)
+    series = measured(record)
+    assert series[TagKey("k_star")] == written
+    assert series[TagKey("scale_gain_z")] == {s: 0.5 for s in written}
+    assert series[TagKey("scale_help_z")] == {s: -2.5 for s in written}
+    assert "  k_star                1.5" in format_report(record)  # the median of the three
+    assert report_figure(record).axes[0].get_title().startswith("k*:")
+
+
+def test_escaped_asterisks_of_the_advisors_markdown_read_back_plain(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from callbacks.report import format_report, report_figure
+
+    writer = SummaryWriter(str(tmp_path))
+    writer.add_scalar("Summary/alpha", 16.0, 12)
+    writer.add_text("signaldrift/verdict", "**alpha-too-small**  \nc\\*sqrt(r) -> alpha ~ 764; k\\* 8  \n"
+                    "try alpha ~ 130 (k\\* x alpha)", 12)
+    writer.close()
+    record = read_run(tmp_path)
+    assert "Verdict: alpha-too-small\n  c*sqrt(r) -> alpha ~ 764; k* 8\n  try alpha ~ 130 (k* x alpha)" in format_report(record)
+    assert "try alpha ~ 130 (k* x alpha)" in report_figure(record)._suptitle.get_text()
