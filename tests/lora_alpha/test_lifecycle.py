@@ -462,3 +462,16 @@ def test_report_on_a_folder_of_runs_asks_for_one_run(tmp_path):
     (code, err), = run_cli_many([["report", str(tmp_path)]], cwd=tmp_path)
     assert code == 2 and f"{tmp_path} holds 2 runs, not one; pass a run folder, e.g. {tmp_path / 'a'}" in err
     assert not (tmp_path / "report.png").exists()
+
+
+def test_json_files_are_strict_json_with_null_for_non_finite_numbers(tmp_path):
+    """find_alpha.json held bare Infinity (a diverged trial), which strict JSON readers (jq, JSON.parse) refuse."""
+    from lora_alpha.files import atomic_write_json
+
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+
+    path = atomic_write_json(tmp_path / "x.json", {"losses": [0.5, float("inf")], "z": float("nan"),
+                                                   "nested": {"d": (float("-inf"), 2)}, "n": 3, "s": "inf"})
+    data = json.loads(path.read_text(), parse_constant=refuse)
+    assert data == {"losses": [0.5, None], "z": None, "nested": {"d": [None, 2]}, "n": 3, "s": "inf"}
