@@ -546,6 +546,12 @@ def _check_checkpoint(path: Path, module) -> None:
         if have[k] != shape:
             raise UsageError(f"checkpoint {path} does not match this run: {k} has shape {have[k]} "
                              f"in the checkpoint, {shape} in the run (another --rank or model?)")
+    for k, v in module.state_dict().items():  # the head too: its size follows the data's classes
+        theirs = state.get(k)
+        if hasattr(theirs, "shape") and tuple(theirs.shape) != tuple(v.shape):
+            raise UsageError(f"checkpoint {path} does not match this run: {k} has shape {tuple(theirs.shape)} in "
+                             f"the checkpoint, {tuple(v.shape)} in the run (other classes in the data, or another "
+                             "model?); the run stays as it was")
 
 
 def train(args, given: set[str] = frozenset()) -> int:

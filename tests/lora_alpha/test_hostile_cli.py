@@ -456,3 +456,21 @@ def test_sigterm_to_find_alpha_keeps_the_finished_trials_like_ctrl_c(workspace, 
     assert "interrupted (SIGTERM): the suggestion uses the trials that finished" in out and "Traceback" not in err
     data = json.loads((out_dir / "find_alpha.json").read_text())
     assert data["interrupted"] is True and sum(1 for l in data["losses"] if l is not None) == 2  # null: not run
+
+
+def test_resume_refuses_a_checkpoint_whose_head_has_another_shape(tmp_path):
+    """A checkpoint with a 3-class head resumed into a 2-class run used to end in load_state_dict's traceback."""
+    from lora_alpha.train.cli import _check_checkpoint
+    from lora_alpha.train.errors import UsageError
+
+    class Tiny(torch.nn.Module):
+        def __init__(self, classes):
+            super().__init__()
+            self.lora_A = torch.nn.Parameter(torch.zeros(2, 4))
+            self.classifier = torch.nn.Linear(4, classes)
+
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": Tiny(3).state_dict()}, path)
+    _check_checkpoint(path, Tiny(3))  # the same shapes pass
+    with pytest.raises(UsageError, match=r"classifier.weight has shape \(3, 4\) in the checkpoint, \(2, 4\) in the run"):
+        _check_checkpoint(path, Tiny(2))
