@@ -49,6 +49,9 @@ def check_output_dir(output: str | os.PathLike, flag: str = "--output") -> Path:
     Called before any model loads, so that a bad ``--output`` costs the user nothing.
     """
     out = Path(output)
+    if out.is_symlink() and not out.exists():  # mkdir would fail on it after the work is done
+        raise UsageError(f"{flag} {str(out)!r} is a symbolic link to {os.readlink(out)!r}, which does not exist; "
+                         "pass an existing folder, or remove the link")
     existing = out
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent

@@ -474,3 +474,16 @@ def test_resume_refuses_a_checkpoint_whose_head_has_another_shape(tmp_path):
     _check_checkpoint(path, Tiny(3))  # the same shapes pass
     with pytest.raises(UsageError, match=r"classifier.weight has shape \(3, 4\) in the checkpoint, \(2, 4\) in the run"):
         _check_checkpoint(path, Tiny(2))
+
+
+def test_an_output_that_is_a_dangling_link_is_refused_before_any_work(tmp_path):
+    """train and find-alpha used to end in mkdir's FileExistsError traceback (find-alpha after all its trials)."""
+    from lora_alpha.train.runs import check_output_dir
+    from lora_alpha.train.errors import UsageError
+
+    (tmp_path / "dangl").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(UsageError, match=r"--output '.*dangl' is a symbolic link to '.*nowhere', which does not exist"):
+        check_output_dir(tmp_path / "dangl")
+    (tmp_path / "there").mkdir()
+    (tmp_path / "ok").symlink_to(tmp_path / "there")
+    assert check_output_dir(tmp_path / "ok") == tmp_path / "ok"
