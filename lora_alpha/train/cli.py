@@ -536,22 +536,18 @@ def _check_checkpoint(path: Path, module) -> None:
     if not isinstance(state, dict):
         raise UsageError(f"checkpoint {path} is damaged or not a checkpoint of this tool (it holds no model state); "
                          "the run stays as it was (start it again with --overwrite)")
-    want = {k: tuple(v.shape) for k, v in module.state_dict().items() if "lora_" in k}
-    have = {k: tuple(v.shape) for k, v in state.items() if "lora_" in k and hasattr(v, "shape")}
-    if want.keys() != have.keys():
-        extra, missing = sorted(have.keys() - want.keys()), sorted(want.keys() - have.keys())
+    want = {k for k in module.state_dict() if "lora_" in k}
+    have = {k for k, v in state.items() if "lora_" in k and hasattr(v, "shape")}
+    if want != have:
+        extra, missing = sorted(have - want), sorted(want - have)
         raise UsageError(f"checkpoint {path} does not match this run's LoRA layers: "
                          f"{len(missing)} missing (e.g. {missing[:2]}), {len(extra)} unexpected (e.g. {extra[:2]})")
-    for k, shape in want.items():
-        if have[k] != shape:
-            raise UsageError(f"checkpoint {path} does not match this run: {k} has shape {have[k]} "
-                             f"in the checkpoint, {shape} in the run (another --rank or model?)")
-    for k, v in module.state_dict().items():  # the head too: its size follows the data's classes
+    for k, v in module.state_dict().items():  # every parameter: the head's size follows the data's classes
         theirs = state.get(k)
         if hasattr(theirs, "shape") and tuple(theirs.shape) != tuple(v.shape):
+            why = "another --rank or model?" if "lora_" in k else "other classes in the data, or another model?"
             raise UsageError(f"checkpoint {path} does not match this run: {k} has shape {tuple(theirs.shape)} in "
-                             f"the checkpoint, {tuple(v.shape)} in the run (other classes in the data, or another "
-                             "model?); the run stays as it was")
+                             f"the checkpoint, {tuple(v.shape)} in the run ({why}); the run stays as it was")
 
 
 def train(args, given: set[str] = frozenset()) -> int:
