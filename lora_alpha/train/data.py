@@ -8,10 +8,12 @@ import csv
 import importlib.util
 import io
 import json
+import math
 import os
 import random
 import re
 import sys
+import unicodedata
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -265,11 +267,29 @@ class Records(list):
         return f"{self.path}:{self.lines[i]}"
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object hook: a key given twice is refused (json.loads would keep the last value unseen)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def _json_line(path: Path, i: int, line: str) -> Any:
     """Line ``i`` of a JSONL file, parsed; one :class:`UsageError` naming the file and line for anything
-    the parser refuses, its own limits included (an integer longer than Python converts, deep nesting)."""
+    the parser refuses, its own limits included (an integer longer than Python converts, deep nesting),
+    and for a key given twice in one object."""
     try:
-        return json.loads(line)
+        return json.loads(line, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as err:
+        raise UsageError(f"{path}:{i} gives the key {str(err)!r} twice in one object; which value is meant? "
+                         "keep one") from None
     except json.JSONDecodeError as err:
         raise UsageError(f"{path}:{i} is not valid JSON ({err.msg}); each line must be one JSON object") from None
     except RecursionError:
@@ -293,6 +313,10 @@ def read_records(path: str | os.PathLike, columns: Sequence[str]) -> Records:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"data file {str(path)!r} does not exist")
+    with open(path, "rb") as fh:
+        packed = _packed(fh.read(4))
+    if packed:
+        raise UsageError(f"{path} is a {packed} file; unpack it first (data files are plain UTF-8 CSV or JSONL)")
     try:
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (spreadsheet exports) is not text
     except UnicodeDecodeError as err:
@@ -332,6 +356,21 @@ def read_records(path: str | os.PathLike, columns: Sequence[str]) -> Records:
     return Records(rows, path, lines)
 
 
+_MAGIC = {b"\x1f\x8b": "gzip-compressed", b"BZh": "bzip2-compressed", b"PK\x03\x04": "zip",
+          b"\xfd7zX": "xz-compressed", b"(\xb5/\xfd": "zstd-compressed"}
+
+
+def _packed(head: bytes) -> str | None:
+    """What a compressed file's first bytes say it is (None for anything else)."""
+    return next((kind for magic, kind in _MAGIC.items() if head.startswith(magic)), None)
+
+
+def is_blank(text: str) -> bool:
+    """No visible character: whitespace, control and format characters (NBSP, zero-width space) only.
+    Tokenizers drop all of them, so such a row would train on the special tokens alone."""
+    return all(unicodedata.category(c)[0] in "ZC" for c in text)
+
+
 _INTEGRAL = re.compile(r"([+-]?)(\d+)(?:\.0*)?")
 _MISSING = {"", "nan", "na", "n/a", "none", "null"}
 
@@ -358,6 +397,20 @@ def normalize_label(value: Any) -> str | None:
         digits = m.group(2).lstrip("0") or "0"
         return ("-" if m.group(1) == "-" and digits != "0" else "") + digits
     return text
+
+
+def _is_fraction(label: str) -> bool:
+    """A finite number that is not whole (``1.5``, ``2e-1``); names, integers of any length, nan and inf are not."""
+    try:
+        value = float(label)
+    except (ValueError, OverflowError):
+        return False
+    return math.isfinite(value) and not value.is_integer()
+
+
+def _few(labels: list[str]) -> str:
+    shown = [x if len(x) <= 24 else x[:20] + "..." for x in labels[:5]]
+    return str(shown)[:-1] + (", ...]" if len(labels) > 5 else "]")
 
 
 def _label_key(label: str) -> tuple:
@@ -457,7 +510,7 @@ class TextClassificationDataModule(_ClassificationDataModule):
                 raise UsageError(f"{records.where(i)} has no label in column {self.label_column!r} "
                                  f"(got {r[self.label_column]!r}); every row needs a label")
             text = r[self.text_column]
-            if text is None or (isinstance(text, str) and not text.strip()):
+            if text is None or (isinstance(text, str) and is_blank(text)):
                 raise UsageError(f"{records.where(i)} has no text in column {self.text_column!r} "
                                  f"(got {text!r}); every row needs text")
             if not isinstance(text, str):  # JSON true, 3, [..] would train as the words "True", "3", "[..]"
@@ -468,6 +521,11 @@ class TextClassificationDataModule(_ClassificationDataModule):
 
     def _label_names(self, rows: list[tuple[str, str]]) -> list[str]:
         names = sorted({y for _, y in rows}, key=_label_key)
+        whole = [n for n in names if _label_key(n)[0] == 0]
+        fractions = [n for n in names if _is_fraction(n)]
+        if whole and fractions:  # a stray 1.5 among 0/1 would be a class of its own
+            raise UsageError(f"label column {self.label_column!r} mixes whole-number labels {_few(whole)} with "
+                             f"{_few(fractions)}; labels are classes: fix the stray value(s)")
         if len(names) < 2:
             raise UsageError(f"label column {self.label_column!r} has a single label {names}; need at least 2")
         if len(names) > 10_000:
@@ -509,7 +567,7 @@ class CausalLMDataModule(_TokenizedDataModule):
                 if fields is None:
                     raise UsageError(f"{rows.where(i)}: {split} record {i + 1} needs a string 'text', or string 'prompt' "
                                      f"and 'completion'; it has {sorted(r)}")
-                if not any(r[f].strip() for f in fields):  # would train on the tokenizer's special tokens alone
+                if all(is_blank(r[f]) for f in fields):  # would train on the tokenizer's special tokens alone
                     got = ", ".join(f"{f}={r[f]!r}" for f in fields)
                     raise UsageError(f"{rows.where(i)} has no text in {' or '.join(map(repr, fields))} (got {got}); "
                                      "every record needs text")
