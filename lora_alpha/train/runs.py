@@ -10,6 +10,7 @@ Guarantees (README, "What happens when things go wrong"):
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -31,10 +32,12 @@ _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 def check_run_name(name: str) -> str:
-    """A run name is one path component: letters, digits, ``-``, ``_``, ``.``; not ``.`` or ``..``."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in (".", "..") or len(name) > 200:
-        raise UsageError(f"--name {name!r} is not a run name: use letters, digits, '-', '_' and '.' "
-                         "(one folder name, not '.' or '..', at most 200 characters)")
+    """A run name is one path component: letters, digits, ``-``, ``_``, ``.``, starting with a letter, a digit or
+    ``_`` (a leading ``.`` hides the folder and looks like this tool's own ``.NAME.old-*`` backups; a leading ``-``
+    reads as a flag in every command that names the folder)."""
+    if (not isinstance(name, str) or not _NAME.fullmatch(name) or name[0] in ".-" or len(name) > 200):
+        raise UsageError(f"--name {name!r} is not a run name: use letters, digits, '-', '_' and '.', starting with "
+                         "a letter, a digit or '_' (one folder name, at most 200 characters)")
     return name
 
 
@@ -48,6 +51,8 @@ def check_output_dir(output: str | os.PathLike, flag: str = "--output") -> Path:
 
     Called before any model loads, so that a bad ``--output`` costs the user nothing.
     """
+    if not str(output):
+        raise UsageError(f"{flag} is empty; pass a folder (e.g. {flag} runs)")
     out = Path(output)
     if out.is_symlink() and not out.exists():  # mkdir would fail on it after the work is done
         raise UsageError(f"{flag} {str(out)!r} is a symbolic link to {os.readlink(out)!r}, which does not exist; "
@@ -66,7 +71,22 @@ def check_output_dir(output: str | os.PathLike, flag: str = "--output") -> Path:
         where = "" if existing == out else f" (nor its nearest existing folder {str(existing)!r})"
         raise UsageError(f"{flag} {str(out)!r} cannot be written{where}: creating a file there failed "
                          f"({err.strerror or err}); pass a folder you can write to") from None
+    run = enclosing_run(existing)
+    if run is not None:
+        raise UsageError(f"{flag} {str(out)!r} lies inside the run folder {str(run)!r}; a run inside another run would "
+                         "be deleted by an --overwrite of that run: pass a folder outside it")
     return out
+
+
+def enclosing_run(folder: Path) -> Path | None:
+    """The run folder (one with a ``run.json`` of this tool) that ``folder`` is or lies in, if any."""
+    for candidate in (folder.resolve(), *folder.resolve().parents):
+        try:
+            read_record(candidate)
+        except UsageError:
+            continue
+        return candidate
+    return None
 
 
 @dataclass
@@ -135,6 +155,60 @@ class RunDir:
             shutil.rmtree(self.path, ignore_errors=True)
 
 
+def settle_overwrite(path: Path) -> str | None:
+    """Finish what a killed ``--overwrite`` of ``path`` left (SIGKILL, power loss: no code ran to undo it).
+
+    The old run waits in ``.NAME.old-*/run`` until the new run's first complete checkpoint. If the process that
+    swapped it aside is gone: a new run with a checkpoint (or finished) keeps ``path`` and the old run goes, as the
+    commit would have done; a new run without one is discarded and the old run is put back, as the abort would have
+    done. A swap still in progress (its process alive, or on another host) is left alone. Returns one line saying
+    what was done, or None when there was nothing to settle.
+    """
+    path = Path(path)
+    _drop_dead_staging(path)
+    backups = [b for b in path.parent.glob(f".{glob.escape(path.name)}.old-*") if (b / "run").is_dir()]
+    if not backups:
+        return None
+    if len(backups) > 1:  # not one swap's leftovers: a person should look
+        return (f"{len(backups)} runs that killed --overwrite runs of {path} kept aside lie beside it "
+                f"({', '.join(sorted(b.name for b in backups))}); nothing was touched: look into them and move or "
+                "remove them by hand")
+    if path.exists() and not (path / RECORD_NAME).is_file():
+        return None  # not what a swap leaves: the user's folder; touch nothing
+    record = None
+    if path.exists():
+        try:
+            record = read_record(path)
+        except UsageError:
+            return None
+        if live_status(record) == "running":
+            return None  # the overwrite is still going on (or on another host): its process decides
+    backup = backups[0]
+    if record is not None and (record.get("status") == "finished" or (path / "checkpoints" / "last.ckpt").is_file()):
+        shutil.rmtree(backup, ignore_errors=True)
+        return (f"an --overwrite of {path} was killed after its new run had a checkpoint; the run it replaced "
+                f"(kept aside in {backup.name}) was removed, as the overwrite would have done")
+    if record is not None:
+        trash = Path(_mkdtemp(path.parent, f".{path.name}.failed-"))
+        os.replace(path, trash / "run")
+        shutil.rmtree(trash, ignore_errors=True)
+    os.replace(backup / "run", path)
+    shutil.rmtree(backup, ignore_errors=True)
+    return (f"an --overwrite of {path} was killed before its new run's first checkpoint; the new run was discarded "
+            f"and the run it was replacing is back in {path} (it had been kept aside in {backup.name})")
+
+
+def _drop_dead_staging(path: Path) -> None:
+    """A new run built beside ``path`` (``.NAME.new-*``) whose process is gone never reached the swap: it goes."""
+    for staged in path.parent.glob(f".{glob.escape(path.name)}.new-*"):
+        try:
+            record = read_record(staged)
+        except UsageError:
+            continue  # no record yet: cannot tell whose it is
+        if live_status(record) != "running":
+            shutil.rmtree(staged, ignore_errors=True)
+
+
 def _mkdtemp(parent: Path, prefix: str) -> str:
     import tempfile
 
@@ -191,9 +265,20 @@ def check_not_running(run_dir: Path) -> None:
                      "folder: stop that process first, or pass another --name")
 
 
+# What a run writes at the top of its folder; anything else there is the user's, and --overwrite keeps off.
+RUN_ENTRIES = frozenset({RECORD_NAME, "hparams.yaml", "checkpoints", "adapter", "report.png", "find_alpha"})
+_RUN_FILE = re.compile(r"events\.out\.tfevents\..+|\..+\.[0-9a-f]{8}\.tmp.*")  # event files; a cut atomic write
+
+
+def foreign_entries(run_dir: Path) -> list[str]:
+    """Names at the top of ``run_dir`` that no run writes (the user's files, a run nested in it)."""
+    return sorted(e.name for e in run_dir.iterdir() if e.name not in RUN_ENTRIES and not _RUN_FILE.fullmatch(e.name))
+
+
 def check_replaceable(run_dir: Path, inputs: dict[str, str | None]) -> None:
-    """``--overwrite`` replaces a run and nothing else: a folder without ``run.json`` (or a file) is the user's,
-    and a file the new run reads (``inputs``: flag -> path) must not lie inside the folder it replaces."""
+    """``--overwrite`` replaces a run and nothing else: a folder without ``run.json`` (or a file) is the user's, a
+    run folder holding anything a run does not write is refused whole, and a file the new run reads (``inputs``:
+    flag -> path) must not lie inside the folder it replaces."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UsageError(f"{run_dir} is a file, not a run folder; --overwrite replaces only a run folder: "
@@ -209,6 +294,12 @@ def check_replaceable(run_dir: Path, inputs: dict[str, str | None]) -> None:
         if where == inside or inside in where.parents:
             raise UsageError(f"{flag} {value!r} lies inside {run_dir}, the run folder --overwrite would replace "
                              "(it would be deleted with it); move it out first, or pass another --name")
+    foreign = foreign_entries(run_dir)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise UsageError(f"{run_dir} holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} that no run "
+                         f"writes ({shown}); --overwrite would delete them with the run, so it was refused (nothing "
+                         "was touched): move them out, or pass another --name")
 
 
 DATA_FLAGS = ("data", "val_data", "test_data")
