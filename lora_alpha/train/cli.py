@@ -29,6 +29,7 @@ from lora_alpha.train.runs import (
     data_digests,
     default_run_name,
     live_status,
+    settle_overwrite,
     new_record,
     process_info,
     read_record,
@@ -166,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: --steps, no scaling)")
     f.add_argument("--output", default="runs/find-alpha",
                    help="folder for find_alpha.json, find_alpha.png and a TensorBoard event file of the plot")
+    f.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier find-alpha's results in --output (its JSON, PNG and event file)")
     r = sub.add_parser("report", allow_abbrev=False, formatter_class=_HelpFormatter, epilog=EXAMPLES,
                        help="print a run's per-layer diagnosis and verdict; write report.png",
                        description="Read a run's TensorBoard events (a `signaldrift train` run, or any run logged\n"
@@ -291,6 +294,15 @@ def _check_data_files(args) -> None:
         if path.exists() and not path.is_file():
             raise UsageError(f"{flag} {value!r} is not a regular file (a device, pipe or socket); pass a CSV or "
                              "JSONL file")
+    train = getattr(args, "data", None)
+    for name in ("val_data", "test_data"):
+        value = getattr(args, name, None)
+        if value is not None and train not in (None, "rotten-tomatoes") and Path(value).is_file() \
+                and Path(train).is_file() and Path(value).samefile(train):
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} {value!r} is the training file --data {train!r}: its numbers would be "
+                             f"training numbers, not held-out ones; pass a separate file, or omit {flag} (a split "
+                             "of --data is held out)")
 
 
 def _check_args(args, given: set[str] = frozenset()) -> None:
@@ -362,6 +374,7 @@ def find_alpha_cmd(args, given: set[str] = frozenset()) -> int:
         _check_positive(args, ("target_steps",))
     alphas = _parse_alphas(args.alphas)
     out = check_output_dir(args.output)  # before any trial runs
+    old_events = _check_finder_output(out, args.overwrite)
     from lightning.pytorch import seed_everything
 
     from lora_alpha.train.data import demo_model_path
@@ -388,17 +401,50 @@ def find_alpha_cmd(args, given: set[str] = frozenset()) -> int:
                   "was written", file=sys.stderr)
             return 128 + int(signum)
         stop.after_fit = True  # a second signal while the results are written ends the command at once
-        return _finder_outputs(args, res, out, stop.signum)
+        return _finder_outputs(args, res, out, stop.signum, old_events)
 
 
-def _finder_outputs(args, res, out: Path, signum: int | None) -> int:
+FINDER_FILES = ("find_alpha.json", "find_alpha.png")
+
+
+def _check_finder_output(out: Path, overwrite: bool) -> list[Path]:
+    """find-alpha writes into a folder that holds no earlier results, or (``--overwrite``) one whose results are
+    an earlier find-alpha's; returns that run's event file(s), replaced with it. Checked before any trial."""
+    there = [out / n for n in FINDER_FILES if (out / n).exists() or (out / n).is_symlink()]
+    if not there:
+        return []
+    if not overwrite:
+        raise UsageError(f"--output {str(out)!r} already holds {', '.join(p.name for p in there)}; pass another "
+                         "--output, or --overwrite to replace that earlier find-alpha's results")
+    record = out / FINDER_FILES[0]
+    try:
+        old = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        old = None
+    if not (isinstance(old, dict) and isinstance(old.get("alphas"), list) and isinstance(old.get("config"), dict)):
+        raise UsageError(f"{record} is not an earlier find-alpha's result (it is missing, or not its JSON); "
+                         "--overwrite replaces only find-alpha's own files: pass another --output")
+    if any(p.is_symlink() or not p.is_file() for p in there):
+        raise UsageError(f"--output {str(out)!r}: {', '.join(p.name for p in there if not p.is_file() or p.is_symlink())} "
+                         "is not a plain file; --overwrite replaces only find-alpha's own files: pass another --output")
+    events = old.get("events")
+    names = events if isinstance(events, list) else []
+    return [out / n for n in names if isinstance(n, str) and Path(n).name == n and (out / n).is_file()]
+
+
+def _finder_outputs(args, res, out: Path, signum: int | None, old_events: list[Path] = ()) -> int:
     """find-alpha's JSON, PNG, TensorBoard events and printed table (what finished, when it was stopped)."""
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "find_alpha.json", {**res.as_dict(), "config": {k: v for k, v in vars(args).items() if k != "command"}})
-    atomic_write(out / "find_alpha.png", res.plot)
     from lora_alpha.train.dashboard import write_finder_events
 
+    out.mkdir(parents=True, exist_ok=True)
+    before = set(out.glob("events.out.tfevents.*"))
     write_finder_events(out, res, res.plot())
+    events = sorted(p.name for p in set(out.glob("events.out.tfevents.*")) - before)
+    atomic_write(out / "find_alpha.png", res.plot)
+    config = {k: v for k, v in vars(args).items() if k != "command"}
+    atomic_write_json(out / "find_alpha.json", {**res.as_dict(), "config": config, "events": events})
+    for path in old_events:  # the earlier finder's plot and losses, which TensorBoard would show beside these
+        path.unlink(missing_ok=True)
     lines = [f"alpha finder: {res.steps} steps per trial at lr {res.lr:g} ({res.rule} rule, rank {args.rank})",
              f"{'alpha':>10}  {'held-out loss':>13}  {'drift ratio':>11}"]
     for a, l, d in zip(res.alphas, res.losses, res.drift_ratio):
@@ -467,11 +513,19 @@ def _resume_args(args, given: set[str], record: dict) -> argparse.Namespace:
         raise UsageError(f"{Path(args.output) / args.name / RECORD_NAME} has no recorded configuration to resume")
     merged = vars(args).copy()
     actions = _train_actions()
+    path = Path(args.output) / args.name / RECORD_NAME
+    wanted = {k for k in merged if k not in SESSION_FLAGS}
+    missing, unknown = sorted(wanted - set(recorded)), sorted(set(recorded) - wanted - set(SESSION_FLAGS))
+    if missing or unknown:  # a default filled in for a missing flag would continue another run than the one started
+        what = "; ".join(x for x in (missing and f"no {', '.join('--' + k.replace('_', '-') for k in missing[:5])}",
+                                      unknown and f"unknown setting(s) {unknown[:5]}") if x)
+        raise UsageError(f"{path} is damaged: its recorded configuration has {what} (was it edited by hand?); "
+                         "restore it, or start the run again with --overwrite")
     for key, value in recorded.items():
         if key not in merged or key in SESSION_FLAGS:
             continue
         if key in actions:
-            _check_recorded(Path(args.output) / args.name / RECORD_NAME, actions[key], value)
+            _check_recorded(path, actions[key], value)
         if key in given and _absolute(key, merged[key]) != value:
             flag = "--" + key.replace("_", "-")
             raise UsageError(f"{flag} {merged[key]!r} contradicts the run's recorded {flag} {value!r}; "
@@ -570,6 +624,7 @@ def _checked_train(args, given: set[str], stop: StopSignals) -> int:
             raise UsageError("--resume and --overwrite contradict each other; pass one")
         check_run_name(args.name)
         _check_inside(Path(args.output) / args.name, Path(args.output), args.name)  # before its run.json is read
+        _settle(Path(args.output) / args.name)
         record = read_record(Path(args.output) / args.name)
         args = _resume_args(args, given, record)
         check_same_data(record, vars(args))
@@ -579,8 +634,13 @@ def _checked_train(args, given: set[str], stop: StopSignals) -> int:
     run_dir = output / name
     _check_inside(run_dir, output, name)
     last_ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if not args.resume:
+        _settle(run_dir)
     if args.resume:
         last_ckpt = _check_resume_state(run_dir, record)
+    elif run_dir.exists() and not args.overwrite and not (run_dir / RECORD_NAME).is_file() \
+            and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise UsageError(f"{run_dir} exists and is not a run folder (it holds no {RECORD_NAME}); pass another --name")
     elif run_dir.exists() and not args.overwrite:
         raise UsageError(f"run directory {run_dir} exists; pass another --name, --overwrite, or --resume")
     elif run_dir.exists():
@@ -588,6 +648,14 @@ def _checked_train(args, given: set[str], stop: StopSignals) -> int:
         check_replaceable(run_dir, {"--model": args.model, "--data": args.data, "--val-data": args.val_data,
                                     "--test-data": getattr(args, "test_data", None)})
     return _train(args, name, output, run_dir, last_ckpt, record if args.resume else None, stop)
+
+
+def _settle(run_dir: Path) -> None:
+    """What a killed --overwrite of this run left is settled first, and the user is told (runs.settle_overwrite)."""
+    if run_dir.parent.is_dir():
+        note = settle_overwrite(run_dir)
+        if note:
+            print(f"signaldrift: note: {note}", file=sys.stderr)
 
 
 def _check_inside(run_dir: Path, output: Path, name: str) -> None:
@@ -620,7 +688,7 @@ def _build(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from callbacks import AlphaRegimeAdvisor, SignalDriftMonitor
-    from lora_alpha.train.dashboard import validation_charts, validation_summary_callback
+    from lora_alpha.train.dashboard import step_progress_bar, validation_charts, validation_summary_callback
     from lora_alpha.train.data import demo_model_path
     seed_everything(args.seed, verbose=False)
     model_path = args.model or demo_model_path()
@@ -640,6 +708,8 @@ def _build(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
     logger = TensorBoardLogger(save_dir=str(output), name=name, version="", default_hp_metric=False)
     guard = _lifecycle_callback(stop, last_ckpt)
     callbacks = [monitor, advisor, guard, validation_summary_callback()]
+    if not args.no_progress:
+        callbacks.append(step_progress_bar())
     if args.checkpoint_every:
         from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -696,7 +766,7 @@ def _train(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
     if resumed is not None:
         times = resumed.get("resumed", 0)
         times = times if isinstance(times, int) and not isinstance(times, bool) and times >= 0 else 0
-        record = dict(resumed, status="running", resumed=times + 1, **process_info())
+        record = dict(resumed, status="running", resumed=times + 1, name=name, **process_info())  # a moved folder: its name now
         record.pop("signal", None)
         target = RunDir(run_dir)
     else:
@@ -1036,6 +1106,7 @@ def report(args) -> int:
         if run_dir.name != RECORD_NAME:
             raise UsageError(f"{run_dir} is a file; give the run's folder (e.g. {run_dir.parent})")
         run_dir = run_dir.parent  # `report RUN/run.json`: the run is the file's folder
+    _settle(run_dir)
     if not run_dir.is_dir():
         raise UsageError(f"run directory {run_dir} does not exist")
     info = read_record(run_dir) if (run_dir / RECORD_NAME).exists() else None  # corrupt: one line, exit 2
@@ -1053,43 +1124,49 @@ def report(args) -> int:
             raise UsageError(f"cannot read the event files of {run_dir}: {err}") from None
     for w in caught:
         print(f"signaldrift: warning: {w.message}", file=sys.stderr)
+    lines: list[str] = []  # printed after report.png is written: a reader that leaves early (`| head`) costs no file
+    say = lines.append
     recorded_verdict = None
     if info is not None:
         status = live_status(info)
+        resume = ("resume it with --resume" if (run_dir / "checkpoints" / "last.ckpt").is_file() else
+                  "it had no checkpoint yet: start it again with --overwrite")
         note = {"stale": f" (its process, pid {info.get('pid')} on {info.get('host')}, is gone: it died without "
-                         "a word; resume it with --resume)",
+                         f"a word; {resume})",
                 "running": " (still training)"}.get(status, "")
-        print(f"Run {info.get('name')}: {status}{note}; {info.get('lora', '')}")
+        say(f"Run {info.get('name')}: {status}{note}; {info.get('lora', '')}")
         finder = info.get("alpha_finder")
         if finder is not None:
-            print(f"Alpha finder: {_finder_line(finder)}" if _finder_ok(finder) else
+            say(f"Alpha finder: {_finder_line(finder)}" if _finder_ok(finder) else
                   "Alpha finder: run.json's alpha_finder is damaged (alphas, losses and suggestion must be numbers); "
                   "not shown")
         test = info.get("test")
         acc = test.get("test_acc") if isinstance(test, dict) else None
         if _is_number(acc):
-            print(f"Held-out accuracy: {acc:.4f}")
+            say(f"Held-out accuracy: {acc:.4f}")
         elif acc is not None:
-            print(f"Held-out accuracy: run.json's test_acc is {acc!r}, not a number; not shown")
+            say(f"Held-out accuracy: run.json's test_acc is {acc!r}, not a number; not shown")
         recorded_verdict = _recorded_verdict(info) if not record.verdicts else None
     incomplete = getattr(record, "incomplete", None)
     if incomplete:
         files = ", ".join(f"{Path(f).name} (" + ("empty: 0 bytes" if _empty_file(f) else f"{n} records read") + ")"
                           for f, n in incomplete.items())
-        print(f"INCOMPLETE: {len(incomplete)} event file(s) were cut short or damaged: {files}; "
+        say(f"INCOMPLETE: {len(incomplete)} event file(s) were cut short or damaged: {files}; "
               + ("the numbers below are from the records before the damage" if record.scalars else
                  "they hold no measurements" + ("; the verdict below is run.json's" if recorded_verdict else "")))
-    print(format_report(record, args.window, recorded_verdict=recorded_verdict))
+    say(format_report(record, args.window, recorded_verdict=recorded_verdict))
     png = run_dir / "report.png"
     if not record.scalars:
         kept = " (the existing report.png is kept)" if png.exists() else ""
-        print(f"\nreport.png not written: the event files hold no measurements{kept}")
-        return 0
-    try:
-        atomic_write(png, lambda tmp: write_report_png(record, tmp))
-    except OSError as err:
-        raise UsageError(f"cannot write {png}: {err.strerror or err}; the report above is complete") from None
-    print(f"\nWrote {png}")
+        say(f"\nreport.png not written: the event files hold no measurements{kept}")
+    else:
+        try:
+            atomic_write(png, lambda tmp: write_report_png(record, tmp))
+        except OSError as err:
+            print("\n".join(lines))
+            raise UsageError(f"cannot write {png}: {err.strerror or err}; the report above is complete") from None
+        say(f"\nWrote {png}")
+    print("\n".join(lines))
     return 0
 
 
@@ -1178,7 +1255,7 @@ def _main(argv: list[str] | None) -> int:
                 return code
             except BrokenPipeError:  # `signaldrift report RUN | head`: the reader left, nothing is wrong
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush fails quietly
-                return 1
+                return 0
             except OSError as err:  # stdout is a full disk (`> /dev/full`) or a broken device
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 print(f"signaldrift: error: cannot write the report to standard output: {err.strerror or err}",

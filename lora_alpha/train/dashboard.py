@@ -116,3 +116,42 @@ def write_finder_events(out: Path, result, figure) -> Path:
     finally:
         writer.close()
     return out
+
+
+def step_progress_bar():
+    """The training progress bar counted in optimizer steps of the whole run ("Step 12/120"), not in batches of
+    an epoch: a run is sized by --max-steps, and Lightning's own bar reads "Epoch 0/-2" there (max_epochs = -1)
+    and counts a resumed run's batches past the epoch's remaining total."""
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+    from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
+
+    base = RichProgressBar if _RICH_AVAILABLE else TQDMProgressBar
+
+    class StepProgressBar(base):
+        @property
+        def total_train_batches(self):
+            trainer = self.trainer
+            if trainer.max_steps is not None and trainer.max_steps > 0:
+                return trainer.max_steps
+            return trainer.num_training_batches * max(trainer.max_epochs or 1, 1)
+
+        def _get_train_description(self, current_epoch: int) -> str:  # rich's description of the training bar
+            return f"{'Step':{len(self.validation_description)}}"
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            super().on_train_epoch_start(trainer, pl_module)
+            if base is TQDMProgressBar and self.train_progress_bar is not None:
+                self.train_progress_bar.set_description("Step")
+            self._show_step(trainer)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, trainer.global_step - 1)
+
+        def _show_step(self, trainer) -> None:
+            if base is RichProgressBar and self.train_progress_bar_id is not None:
+                self._update(self.train_progress_bar_id, trainer.global_step)
+            elif base is TQDMProgressBar and self.train_progress_bar is not None:
+                self.train_progress_bar.n = trainer.global_step
+                self.train_progress_bar.refresh()
+
+    return StepProgressBar()
