@@ -98,3 +98,11 @@ def tree_state(folder: Path) -> dict[str, tuple[bytes, int]]:
     """Every file under ``folder`` with its bytes and mtime: equal before and after means untouched."""
     return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
             for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def recorded_config(argv: list[str], **override) -> dict:
+    """The configuration `train` records in run.json for ``argv`` (every setting), with ``override`` applied:
+    for hand-made records of interrupted runs."""
+    from lora_alpha.train.cli import _config, build_parser
+
+    return {**_config(build_parser().parse_args(argv)), **override}

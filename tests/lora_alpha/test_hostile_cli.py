@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from tests.lora_alpha.app_helpers import ROOT, save_tiny, tree_state, write_csv
+from tests.lora_alpha.app_helpers import ROOT, recorded_config, save_tiny, tree_state, write_csv
 
 _MANY = """
 import contextlib, io, json, sys, traceback
@@ -298,8 +298,7 @@ def test_resume_of_a_hand_edited_record_or_a_damaged_checkpoint_is_one_line(work
     """`"targets": 5` was a traceback; a cut checkpoint said "[Errno 22]", a garbage one showed PyTorch's
     weights-only text."""
     out = tmp_path / "runs"
-    config = {"model": str(workspace / "bert"), "data": str(workspace / "d.csv"), "targets": "query,value",
-              "rank": 2, "max_steps": 2, "batch_size": 8}
+    config = recorded_config(_args(workspace, output=out))
     runs = {}
     for name, targets, ckpt in (("edited", 5, None), ("cut", "query,value", "cut"), ("garbage", "query,value", "pickle")):
         run = out / name

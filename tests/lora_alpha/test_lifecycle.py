@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from tests.lora_alpha.app_helpers import ROOT, run_cli_many, save_tiny, tree_state, write_csv, write_jsonl
+from tests.lora_alpha.app_helpers import ROOT, recorded_config, run_cli_many, save_tiny, tree_state, write_csv, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +236,7 @@ def test_resume_refuses_contradicting_flags_truncated_and_foreign_checkpoints(wo
     run.mkdir(parents=True)
     (run / "checkpoints").mkdir()
     config = {k: v for k, v in zip(_args(workspace)[1::2], _args(workspace)[2::2])}
-    record = {"status": "interrupted", "name": "r", "config": {"rank": 2, "max_steps": 4, "lr": 1e-4}}
+    record = {"status": "interrupted", "name": "r", "config": recorded_config(_args(workspace, output=out))}
     (run / "run.json").write_text(json.dumps(record))
     (run / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04 truncated")
     assert config["--rank"] == "2"

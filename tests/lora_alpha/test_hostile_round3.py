@@ -1,0 +1,279 @@
+"""Hostile input, third round (the fresh review of the 315-case fixes): what --overwrite may delete, a killed
+overwrite's leftovers, find-alpha's results, data that was silently read wrong. Each case failed before its fix."""
+import gzip
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.lora_alpha.app_helpers import ROOT, run_cli, run_cli_many, save_tiny, tree_state, write_csv, write_jsonl
+from tests.lora_alpha.test_hostile_cli import _args, _each, _old_run, _one_line
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("round3")
+    save_tiny("bert", root / "bert")
+    write_csv(root / "d.csv", n=40)
+    return root
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def _stub(folder, pid, checkpoint=False, status="running"):
+    """What a killed overwrite leaves at the run's name: the new run's record, its pid gone."""
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"status": status, "name": folder.name, "pid": pid,
+                                                 "host": os.uname().nodename}))
+    (folder / "events.out.tfevents.2.host").write_bytes(b"new")
+    if checkpoint:
+        (folder / "checkpoints").mkdir()
+        (folder / "checkpoints" / "last.ckpt").write_bytes(b"ckpt")
+
+
+def test_overwrite_refuses_a_run_folder_holding_what_no_run_writes(workspace, tmp_path):
+    """O15: the user's file and a run nested in the run folder were deleted with it by --overwrite; O14: a run
+    could be made inside another run; O17: a non-run folder was offered --overwrite and --resume."""
+    out = tmp_path / "runs"
+    _old_run(out / "keep")
+    (out / "keep" / "mydata.csv").write_text("text,label\nmine,1\n")
+    _old_run(out / "keep" / "inner")
+    (out / "notes").mkdir()
+    (out / "notes" / "todo.txt").write_text("mine")
+    before, notes = tree_state(out / "keep"), tree_state(out / "notes")
+    cases = [
+        (_args(workspace, "--overwrite", output=out, name="keep"), "holds 2 entries that no run writes (inner, mydata.csv)"),
+        (_args(workspace, output=out / "keep", name="nested"), "lies inside the run folder"),
+        (_args(workspace, output=out / "keep" / "inner" / "deeper", name="x"), "lies inside the run folder"),
+        (_args(workspace, output=out, name="notes"), "exists and is not a run folder (it holds no run.json); pass another --name"),
+    ]
+    results = run_cli_many([argv for argv, _ in cases], cwd=tmp_path)
+    _each([(" ".join(argv[-6:]), message) for argv, message in cases], results)
+    assert tree_state(out / "keep") == before and tree_state(out / "notes") == notes
+    assert sorted(p.name for p in out.iterdir()) == ["keep", "notes"]  # no hidden swap folder either
+
+
+def test_run_names_and_output_that_hide_or_read_as_flags_are_refused(workspace, tmp_path):
+    """Q06: --name '...' made a hidden folder that looks like the tool's own backups; N09: a leading '-'; O03:
+    --output '' wrote into the working folder."""
+    def argv(name, output=str(tmp_path / "runs")):
+        base = _args(workspace, output=output, name="x")
+        i = base.index("--name")
+        return base[:i] + [f"--name={name}"] + base[i + 2:]
+
+    cases = [(argv(name), "is not a run name") for name in ("...", ".hidden", "-x", "--overwrite")]
+    empty = argv("ok")
+    empty[empty.index("--output") + 1] = ""
+    cases.append((empty, "--output is empty"))
+    results = run_cli_many([a for a, _ in cases], cwd=tmp_path)
+    _each([(next(x for x in a if x.startswith("--name=")), message) for a, message in cases], results)
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_a_killed_overwrite_is_settled_by_the_next_command(tmp_path):
+    """O21-O24: an overwrite SIGKILLed before its first checkpoint left a dead new run at the name and the old run
+    hidden in .NAME.old-*, which no command mentioned; a later overwrite orphaned it for good."""
+    out = tmp_path / "runs"
+    before = _old_run(out / ".keep.old-abc" / "run")
+    _stub(out / "keep", _dead_pid())
+    code, err = run_cli_many([["report", str(out / "keep")]], cwd=tmp_path)[0]
+    assert "the run it was replacing is back in" in err and ".keep.old-abc" in err, err
+    assert tree_state(out / "keep") == before
+    assert sorted(p.name for p in out.iterdir()) == ["keep"]
+
+    # the new run had its checkpoint: the overwrite was due to commit, so the old run goes, the new one stays
+    shutil.rmtree(out / "keep")
+    _old_run(out / ".keep.old-def" / "run")
+    _stub(out / "keep", _dead_pid(), checkpoint=True)
+    new = tree_state(out / "keep")
+    code, err = run_cli_many([["train", "--name", "keep", "--output", str(out), "--resume"]], cwd=tmp_path)[0]
+    assert "was removed, as the overwrite would have done" in err, err
+    assert tree_state(out / "keep") == new and sorted(p.name for p in out.iterdir()) == ["keep"]
+
+    # a swap still in progress (its process alive) and two backups are left alone, with a word for the latter
+    _stub(out / ".keep.old-ghi" / "run", os.getpid(), status="finished")
+    alive = tree_state(out)
+    (out / "keep" / "run.json").write_text(json.dumps({"status": "running", "name": "keep", "pid": os.getpid(),
+                                                       "host": os.uname().nodename}))
+    alive = tree_state(out)
+    from lora_alpha.train.runs import settle_overwrite
+
+    assert settle_overwrite(out / "keep") is None and tree_state(out) == alive
+    _stub(out / ".keep.old-jkl" / "run", os.getpid(), status="finished")
+    (out / "keep" / "run.json").write_text(json.dumps({"status": "failed", "name": "keep"}))
+    alive = tree_state(out)
+    note = settle_overwrite(out / "keep")
+    assert note.startswith("2 runs that killed --overwrite runs") and tree_state(out) == alive
+
+
+def test_sigkill_during_an_overwrite_then_report_restores_the_old_run(workspace, tmp_path):
+    """The real thing: SIGKILL to `train --overwrite` after the swap, before its first checkpoint."""
+    out = tmp_path / "runs"
+    before = _old_run(out / "keep")
+    argv = _args(workspace, "--overwrite", output=out, name="keep")
+    argv[argv.index("--max-steps") + 1] = "100000"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore",
+               PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from lora_alpha.train.cli import main; "
+                             "sys.exit(main())", *argv, "--checkpoint-every", "100000"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    try:
+        while time.time() < deadline:  # until the new run holds the name
+            try:
+                if json.loads((out / "keep" / "run.json").read_text()).get("pid") == proc.pid:
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.2)
+        else:
+            pytest.fail("the overwrite never swapped its new run in")
+        time.sleep(1.0)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert any(p.name.startswith(".keep.old-") for p in out.iterdir())
+    done = run_cli("report", str(out / "keep"), cwd=tmp_path)
+    assert "the run it was replacing is back in" in done.stderr, done.stderr[-2000:]
+    assert tree_state(out / "keep") == before
+    assert sorted(p.name for p in out.iterdir()) == ["keep"]
+
+
+def _finder(workspace, out, *extra):
+    return ["find-alpha", "--model", str(workspace / "bert"), "--data", str(workspace / "d.csv"), "--targets",
+            "query,value", "--rank", "2", "--batch-size", "8", "--alphas", "4,32,256", "--steps", "2",
+            "--eval-batches", "1", "--eval-size", "8", "--output", str(out), "--no-progress", *extra]
+
+
+def test_find_alpha_replaces_earlier_results_only_with_overwrite(workspace, tmp_path):
+    """F21: a second find-alpha into the same folder replaced the first's JSON and PNG without a word and left its
+    event file beside the new one; F22: the user's own find_alpha.json was overwritten."""
+    out = tmp_path / "fa"
+    mine = tmp_path / "mydocs"
+    mine.mkdir()
+    (mine / "find_alpha.json").write_text('{"my": "notes"}')
+    first, again, forced, users = run_cli_many(
+        [_finder(workspace, out), _finder(workspace, out), _finder(workspace, out, "--overwrite"),
+         _finder(workspace, mine, "--overwrite")], cwd=tmp_path)
+    assert first[0] == 0, first[1][-2000:]
+    _one_line(*again, "already holds find_alpha.json, find_alpha.png; pass another --output, or --overwrite")
+    assert forced[0] == 0, forced[1][-2000:]
+    _one_line(*users, "is not an earlier find-alpha's result")
+    assert (mine / "find_alpha.json").read_text() == '{"my": "notes"}' and os.listdir(mine) == ["find_alpha.json"]
+    events = sorted(p.name for p in out.glob("events.out.tfevents.*"))
+    assert len(events) == 1 and json.loads((out / "find_alpha.json").read_text())["events"] == events
+
+
+def test_data_read_wrong_without_a_word_is_refused(workspace, tmp_path):
+    """E05: a JSON key given twice kept the last value; E07: one stray label 1.5 made a third class; E13: text of
+    invisible characters only trained on special tokens; D12: a gzip file was called "not UTF-8"; Q11: the
+    training file as --val-data or --test-data was reported as held-out."""
+    ok = [{"text": f"a fine film {i}", "label": i % 2} for i in range(20)]
+    write_jsonl(tmp_path / "dup.jsonl", ok[:5])
+    with open(tmp_path / "dup.jsonl", "a") as fh:
+        fh.write('{"text": "x", "label": 0, "label": 1}\n')
+    write_jsonl(tmp_path / "frac.jsonl", ok + [{"text": "stray", "label": 1.5}])
+    write_jsonl(tmp_path / "blank.jsonl", ok + [{"text": "\u00a0\u200b\t", "label": 1}])
+    with gzip.open(tmp_path / "packed.csv", "wt") as fh:
+        fh.write((workspace / "d.csv").read_text())
+    data = str(workspace / "d.csv")
+    cases = [
+        (["--data", str(tmp_path / "dup.jsonl")], "dup.jsonl:6 gives the key 'label' twice in one object"),
+        (["--data", str(tmp_path / "frac.jsonl")], "mixes whole-number labels ['0', '1'] with ['1.5']"),
+        (["--data", str(tmp_path / "blank.jsonl")], "blank.jsonl:21 has no text in column 'text'"),
+        (["--data", str(tmp_path / "packed.csv")], "packed.csv is a gzip-compressed file; unpack it first"),
+        (["--val-data", data], f"--val-data {data!r} is the training file"),
+        (["--test-data", data], f"--test-data {data!r} is the training file"),
+    ]
+    results = run_cli_many([_args(workspace, *extra, output=tmp_path / "runs") for extra, _ in cases], cwd=tmp_path)
+    _each([(" ".join(extra), message) for extra, message in cases], results)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_blank_means_no_visible_character():
+    from lora_alpha.train.data import is_blank
+
+    for text in ("", " ", "\u00a0", "\u200b", "\u2028\t\r\n", "\ufeff\u200d"):
+        assert is_blank(text), repr(text)
+    for text in ("a", " .", "\u00a0x", "😀", "\u0301"):  # a combining mark is not blank either
+        assert not is_blank(text), repr(text)
+
+
+def test_resume_refuses_a_record_with_a_setting_missing_or_unknown(workspace, tmp_path):
+    """R17: --resume of a run.json without 'lr' continued at the default learning rate; an unknown key was
+    ignored; a renamed folder kept printing its old name."""
+    out = tmp_path / "runs"
+    code, err = run_cli_many([_args(workspace, "--checkpoint-every", "1", output=out, name="r")], cwd=tmp_path)[0]
+    assert code == 0, err[-2000:]
+    record = json.loads((out / "r" / "run.json").read_text())
+    record["status"] = "interrupted"
+    lost = dict(record, config={k: v for k, v in record["config"].items() if k != "lr"})
+    bogus = dict(record, config={**record["config"], "bogus_key": 1})
+    for name, rec in (("nolr", lost), ("bogus", bogus), ("moved", record)):
+        shutil.copytree(out / "r", out / name)
+        (out / name / "run.json").write_text(json.dumps(rec))
+    (out / "moved" / "checkpoints" / "last.ckpt").unlink()
+    states = {n: tree_state(out / n) for n in ("nolr", "bogus")}
+    resume = ["train", "--output", str(out), "--resume", "--no-progress", "--name"]
+    results = run_cli_many([resume + ["nolr"], resume + ["bogus"]], cwd=tmp_path)
+    _each([("nolr", "is damaged: its recorded configuration has no --lr"),
+           ("bogus", "has unknown setting(s) ['bogus_key']")], results)
+    assert {n: tree_state(out / n) for n in states} == states
+    shown = run_cli("report", str(out / "moved"), cwd=tmp_path)
+    assert "it had no checkpoint yet: start it again with --overwrite" not in shown.stdout  # interrupted, not stale
+    assert shown.returncode == 0, shown.stderr[-2000:]
+
+
+def test_report_into_a_closed_pipe_still_writes_report_png(workspace, tmp_path):
+    """P14: `signaldrift report RUN | head -1` exited 1 and never wrote report.png."""
+    out = tmp_path / "runs"
+    code, err = run_cli_many([_args(workspace, output=out, name="p")], cwd=tmp_path)[0]
+    assert code == 0, err[-2000:]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore", PYTHONPATH=str(ROOT))
+    cmd = (f"{sys.executable} -c 'import sys; from lora_alpha.train.cli import main; sys.exit(main())' "
+           f"report {out / 'p'} | head -c 1 >/dev/null; echo ${{PIPESTATUS[0]}}")
+    done = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert done.stdout.strip() == "0", (done.stdout, done.stderr[-2000:])
+    assert (out / "p" / "report.png").stat().st_size > 0
+
+
+def test_the_progress_bar_counts_the_run_in_steps(tmp_path):
+    """The bar read "Epoch 0/-2" under --max-steps (max_epochs = -1) and "6/4" on a resumed run."""
+    import torch
+    from lightning.pytorch import LightningModule, Trainer
+
+    from lora_alpha.train.dashboard import step_progress_bar
+
+    class Tiny(LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, i):
+            return self.w(batch[0]).sum()
+
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(12, 2)), batch_size=4)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    bar = step_progress_bar()
+    trainer = Trainer(max_steps=7, max_epochs=-1, callbacks=[bar], logger=False, enable_checkpointing=False,
+                      enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(Tiny())
+    assert bar.total_train_batches == 7
+    if hasattr(bar, "train_progress_bar_id"):  # rich
+        task = next(t for t in bar.progress.tasks if t.id == bar.train_progress_bar_id)
+        assert (task.completed, task.total, task.description.strip()) == (7, 7, "Step")
+    else:
+        assert (bar.train_progress_bar.n, bar.train_progress_bar.total) == (7, 7)
