@@ -11,16 +11,8 @@ import time
 
 import pytest
 
-from tests.lora_alpha.app_helpers import ROOT, run_cli, run_cli_many, save_tiny, tree_state, write_csv, write_jsonl
-from tests.lora_alpha.test_hostile_cli import _args, _each, _old_run, _one_line
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("round3")
-    save_tiny("bert", root / "bert")
-    write_csv(root / "d.csv", n=40)
-    return root
+from tests.lora_alpha.app_helpers import ROOT, run_cli, run_cli_many, tree_state, write_jsonl
+from tests.lora_alpha.test_hostile_cli import _args, _each, _old_run, _one_line, workspace  # noqa: F401 - the fixture
 
 
 def _dead_pid() -> int:
