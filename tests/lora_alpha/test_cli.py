@@ -46,12 +46,14 @@ def test_train_then_report(workspace):
     from tests.lora_alpha.app_helpers import ROOT
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore", PYTHONPATH=str(ROOT))
+    (run / "report.png").unlink()
     proc = subprocess.Popen([sys.executable, "-c", "import sys; from lora_alpha.train.cli import main; "
                              "sys.exit(main())", "report", str(run)], cwd=workspace, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()  # the reader is gone before anything is written
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
+    assert (run / "report.png").stat().st_size > 10_000  # written before the report is printed (it was skipped)
 
 
 def _bad(workspace, tmp_path, name):
