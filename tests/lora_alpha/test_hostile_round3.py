@@ -32,43 +32,38 @@ def _stub(folder, pid, checkpoint=False, status="running"):
         (folder / "checkpoints" / "last.ckpt").write_bytes(b"ckpt")
 
 
-def test_overwrite_refuses_a_run_folder_holding_what_no_run_writes(workspace, tmp_path):
+def test_overwrite_names_and_output_keep_off_what_is_not_the_run(workspace, tmp_path):
     """O15: the user's file and a run nested in the run folder were deleted with it by --overwrite; O14: a run
-    could be made inside another run; O17: a non-run folder was offered --overwrite and --resume."""
+    could be made inside another run; O17: a non-run folder was offered --overwrite and --resume; Q06: --name '...'
+    made a hidden folder that looks like the tool's own backups; N09: a leading '-'; O03: --output '' wrote into
+    the working folder."""
     out = tmp_path / "runs"
     _old_run(out / "keep")
     (out / "keep" / "mydata.csv").write_text("text,label\nmine,1\n")
     _old_run(out / "keep" / "inner")
     (out / "notes").mkdir()
     (out / "notes" / "todo.txt").write_text("mine")
-    before, notes = tree_state(out / "keep"), tree_state(out / "notes")
+    before = tree_state(out)
+
+    def named(name, output=str(tmp_path / "elsewhere")):
+        base = _args(workspace, output=output, name="x")
+        i = base.index("--name")
+        return base[:i] + [f"--name={name}"] + base[i + 2:]
+
+    empty = named("ok")
+    empty[empty.index("--output") + 1] = ""
     cases = [
         (_args(workspace, "--overwrite", output=out, name="keep"), "holds 2 entries that no run writes (inner, mydata.csv)"),
         (_args(workspace, output=out / "keep", name="nested"), "lies inside the run folder"),
         (_args(workspace, output=out / "keep" / "inner" / "deeper", name="x"), "lies inside the run folder"),
         (_args(workspace, output=out, name="notes"), "exists and is not a run folder (it holds no run.json); pass another --name"),
+        *((named(name), "is not a run name") for name in ("...", ".hidden", "-x", "--overwrite")),
+        (empty, "--output is empty"),
     ]
     results = run_cli_many([argv for argv, _ in cases], cwd=tmp_path)
     _each([(" ".join(argv[-6:]), message) for argv, message in cases], results)
-    assert tree_state(out / "keep") == before and tree_state(out / "notes") == notes
-    assert sorted(p.name for p in out.iterdir()) == ["keep", "notes"]  # no hidden swap folder either
-
-
-def test_run_names_and_output_that_hide_or_read_as_flags_are_refused(workspace, tmp_path):
-    """Q06: --name '...' made a hidden folder that looks like the tool's own backups; N09: a leading '-'; O03:
-    --output '' wrote into the working folder."""
-    def argv(name, output=str(tmp_path / "runs")):
-        base = _args(workspace, output=output, name="x")
-        i = base.index("--name")
-        return base[:i] + [f"--name={name}"] + base[i + 2:]
-
-    cases = [(argv(name), "is not a run name") for name in ("...", ".hidden", "-x", "--overwrite")]
-    empty = argv("ok")
-    empty[empty.index("--output") + 1] = ""
-    cases.append((empty, "--output is empty"))
-    results = run_cli_many([a for a, _ in cases], cwd=tmp_path)
-    _each([(next(x for x in a if x.startswith("--name=")), message) for a, message in cases], results)
-    assert sorted(os.listdir(tmp_path)) == []
+    assert tree_state(out) == before  # no hidden swap folder either
+    assert sorted(os.listdir(tmp_path)) == ["runs"]
 
 
 def test_a_killed_overwrite_is_settled_by_the_next_command(tmp_path):
@@ -77,27 +72,24 @@ def test_a_killed_overwrite_is_settled_by_the_next_command(tmp_path):
     out = tmp_path / "runs"
     before = _old_run(out / ".keep.old-abc" / "run")
     _stub(out / "keep", _dead_pid())
-    code, err = run_cli_many([["report", str(out / "keep")]], cwd=tmp_path)[0]
-    assert "the run it was replacing is back in" in err and ".keep.old-abc" in err, err
-    assert tree_state(out / "keep") == before
-    assert sorted(p.name for p in out.iterdir()) == ["keep"]
+    _old_run(out / ".kept.old-def" / "run")  # here the new run had its checkpoint: the overwrite was due to commit
+    _stub(out / "kept", _dead_pid(), checkpoint=True)
+    new = tree_state(out / "kept")
     _stub(tmp_path / "other" / "dead", _dead_pid())  # no backup: report says how to start it again, not to resume
-    code, (err, shown) = run_cli_many([["report", str(tmp_path / "other" / "dead")]], cwd=tmp_path,
-                                      capture_stdout=True)[0]
+    restored, committed, dead = [err_out for _, err_out in run_cli_many(
+        [["report", str(out / "keep")], ["train", "--name", "kept", "--output", str(out), "--resume"],
+         ["report", str(tmp_path / "other" / "dead")]], cwd=tmp_path, capture_stdout=True)]
+    assert "the run it was replacing is back in" in restored[0] and ".keep.old-abc" in restored[0], restored
+    assert "was removed, as the overwrite would have done" in committed[0], committed
+    shown = dead[1]
+    assert tree_state(out / "keep") == before
+    assert tree_state(out / "kept") == new
+    assert sorted(p.name for p in out.iterdir()) == ["keep", "kept"]
     assert "stale (its process" in shown and "it had no checkpoint yet: start it again with --overwrite" in shown, shown
 
-    # the new run had its checkpoint: the overwrite was due to commit, so the old run goes, the new one stays
-    shutil.rmtree(out / "keep")
-    _old_run(out / ".keep.old-def" / "run")
-    _stub(out / "keep", _dead_pid(), checkpoint=True)
-    new = tree_state(out / "keep")
-    code, err = run_cli_many([["train", "--name", "keep", "--output", str(out), "--resume"]], cwd=tmp_path)[0]
-    assert "was removed, as the overwrite would have done" in err, err
-    assert tree_state(out / "keep") == new and sorted(p.name for p in out.iterdir()) == ["keep"]
-
     # a swap still in progress (its process alive) and two backups are left alone, with a word for the latter
+    shutil.rmtree(out / "kept")
     _stub(out / ".keep.old-ghi" / "run", os.getpid(), status="finished")
-    alive = tree_state(out)
     (out / "keep" / "run.json").write_text(json.dumps({"status": "running", "name": "keep", "pid": os.getpid(),
                                                        "host": os.uname().nodename}))
     alive = tree_state(out)
