@@ -73,8 +73,8 @@ def check_output_dir(output: str | os.PathLike, flag: str = "--output") -> Path:
                          f"({err.strerror or err}); pass a folder you can write to") from None
     run = enclosing_run(existing)
     if run is not None:
-        raise UsageError(f"{flag} {str(out)!r} lies inside the run folder {str(run)!r}; a run inside another run would "
-                         "be deleted by an --overwrite of that run: pass a folder outside it")
+        raise UsageError(f"{flag} {str(out)!r} lies inside the run folder {str(run)!r}: pass a folder outside it "
+                         "(what lies in a run's folder is that run's)")
     return out
 
 
