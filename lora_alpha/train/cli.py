@@ -7,9 +7,11 @@ import json
 import math
 import os
 import shlex
+import shutil
 import signal
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -401,7 +403,7 @@ def find_alpha_cmd(args, given: set[str] = frozenset()) -> int:
                   "was written", file=sys.stderr)
             return 128 + int(signum)
         stop.after_fit = True  # a second signal while the results are written ends the command at once
-        return _finder_outputs(args, res, out, stop.signum, old_events)
+        return _finder_outputs(args, res, out, stop, old_events)
 
 
 FINDER_FILES = ("find_alpha.json", "find_alpha.png")
@@ -432,19 +434,17 @@ def _check_finder_output(out: Path, overwrite: bool) -> list[Path]:
     return [out / n for n in names if isinstance(n, str) and Path(n).name == n and (out / n).is_file()]
 
 
-def _finder_outputs(args, res, out: Path, signum: int | None, old_events: list[Path] = ()) -> int:
+def _finder_outputs(args, res, out: Path, stop: StopSignals, old_events: list[Path] = ()) -> int:
     """find-alpha's JSON, PNG, TensorBoard events and printed table (what finished, when it was stopped)."""
-    from lora_alpha.train.dashboard import write_finder_events
-
-    out.mkdir(parents=True, exist_ok=True)
-    before = set(out.glob("events.out.tfevents.*"))
-    write_finder_events(out, res, res.plot())
-    events = sorted(p.name for p in set(out.glob("events.out.tfevents.*")) - before)
-    atomic_write(out / "find_alpha.png", res.plot)
-    config = {k: v for k, v in vars(args).items() if k != "command"}
-    atomic_write_json(out / "find_alpha.json", {**res.as_dict(), "config": config, "events": events})
-    for path in old_events:  # the earlier finder's plot and losses, which TensorBoard would show beside these
-        path.unlink(missing_ok=True)
+    try:
+        _write_finder_files(args, res, out, old_events, stop)
+    except KeyboardInterrupt:
+        signum = stop.signum  # a second signal while the files were made: none of them was put in place
+        what = signal.Signals(signum or signal.SIGINT).name
+        print(f"signaldrift: {what} while the alpha finder's results were being written: stopped at once; nothing "
+              f"in {out} was written or replaced", file=sys.stderr)
+        return 128 + int(signum or signal.SIGINT)
+    signum = stop.signum
     lines = [f"alpha finder: {res.steps} steps per trial at lr {res.lr:g} ({res.rule} rule, rank {args.rank})",
              f"{'alpha':>10}  {'held-out loss':>13}  {'drift ratio':>11}"]
     for a, l, d in zip(res.alphas, res.losses, res.drift_ratio):
@@ -461,8 +461,32 @@ def _finder_outputs(args, res, out: Path, signum: int | None, old_events: list[P
         lines.append(f"interrupted ({what}): the suggestion uses the trials that finished")
     lines.append(f"wrote {out / 'find_alpha.json'}, {out / 'find_alpha.png'} and TensorBoard events in {out} "
                  f"(tensorboard --logdir {out.parent})")
-    print("\n".join(lines))
-    return 128 + int(signum or signal.SIGINT) if res.interrupted else 0
+    with stop.held():  # the files are in place: a signal now is noted, and the table is printed whole
+        print("\n".join(lines))
+    signum = stop.signum
+    return 128 + int(signum or signal.SIGINT) if res.interrupted or signum else 0
+
+
+def _write_finder_files(args, res, out: Path, old_events: list[Path], stop: StopSignals) -> None:
+    """Event file, PNG and JSON are made in a hidden folder inside ``out`` (a second signal there stops at once
+    and leaves ``out`` as it was), then renamed into place with signals held back."""
+    from lora_alpha.train.dashboard import write_finder_events
+
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out, prefix=".find-alpha-"))
+    try:
+        write_finder_events(staging, res, res.plot())
+        events = sorted(p.name for p in staging.glob("events.out.tfevents.*"))
+        atomic_write(staging / "find_alpha.png", res.plot)
+        config = {k: v for k, v in vars(args).items() if k != "command"}
+        atomic_write_json(staging / "find_alpha.json", {**res.as_dict(), "config": config, "events": events})
+        with stop.held():
+            for name in (*events, "find_alpha.png", "find_alpha.json"):
+                os.replace(staging / name, out / name)
+            for path in old_events:  # the earlier finder's plot and losses, which TensorBoard would show beside these
+                path.unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _trainer_kwargs(args) -> dict:
@@ -933,6 +957,7 @@ class StopSignals:
         self.signum: int | None = None
         self.after_fit = False
         self.immediate = False
+        self.holding = False
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopSignals:
@@ -951,8 +976,19 @@ class StopSignals:
     def _handle(self, signum: int, frame) -> None:
         first = self.signum is None
         self.signum = self.signum or signum
+        if self.holding:
+            return
         if not first or self.after_fit or self.immediate:
             raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def held(self):
+        """Within the block a signal is only noted (a few renames that must happen together)."""
+        self.holding = True
+        try:
+            yield self
+        finally:
+            self.holding = False
 
     @contextlib.contextmanager
     def interruptible(self):

@@ -142,7 +142,7 @@ def _finder(workspace, out, *extra):
             "--eval-batches", "1", "--eval-size", "8", "--output", str(out), "--no-progress", *extra]
 
 
-def test_find_alpha_replaces_earlier_results_only_with_overwrite(workspace, tmp_path):
+def test_find_alpha_replaces_earlier_results_only_with_overwrite(workspace, tmp_path, monkeypatch, capsys):
     """F21: a second find-alpha into the same folder replaced the first's JSON and PNG without a word and left its
     event file beside the new one; F22: the user's own find_alpha.json was overwritten."""
     out = tmp_path / "fa"
@@ -159,6 +159,22 @@ def test_find_alpha_replaces_earlier_results_only_with_overwrite(workspace, tmp_
     assert (mine / "find_alpha.json").read_text() == '{"my": "notes"}' and os.listdir(mine) == ["find_alpha.json"]
     events = sorted(p.name for p in out.glob("events.out.tfevents.*"))
     assert len(events) == 1 and json.loads((out / "find_alpha.json").read_text())["events"] == events
+
+    # a second Ctrl-C while the results are written (the figure renders for a second) was a traceback and left a
+    # partial event file: now one line, and the folder is as it was
+    from lora_alpha.train import dashboard
+    from lora_alpha.train.cli import main
+
+    def interrupted(*_):
+        raise KeyboardInterrupt
+
+    before = tree_state(out)
+    monkeypatch.setattr(dashboard, "write_finder_events", interrupted)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(_finder(workspace, out, "--overwrite")) == 130
+    err = capsys.readouterr().err
+    assert "SIGINT while the alpha finder's results were being written: stopped at once" in err, err[-2000:]
+    assert "Traceback" not in err and tree_state(out) == before
 
 
 def test_data_read_wrong_without_a_word_is_refused(workspace, tmp_path):
