@@ -600,8 +600,12 @@ def _check_resume_state(run_dir: Path, record: dict) -> Path:
     return last
 
 
-def _check_checkpoint(path: Path, module) -> None:
-    """The checkpoint loads and holds this run's LoRA layers, with the same shapes (one line otherwise)."""
+RUN_ID_KEY = "signaldrift_run_id"
+
+
+def _check_checkpoint(path: Path, module, run_id: str | None = None) -> None:
+    """The checkpoint loads, is this run's (``run_id``, where run.json records one) and holds its LoRA layers
+    with the same shapes (one line otherwise)."""
     import torch
 
     try:
@@ -626,6 +630,11 @@ def _check_checkpoint(path: Path, module) -> None:
             why = "another --rank or model?" if "lora_" in k else "other classes in the data, or another model?"
             raise UsageError(f"checkpoint {path} does not match this run: {k} has shape {tuple(theirs.shape)} in "
                              f"the checkpoint, {tuple(v.shape)} in the run ({why}); the run stays as it was")
+    if isinstance(run_id, str) and ckpt.get(RUN_ID_KEY) != run_id:
+        theirs = ckpt.get(RUN_ID_KEY)
+        whose = f"run {theirs!r}" if isinstance(theirs, str) else "a run that recorded no id"
+        raise UsageError(f"checkpoint {path} is not this run's: it was written by {whose}, and {RECORD_NAME} says "
+                         f"this run is {run_id!r} (was it copied from another run?); the run stays as it was")
 
 
 def train(args, given: set[str] = frozenset()) -> int:
@@ -723,7 +732,7 @@ def _build(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
     module = _module(args, model_path, dm, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
                      schedule=args.schedule, loraplus_ratio=args.loraplus_ratio, adapter_dir=run_dir / "adapter")
     if resumed is not None:
-        _check_checkpoint(last_ckpt, module)
+        _check_checkpoint(last_ckpt, module, resumed.get("run_id"))
     stop.check()
     classification = args.task == "sequence-classification"
     monitor = SignalDriftMonitor(every_n_steps=args.every_n_steps, full_grad_every=args.full_grad_every,
@@ -814,6 +823,7 @@ def _train(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
         target.swap_in()
         # An overwritten old run is kept (aside) until the new run has a complete checkpoint, or has finished.
         run.checkpoint_io.on_saved = target.commit
+        run.checkpoint_io.run_id = record.get("run_id") if isinstance(record.get("run_id"), str) else None
         if trainer.is_global_zero:
             from lora_alpha.train.dashboard import hparam_metrics, run_hparams, write_hparams
 
@@ -1050,8 +1060,11 @@ def _atomic_checkpoint_io():
 
     class AtomicCheckpointIO(TorchCheckpointIO):
         on_saved = None  # called after each whole checkpoint (the overwrite's old run may go then)
+        run_id = None  # run.json's run_id, written into each checkpoint (a resume checks it)
 
         def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+            if self.run_id is not None:
+                checkpoint[RUN_ID_KEY] = self.run_id
             try:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
                 atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))

@@ -217,7 +217,9 @@ def _mkdtemp(parent: Path, prefix: str) -> str:
 
 # ----------------------------------------------------------------------------- run.json
 def new_record(name: str, config: dict[str, Any], lora: str) -> dict[str, Any]:
-    return {"status": "running", "name": name, "config": config, "lora": lora, **process_info()}
+    # run_id: the run's checkpoints carry it, so a resume cannot continue from another run's checkpoint
+    return {"status": "running", "name": name, "run_id": secrets.token_hex(8), "config": config, "lora": lora,
+            **process_info()}
 
 
 def process_info() -> dict[str, Any]:

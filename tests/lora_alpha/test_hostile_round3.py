@@ -214,7 +214,8 @@ def test_blank_means_no_visible_character():
 
 def test_resume_refuses_a_record_with_a_setting_missing_or_unknown(workspace, tmp_path):
     """R17: --resume of a run.json without 'lr' continued at the default learning rate; an unknown key was
-    ignored; a renamed folder kept printing its old name."""
+    ignored; a renamed folder kept printing its old name. R05 (third review): another run's checkpoint of the same
+    shapes, copied in, was resumed from without a word."""
     out = tmp_path / "runs"
     code, err = run_cli_many([_args(workspace, "--checkpoint-every", "1", output=out, name="r")], cwd=tmp_path)[0]
     assert code == 0, err[-2000:]
@@ -222,16 +223,23 @@ def test_resume_refuses_a_record_with_a_setting_missing_or_unknown(workspace, tm
     record["status"] = "interrupted"
     lost = dict(record, config={k: v for k, v in record["config"].items() if k != "lr"})
     bogus = dict(record, config={**record["config"], "bogus_key": 1})
-    for name, rec in (("nolr", lost), ("bogus", bogus), ("moved", record)):
+    import torch
+
+    saved = torch.load(out / "r" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert isinstance(record["run_id"], str) and saved["signaldrift_run_id"] == record["run_id"]
+    other = dict(record, run_id="0123456789abcdef")  # R05: another run's checkpoint (same shapes) copied in
+    for name, rec in (("nolr", lost), ("bogus", bogus), ("moved", record), ("foreign", other)):
         shutil.copytree(out / "r", out / name)
         (out / name / "run.json").write_text(json.dumps(rec))
-    states = {n: tree_state(out / n) for n in ("nolr", "bogus")}
+    states = {n: tree_state(out / n) for n in ("nolr", "bogus", "foreign")}
     resume = ["train", "--output", str(out), "--resume", "--no-progress", "--name"]
-    results = run_cli_many([resume + ["nolr"], resume + ["bogus"], resume + ["moved"]], cwd=tmp_path)
+    results = run_cli_many([resume + ["nolr"], resume + ["bogus"], resume + ["foreign"], resume + ["moved"]],
+                           cwd=tmp_path)
     _each([("nolr", "is damaged: its recorded configuration has no --lr"),
-           ("bogus", "has unknown setting(s) ['bogus_key']")], results[:2])
+           ("bogus", "has unknown setting(s) ['bogus_key']"),
+           ("foreign", f"is not this run's: it was written by run {record['run_id']!r}")], results[:3])
     assert {n: tree_state(out / n) for n in states} == states
-    assert results[2][0] == 0, results[2][1][-2000:]
+    assert results[3][0] == 0, results[3][1][-2000:]
     moved = json.loads((out / "moved" / "run.json").read_text())
     assert (moved["status"], moved["name"], moved["resumed"]) == ("finished", "moved", 1)
 
