@@ -267,14 +267,38 @@ def check_not_running(run_dir: Path) -> None:
                      "folder: stop that process first, or pass another --name")
 
 
-# What a run writes at the top of its folder; anything else there is the user's, and --overwrite keeps off.
-RUN_ENTRIES = frozenset({RECORD_NAME, "hparams.yaml", "checkpoints", "adapter", "report.png", "find_alpha"})
+# What a run writes in its folder (folder -> its entries); anything else is the user's, and --overwrite keeps off.
+RUN_LAYOUT: dict[str, frozenset[str]] = {
+    ".": frozenset({RECORD_NAME, "hparams.yaml", "checkpoints", "adapter", "report.png", "find_alpha"}),
+    "adapter": frozenset({"adapter_config.json", "adapter_model.safetensors", "signaldrift_adapter.json"}),
+    "checkpoints": frozenset({"last.ckpt"}),
+    "find_alpha": frozenset(),
+}
 _RUN_FILE = re.compile(r"events\.out\.tfevents\..+|\..+\.[0-9a-f]{8}\.tmp.*")  # event files; a cut atomic write
+_RUN_FOLDERS = frozenset(k for k in RUN_LAYOUT if k != ".")
 
 
 def foreign_entries(run_dir: Path) -> list[str]:
-    """Names at the top of ``run_dir`` that no run writes (the user's files, a run nested in it)."""
-    return sorted(e.name for e in run_dir.iterdir() if e.name not in RUN_ENTRIES and not _RUN_FILE.fullmatch(e.name))
+    """Paths in ``run_dir`` (relative to it) that no run writes: the user's files, a run nested in it, a folder of
+    the user's inside ``checkpoints/`` or ``adapter/``."""
+    out = []
+    for folder, allowed in RUN_LAYOUT.items():
+        where = run_dir / folder
+        if folder != "." and (where.is_symlink() or not where.is_dir()):
+            if where.is_symlink() or where.exists():
+                out.append(folder)  # a file or link where the run keeps a folder: not the run's
+            continue
+        for entry in where.iterdir():
+            name = entry.name
+            if _RUN_FILE.fullmatch(name) and entry.is_file():
+                continue
+            if name in allowed and (folder != "." or name not in _RUN_FOLDERS) and entry.is_file() \
+                    and not entry.is_symlink():
+                continue
+            if folder == "." and name in _RUN_FOLDERS:
+                continue  # looked into on its own
+            out.append(name if folder == "." else f"{folder}/{name}")
+    return sorted(out)
 
 
 def check_replaceable(run_dir: Path, inputs: dict[str, str | None]) -> None:

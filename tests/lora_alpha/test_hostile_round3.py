@@ -41,6 +41,9 @@ def test_overwrite_names_and_output_keep_off_what_is_not_the_run(workspace, tmp_
     _old_run(out / "keep")
     (out / "keep" / "mydata.csv").write_text("text,label\nmine,1\n")
     _old_run(out / "keep" / "inner")
+    (out / "keep" / "adapter" / "NOTES.md").write_text("mine")  # O03, O04 of the third review: inside its folders
+    (out / "keep" / "checkpoints" / "mine").mkdir()
+    (out / "keep" / "checkpoints" / "mine" / "epoch3.ckpt").write_text("mine")
     (out / "notes").mkdir()
     (out / "notes" / "todo.txt").write_text("mine")
     before = tree_state(out)
@@ -53,7 +56,7 @@ def test_overwrite_names_and_output_keep_off_what_is_not_the_run(workspace, tmp_
     empty = named("ok")
     empty[empty.index("--output") + 1] = ""
     cases = [
-        (_args(workspace, "--overwrite", output=out, name="keep"), "holds 2 entries that no run writes (inner, mydata.csv)"),
+        (_args(workspace, "--overwrite", output=out, name="keep"), "holds 4 entries that no run writes (adapter/NOTES.md, checkpoints/mine, inner, mydata.csv)"),
         (_args(workspace, output=out / "keep", name="nested"), "lies inside the run folder"),
         (_args(workspace, output=out / "keep" / "inner" / "deeper", name="x"), "lies inside the run folder"),
         (_args(workspace, output=out, name="notes"), "exists and is not a run folder (it holds no run.json); pass another --name"),
