@@ -100,6 +100,9 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, *, base_model_n
     rules = {m.rule for m in layers.values()}
     if len({r == "rslora" for r in rules}) > 1:
         raise LoRAConfigError(f"layers mix the rslora rule with others ({sorted(rules)}); PEFT stores one rule")
+    if not str(directory):  # Path("") is the working folder: an empty string is a mistake, not a choice
+        raise AdapterFileError("cannot save an adapter to '': the folder is empty; pass a folder (\".\" for the "
+                               "working folder)")
     directory = Path(directory)
     _check_save_folder(directory)
     ranks = {n: m.rank for n, m in layers.items()}

@@ -436,6 +436,7 @@ def _check_finder_output(out: Path, overwrite: bool) -> list[Path]:
 
 def _finder_outputs(args, res, out: Path, stop: StopSignals, old_events: list[Path] = ()) -> int:
     """find-alpha's JSON, PNG, TensorBoard events and printed table (what finished, when it was stopped)."""
+    replacing = (out / "find_alpha.json").is_file()  # --overwrite of an earlier find-alpha's results (checked)
     try:
         _write_finder_files(args, res, out, old_events, stop)
     except KeyboardInterrupt:
@@ -459,8 +460,9 @@ def _finder_outputs(args, res, out: Path, stop: StopSignals, old_events: list[Pa
     if res.interrupted:
         what = signal.Signals(signum or signal.SIGINT).name
         lines.append(f"interrupted ({what}): the suggestion uses the trials that finished")
-    lines.append(f"wrote {out / 'find_alpha.json'}, {out / 'find_alpha.png'} and TensorBoard events in {out} "
-                 f"(tensorboard --logdir {out.parent})")
+    lines.append(f"wrote {out / 'find_alpha.json'}, {out / 'find_alpha.png'} and TensorBoard events in {out}"
+                 + (", replacing the earlier find-alpha's results" if replacing else "")
+                 + f" (tensorboard --logdir {out.parent})")
     with stop.held():  # the files are in place: a signal now is noted, and the table is printed whole
         print("\n".join(lines))
     signum = stop.signum
@@ -594,6 +596,9 @@ def _check_resume_state(run_dir: Path, record: dict) -> Path:
         raise UsageError(f"run {run_dir} is still running (pid {record.get('pid')} on {record.get('host')}); "
                          "stop it first")
     last = run_dir / "checkpoints" / "last.ckpt"
+    if last.exists() and not last.is_file():
+        raise UsageError(f"--resume: {last} is not a file (a folder or a device where the checkpoint belongs); "
+                         "the run stays as it was: put the checkpoint back, or start it again with --overwrite")
     if not last.is_file():
         raise UsageError(f"--resume: {last} does not exist (the run stopped before its first checkpoint; "
                          "see --checkpoint-every); start it again with --overwrite")
@@ -868,7 +873,11 @@ def _train(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
               f"was discarded and the existing run {run_dir} is as it was", file=sys.stderr)
         return 128 + int(stop.signum)
     if stop.signum is not None:
-        return _interrupted(args, name, run_dir, last_ckpt, record, trainer, stop.signum, start)
+        code = _interrupted(args, name, run_dir, last_ckpt, record, trainer, stop.signum, start)
+        if target.replaced:  # K03 of the third review: the stop kept the new run; say where the old one went
+            print(f"signaldrift: the run that --overwrite replaced in {run_dir} was deleted when the new run wrote its "
+                  "first checkpoint", file=sys.stderr)
+        return code
     if trainer.is_global_zero:
         print(_summary(record, monitor, advisor, run_dir, dm))
     return 0

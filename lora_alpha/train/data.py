@@ -352,7 +352,11 @@ def read_records(path: str | os.PathLike, columns: Sequence[str]) -> Records:
     missing = [c for c in columns if not all(c in r for r in rows)]
     if missing:
         present = sorted(rows[0])
-        raise UsageError(f"{path} lacks column(s) {missing} in some rows; its columns are {present}")
+        near = {c: k for c in missing for k in present if isinstance(k, str) and k.strip().lower() == c.lower()}
+        hint = ("; column names must match exactly: " + ", ".join(f"{k!r} is not {c!r}" for c, k in near.items())
+                + " (spaces or capitals; rename them, or pass --text-column/--label-column)") if near else ""
+        where = "" if all(c not in r for c in missing for r in rows) else " in some rows"
+        raise UsageError(f"{path} lacks column(s) {missing}{where}; its columns are {present}{hint}")
     return Records(rows, path, lines)
 
 

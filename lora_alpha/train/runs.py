@@ -104,6 +104,7 @@ class RunDir:
     staged: Path | None = None  # the new run while it is being built beside the old one
     old: Path | None = None  # the old run, moved aside until commit
     created: bool = False  # this process made ``path`` (abort may remove it); False for a resumed run
+    replaced: bool = False  # an old run was swapped out (and is deleted at commit)
 
     @classmethod
     def create(cls, output: Path, name: str, overwrite: bool) -> RunDir:
@@ -132,7 +133,7 @@ class RunDir:
         self.old = Path(_mkdtemp(self.path.parent, f".{self.path.name}.old-"))
         os.replace(self.path, self.old / "run")  # the old run, kept whole until commit
         os.replace(self.staged, self.path)
-        self.staged = None
+        self.staged, self.replaced = None, True
 
     def commit(self) -> None:
         if self.old is not None:

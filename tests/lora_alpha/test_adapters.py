@@ -297,6 +297,16 @@ def test_save_to_a_file_or_below_one_is_refused_and_writes_nothing(tmp_path):
     assert blocker.read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 
 
+def test_save_to_an_empty_path_is_refused(tmp_path, monkeypatch):
+    """Y15 of the third review: save_adapter(model, "") wrote into the working folder, over an adapter there."""
+    from lora_alpha.adapters import AdapterFileError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(AdapterFileError, match="cannot save an adapter to '': the folder is empty"):
+        save_adapter(_trained_bert(), "")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
 def test_saved_files_get_the_umasks_mode_not_0600(tmp_path, umask, mode):
     import os

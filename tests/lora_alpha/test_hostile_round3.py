@@ -154,11 +154,12 @@ def test_find_alpha_replaces_earlier_results_only_with_overwrite(workspace, tmp_
     (mine / "find_alpha.json").write_text('{"my": "notes"}')
     first, again, forced, users = run_cli_many(
         [_finder(workspace, out), _finder(workspace, out), _finder(workspace, out, "--overwrite"),
-         _finder(workspace, mine, "--overwrite")], cwd=tmp_path)
-    assert first[0] == 0, first[1][-2000:]
-    _one_line(*again, "already holds find_alpha.json, find_alpha.png; pass another --output, or --overwrite")
-    assert forced[0] == 0, forced[1][-2000:]
-    _one_line(*users, "is not an earlier find-alpha's result")
+         _finder(workspace, mine, "--overwrite")], cwd=tmp_path, capture_stdout=True)
+    assert first[0] == 0 and "replacing" not in first[1][1], first[1][0][-2000:]
+    _one_line(again[0], again[1][0], "already holds find_alpha.json, find_alpha.png; pass another --output, or --overwrite")
+    assert forced[0] == 0, forced[1][0][-2000:]
+    assert "replacing the earlier find-alpha's results" in forced[1][1], forced[1][1]  # F04: said, not silent
+    _one_line(users[0], users[1][0], "is not an earlier find-alpha's result")
     assert (mine / "find_alpha.json").read_text() == '{"my": "notes"}' and os.listdir(mine) == ["find_alpha.json"]
     events = sorted(p.name for p in out.glob("events.out.tfevents.*"))
     assert len(events) == 1 and json.loads((out / "find_alpha.json").read_text())["events"] == events
@@ -192,8 +193,11 @@ def test_data_read_wrong_without_a_word_is_refused(workspace, tmp_path):
     write_jsonl(tmp_path / "blank.jsonl", ok + [{"text": "\u00a0\u200b\t", "label": 1}])
     with gzip.open(tmp_path / "packed.csv", "wt") as fh:
         fh.write((workspace / "d.csv").read_text())
+    (tmp_path / "spaced.csv").write_text(" text, Label\nfine,1\nbad,0\n")  # D05, D11 of the third review
     data = str(workspace / "d.csv")
     cases = [
+        (["--data", str(tmp_path / "spaced.csv")], "column names must match exactly: ' text' is not 'text', ' Label' "
+                                                   "is not 'label' (spaces or capitals"),
         (["--data", str(tmp_path / "dup.jsonl")], "dup.jsonl:6 gives the key 'label' twice in one object"),
         (["--data", str(tmp_path / "frac.jsonl")], "mixes whole-number labels ['0', '1'] with ['1.5']"),
         (["--data", str(tmp_path / "blank.jsonl")], "blank.jsonl:21 has no text in column 'text'"),
@@ -231,18 +235,21 @@ def test_resume_refuses_a_record_with_a_setting_missing_or_unknown(workspace, tm
     saved = torch.load(out / "r" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert isinstance(record["run_id"], str) and saved["signaldrift_run_id"] == record["run_id"]
     other = dict(record, run_id="0123456789abcdef")  # R05: another run's checkpoint (same shapes) copied in
-    for name, rec in (("nolr", lost), ("bogus", bogus), ("moved", record), ("foreign", other)):
+    for name, rec in (("nolr", lost), ("bogus", bogus), ("moved", record), ("foreign", other), ("dirckpt", record)):
         shutil.copytree(out / "r", out / name)
         (out / name / "run.json").write_text(json.dumps(rec))
+    (out / "dirckpt" / "checkpoints" / "last.ckpt").unlink()  # R09: a folder where the checkpoint belongs
+    (out / "dirckpt" / "checkpoints" / "last.ckpt").mkdir()
     states = {n: tree_state(out / n) for n in ("nolr", "bogus", "foreign")}
     resume = ["train", "--output", str(out), "--resume", "--no-progress", "--name"]
-    results = run_cli_many([resume + ["nolr"], resume + ["bogus"], resume + ["foreign"], resume + ["moved"]],
-                           cwd=tmp_path)
+    results = run_cli_many([resume + ["nolr"], resume + ["bogus"], resume + ["foreign"], resume + ["dirckpt"],
+                            resume + ["moved"]], cwd=tmp_path)
     _each([("nolr", "is damaged: its recorded configuration has no --lr"),
            ("bogus", "has unknown setting(s) ['bogus_key']"),
-           ("foreign", f"is not this run's: it was written by run {record['run_id']!r}")], results[:3])
+           ("foreign", f"is not this run's: it was written by run {record['run_id']!r}"),
+           ("dirckpt", "last.ckpt is not a file (a folder or a device where the checkpoint belongs)")], results[:4])
     assert {n: tree_state(out / n) for n in states} == states
-    assert results[3][0] == 0, results[3][1][-2000:]
+    assert results[4][0] == 0, results[4][1][-2000:]
     moved = json.loads((out / "moved" / "run.json").read_text())
     assert (moved["status"], moved["name"], moved["resumed"]) == ("finished", "moved", 1)
 

@@ -90,7 +90,9 @@ def test_run_dir_swap_abort_restores_and_commit_removes_the_old_run(tmp_path):
 
     target = RunDir.create(tmp_path, "r", overwrite=True)
     (target.build_path / "run.json").write_text("{}")
+    assert not target.replaced
     target.swap_in()
+    assert target.replaced  # the interrupted run's message says the old run goes at the first checkpoint (K03)
     target.commit()
     assert list(tree_state(tmp_path / "r")) == ["run.json"] and (tmp_path / "r" / "run.json").read_text() == "{}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
