@@ -6,10 +6,11 @@ either works without the other installed.
 """
 from callbacks.engine import MergedLoRAError, NoLoRALayersError, SignalDriftEngine, SignalDriftWarning
 
-_LIGHTNING = {"AlphaRegimeAdvisor": "callbacks.advisor", "AlphaRegimeWarning": "callbacks.advisor",
+_LIGHTNING = {"AlphaController": "callbacks.control", "AlphaRegimeAdvisor": "callbacks.advisor",
+              "AlphaRegimeWarning": "callbacks.advisor",
               "SignalDriftMonitor": "callbacks.monitor"}
 
-__all__ = ["AlphaRegimeAdvisor", "AlphaRegimeWarning", "MergedLoRAError", "NoLoRALayersError", "SignalDriftEngine",
+__all__ = ["AlphaController", "AlphaRegimeAdvisor", "AlphaRegimeWarning", "MergedLoRAError", "NoLoRALayersError", "SignalDriftEngine",
            "SignalDriftMonitor", "SignalDriftWarning"]
 
 

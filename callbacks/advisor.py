@@ -175,6 +175,8 @@ class AlphaRegimeAdvisor(CallbackBase):
         advisor.verdict.verdict, advisor.verdict.suggestion
     """
 
+    warns_too_small = True  # one AlphaRegimeWarning on the first alpha-too-small
+
     def __init__(self, gap_every: int = 50, *, probe_batch: Any = None, probe_batches: int = 2,
                  window_steps: int = 8, size_every: int = 10, taus: Sequence[float] = DEFAULT_TAUS,
                  rules: VerdictRules = DEFAULT_RULES, loss_fn: Callable[[Any, Any], Any] | None = None,
@@ -202,6 +204,7 @@ class AlphaRegimeAdvisor(CallbackBase):
         self.scale_set: list[Any] = []  # the scale probe's batches: validation batches when the run has them
         self.from_zero: bool | None = None  # every B was 0 at the fit's first step (the scale probe needs it)
         self.probes: list[dict[str, float]] = []
+        self.evidence_from = 0  # the verdict counts probes[evidence_from:] (docs/metrics.md §8)
         self.verdict: RegimeVerdict | None = None
         self._config_verdict: RegimeVerdict | None = None  # the configuration alone, until probes count
         self._warned = False
@@ -367,7 +370,8 @@ class AlphaRegimeAdvisor(CallbackBase):
             w.add_text(f"{PREFIX}/verdict", self._verdict_text(), global_step=step)
             if "k_star" in record:
                 w.add_text(f"{PREFIX}/scale_curve", _curve_text(record), global_step=step)
-        if self.verdict.verdict == "alpha-too-small" and not self._warned and trainer.is_global_zero:
+        if self.verdict.verdict == "alpha-too-small" and self.warns_too_small and not self._warned \
+                and trainer.is_global_zero:
             self._warned = True
             warnings.warn(f"alpha looks too small: {self.verdict.evidence}. {self.verdict.suggestion}",
                           AlphaRegimeWarning, stacklevel=3)
@@ -463,7 +467,9 @@ class AlphaRegimeAdvisor(CallbackBase):
 
     def _update_verdict(self, pl_module, views) -> None:
         alpha, rank, scale = medians_of_views(views)
-        probes = self.probes
+        # the probes at the current alpha (an AlphaController's move restarts the evidence); a resume right
+        # after a move, before the next probe, takes the verdict the move was made on
+        probes = self.probes[self.evidence_from:] or self.probes
         self.verdict = regime_verdict(
             alpha, rank, scale, [p.get("k_star") for p in probes],
             gain_zs=[p.get("scale_gain_z") for p in probes], help_zs=[p.get("scale_help_z") for p in probes],
@@ -498,6 +504,7 @@ class AlphaRegimeAdvisor(CallbackBase):
     def _reset(self) -> None:
         """Forget an earlier fit's probes, verdict, peaks and probe sets (a reused callback)."""
         self.probes, self.verdict, self._config_verdict = [], None, None
+        self.evidence_from = 0
         self.step_size_peak = self._interval_peak = self.from_zero = None
         self._warned = self._warned_nonzero = False
         if not self._fixed_probe_set:
@@ -507,13 +514,14 @@ class AlphaRegimeAdvisor(CallbackBase):
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict:
         cpu = torch.device("cpu")
-        return {"probes": [dict(p) for p in self.probes], "warned": self._warned, "step_size_peak": self.step_size_peak,
-                "interval_peak": self._interval_peak, "from_zero": self.from_zero,
+        return {"probes": [dict(p) for p in self.probes], "evidence_from": self.evidence_from, "warned": self._warned,
+                "step_size_peak": self.step_size_peak, "interval_peak": self._interval_peak, "from_zero": self.from_zero,
                 "probe_set": [move_to_device(b, cpu) for b in self.probe_set],
                 "scale_set": [move_to_device(b, cpu) for b in self.scale_set]}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.probes = [dict(p) for p in state_dict.get("probes", [])]
+        self.evidence_from = int(state_dict.get("evidence_from", 0))
         self._warned = bool(state_dict.get("warned", False))
         self.step_size_peak = state_dict.get("step_size_peak")
         self._interval_peak = state_dict.get("interval_peak")
