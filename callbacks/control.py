@@ -158,9 +158,11 @@ class AlphaController(AlphaRegimeAdvisor):
             return
         record = self.probes[-1]
         total_steps = int(trainer.estimated_stepping_batches)
+        sizes = [p.get("step_size_max") for p in self.probes[self.evidence_from:][-self.window:]]
+        sizes = [v for v in sizes if v is not None and math.isfinite(v)]
         decision = alpha_move(record.get("k_star"), record.get("scale_gain_z"), record.get("scale_help_z"),
                               record.get("verdict"), record["step"], total_steps, len(self.moves), self.total_factor,
-                              self.control)
+                              max(sizes) if sizes else None, self.control)
         factor = trainer.strategy.broadcast(decision.factor, src=0)  # every rank moves together
         record["control"] = decision.reason if factor is not None else f"no move: {decision.reason}"
         if factor is not None:

@@ -222,6 +222,14 @@ def layer_table(record: RunRecord, window: int = 10) -> list[dict[str, float | s
     return [{"layer": name, **{m: vals.get(m) for m in REPORT_METRICS}} for name, vals in layers.items()]
 
 
+def alpha_moves(record: RunRecord) -> list[tuple[int, float, float]]:
+    """Where the logged alpha (``Summary/alpha``) changed: ``(step, before, after)``; an AlphaController's moves."""
+    series = measured(record).get(TagKey("alpha"), {})
+    steps = sorted(series)
+    return [(b, series[a], series[b]) for a, b in zip(steps, steps[1:])
+            if not math.isclose(series[a], series[b], rel_tol=1e-9)]
+
+
 def latest_verdict(record: RunRecord) -> str | None:
     return record.verdicts[max(record.verdicts)] if record.verdicts else None
 
@@ -247,6 +255,9 @@ def format_report(record: RunRecord, window: int = 10, recorded_verdict: str | N
             model_rows.append(f"  {m:<22}{v:.4g}")
     if model_rows:
         lines += ["", "Model (median over layers, recent steps)"] + model_rows
+    moves = alpha_moves(record)
+    if moves:
+        lines += ["", "Alpha moves (alpha control)"] + [f"  step {t}: {a:.4g} -> {b:.4g} (x {b / a:.3g})" for t, a, b in moves]
     verdict = latest_verdict(record)
     if verdict:
         text = _unmarked(verdict).replace("  \n", "\n  ")
@@ -467,6 +478,10 @@ def report_figure(record: RunRecord, window: int = 10):
         steps = sorted(codes)
         ax.step(steps, [codes[s] for s in steps], where="post", color="black")
         ax.set_ylim(-1.5, 1.5)
+        for i, (t, a, b) in enumerate(alpha_moves(record)):  # the controller's moves, where the verdict restarts
+            ax.axvline(t, color="tab:green", ls=":", lw=1.5, label="alpha moved" if i == 0 else None)
+            ax.annotate(f"alpha {a:.3g} -> {b:.3g}", (t, 1.35 - 0.25 * (i % 3)), fontsize=7, color="tab:green",
+                        xytext=(3, 0), textcoords="offset points", va="center")
     else:
         _empty(ax, "verdict series")
     ax.set_yticks(list(VERDICT_LABELS), list(VERDICT_LABELS.values()), fontsize=8)

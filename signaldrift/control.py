@@ -4,9 +4,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from signaldrift.regime import HELP_Z_MAX, K_TOO_SMALL
+from signaldrift.regime import HELP_Z_MAX, STEP_SIZE_HIGH
 
-_NO_MOVE_BAND = 0.01  # a bounded factor this close to 1 is no move (the total bound is reached)
+_NO_MOVE_BAND = 0.01  # a factor down this close to 1 is no move (the total bound is reached)
 
 
 def _real(x) -> bool:
@@ -25,14 +25,17 @@ class ControlRules:
     max_factor: float = 8.0
     max_total: float = 512.0
     until: float = 0.25
-    k_up: float = K_TOO_SMALL
-    z_min: float = 2.0
+    k_up: float = 2.0  # benchmarks/results/alpha_control.md: fitted on the debates' stored probes
+    z_min: float = 1.0
     help_z_max: float = HELP_Z_MAX
+    headroom: float = 0.5  # a move up keeps the step size below headroom * step_size_high
+    step_size_high: float = STEP_SIZE_HIGH
 
     def __post_init__(self) -> None:
         if isinstance(self.max_moves, bool) or not isinstance(self.max_moves, int) or self.max_moves < 1:
             raise ValueError(f"max_moves must be an int >= 1, got {self.max_moves!r}")
-        for name, low in (("max_factor", 1.0), ("max_total", 1.0), ("k_up", 1.0)):
+        for name, low in (("max_factor", 1.0), ("max_total", 1.0), ("k_up", 1.0), ("headroom", 0.0),
+                          ("step_size_high", 0.0)):
             value = getattr(self, name)
             if not _real(value) or not value > low:
                 raise ValueError(f"{name} must be a finite number > {low:g}, got {value!r}")
@@ -55,12 +58,14 @@ class AlphaMove:
 
 
 def alpha_move(k_star: float | None, gain_z: float | None, help_z: float | None, verdict: str | None, step: int,
-               total_steps: int, moves: int, total: float, rules: ControlRules = DEFAULT_CONTROL) -> AlphaMove:
+               total_steps: int, moves: int, total: float, step_size_peak: float | None = None,
+               rules: ControlRules = DEFAULT_CONTROL) -> AlphaMove:
     """The §8 rule for one probe: how far to move alpha (``factor``), or why not.
 
     Args:
         k_star, gain_z, help_z: the probe's §7 values (None: not measured).
         verdict: the §6 verdict this probe produced.
+        step_size_peak: the largest median step size (§2) of the probes counted at the current alpha (None: no cap).
         step: the probe's optimizer step; total_steps: the run's optimizer steps (> 0).
         moves: moves made so far; total: the product of their factors (> 0).
     """
@@ -81,9 +86,16 @@ def alpha_move(k_star: float | None, gain_z: float | None, help_z: float | None,
     if k_star >= rules.k_up:
         if help_z is not None and not math.isnan(help_z) and help_z <= rules.help_z_max:
             return AlphaMove(None, f"the update made the probe set worse (help z {help_z:.2f}): no move up")
-        factor = min(k_star, rules.max_factor, rules.max_total / total)
-        if factor <= 1 + _NO_MOVE_BAND:
-            return AlphaMove(None, f"alpha is already {total:.3g}x its start (at most {rules.max_total:g}x)")
+        room = math.inf
+        if step_size_peak is not None and _real(step_size_peak) and step_size_peak > 0:
+            room = rules.headroom * rules.step_size_high / step_size_peak  # Adam's W step grows with alpha
+        factor = min(k_star, rules.max_factor, rules.max_total / total, room)
+        if factor < rules.k_up:
+            why = (f"alpha is already {total:.3g}x its start (at most {rules.max_total:g}x)"
+                   if rules.max_total / total < rules.k_up else
+                   f"the step size ({step_size_peak:.3g}) leaves room for x {room:.3g} only (below "
+                   f"{rules.headroom:g} x {rules.step_size_high:g})" if room < rules.k_up else "")
+            return AlphaMove(None, f"k* = {k_star:.3g}, but {why}")
         return AlphaMove(factor, f"k* = {k_star:.3g} (z {gain_z:.2f}): alpha x {factor:.3g}")
     if k_star < 1 and verdict == "too-aggressive":
         factor = max(k_star, 1 / rules.max_factor, 1 / (rules.max_total * total))

@@ -147,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(--probe-every is the deprecated old name)")
     t.add_argument("--gap-every", type=int, default=50,
                    help="probe the loss along the step (step_gap, the evidence of the verdict) every this many steps")
+    t.add_argument("--alpha-control", action="store_true",
+                   help="let the run correct its alpha: at probes (--gap-every) in the first quarter of the run, a "
+                        "significant k* moves alpha to k* x alpha (at most 8x a move, 3 moves, 512x in all; "
+                        "docs/metrics.md §8)")
     t.add_argument("--output", default="runs", help="runs are written to OUTPUT/NAME/")
     t.add_argument("--name", default=None,
                    help="run name: letters, digits, '-', '_', '.' (default: run-<date>-<time>-<random>)")
@@ -329,7 +333,24 @@ def _check_args(args, given: set[str] = frozenset()) -> None:
                          f"{ALPHA_RANGE[1]:g} (the diagnostics compute alpha * 8 and alpha / r); omit it for the "
                          "rule's default")
     _check_positive(args, tuple(n for n in ("loraplus_ratio", "train_size", "eval_size") if getattr(args, n) is not None))
+    if args.alpha_control:
+        _check_alpha_control(args)
     _refuse_inapplicable(args, given)
+
+
+def _check_alpha_control(args) -> None:
+    """--alpha-control needs a probe in the first ``until`` of the run, and room for alpha to grow."""
+    from signaldrift.control import DEFAULT_CONTROL
+
+    last = math.floor(DEFAULT_CONTROL.until * args.max_steps)
+    if args.max_steps > 0 and args.gap_every > last:
+        fix = f"pass --gap-every {last} or less" if last >= 1 else f"train at least {math.ceil(1 / DEFAULT_CONTROL.until)} steps"
+        raise UsageError(f"--alpha-control moves alpha only at probes in the first {DEFAULT_CONTROL.until:.0%} of the run "
+                         f"(steps 1 to {last} of --max-steps {args.max_steps}); --gap-every {args.gap_every} puts no probe "
+                         f"there: {fix}")
+    if isinstance(args.alpha, float) and args.alpha * DEFAULT_CONTROL.max_total > ALPHA_RANGE[1]:
+        raise UsageError(f"--alpha-control may raise alpha {DEFAULT_CONTROL.max_total:g}-fold; --alpha {args.alpha:g} "
+                         f"would leave the range a run can use (up to {ALPHA_RANGE[1]:g})")
 
 
 def _module(args, model_path: str, dm, **extra):
@@ -537,6 +558,7 @@ def _resume_args(args, given: set[str], record: dict) -> argparse.Namespace:
     recorded = record.get("config")
     if not isinstance(recorded, dict):
         raise UsageError(f"{Path(args.output) / args.name / RECORD_NAME} has no recorded configuration to resume")
+    recorded = {"alpha_control": False, **recorded}  # a run recorded before --alpha-control existed
     merged = vars(args).copy()
     actions = _train_actions()
     path = Path(args.output) / args.name / RECORD_NAME
@@ -725,7 +747,7 @@ def _build(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
     from lightning.pytorch import Trainer, seed_everything
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from callbacks import AlphaRegimeAdvisor, SignalDriftMonitor
+    from callbacks import AlphaController, AlphaRegimeAdvisor, SignalDriftMonitor
     from lora_alpha.train.dashboard import step_progress_bar, validation_charts, validation_summary_callback
     from lora_alpha.train.data import demo_model_path
     seed_everything(args.seed, verbose=False)
@@ -742,7 +764,7 @@ def _build(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
     classification = args.task == "sequence-classification"
     monitor = SignalDriftMonitor(every_n_steps=args.every_n_steps, full_grad_every=args.full_grad_every,
                                  dashboard=validation_charts(classification) if args.val_every else {})
-    advisor = AlphaRegimeAdvisor(gap_every=args.gap_every)
+    advisor = (AlphaController if args.alpha_control else AlphaRegimeAdvisor)(gap_every=args.gap_every)
     logger = TensorBoardLogger(save_dir=str(output), name=name, version="", default_hp_metric=False)
     guard = _lifecycle_callback(stop, last_ckpt)
     callbacks = [monitor, advisor, guard, validation_summary_callback()]
@@ -849,6 +871,8 @@ def _train(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
                                                                 "suggestion": verdict.suggestion},
                           # each probe's estimate and the verdict reached after it (docs/metrics.md §5, §6)
                           probes=[{k: p.get(k) for k in PROBE_FIELDS} for p in advisor.probes])
+            if args.alpha_control:  # docs/metrics.md §8: each move, and the alpha the adapter was saved with
+                record["alpha_control"] = {"moves": [dict(m) for m in advisor.moves], "final_alpha": advisor.alpha}
             write_record(run_dir, record)
             target.commit()  # the new run is whole: the old one (if it was still kept) goes now
     except (KeyboardInterrupt, SystemExit) as err:
@@ -1137,6 +1161,7 @@ def _summary(record, monitor, advisor, run_dir: Path, dm) -> str:
         ("run", f"{record['name']}: {record['steps']} steps in {record['seconds']:.0f} s ({record['precision']})"),
         ("LoRA", record["lora"]),
         *((("alpha finder", _finder_line(record["alpha_finder"])),) if record.get("alpha_finder") else ()),
+        *((("alpha control", _control_line(record["alpha_control"])),) if record.get("alpha_control") else ()),
         ("held-out accuracy" if held is not None else "held-out loss",
          f"{held:.4f} on {n_test} test examples" if held is not None else f"{test.get('test_loss', float('nan')):.4f}"),
         ("drift_ratio", recent("drift_ratio") + "  (median over layers, then over the last 10 measurements)"),
@@ -1153,6 +1178,15 @@ def _summary(record, monitor, advisor, run_dir: Path, dm) -> str:
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(["", "Signal-Drift summary", "=" * 20] + [f"{k:<{width}}  {v}" for k, v in rows])
+
+
+def _control_line(control: dict) -> str:
+    moves = control["moves"]
+    if not moves:
+        return "no move (no significant k* early in the run)"
+    steps = "; ".join(f"step {m['step']}: {m['old_alpha']:.4g} -> {m['new_alpha']:.4g} (k* {m['k_star']:.3g}, "
+                      f"z {m['gain_z']:.2f})" for m in moves)
+    return f"{len(moves)} move(s): {steps}; the adapter is saved at alpha {control['final_alpha']:.4g}"
 
 
 def report(args) -> int:

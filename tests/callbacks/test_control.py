@@ -14,24 +14,36 @@ from tests.callbacks.helpers import lightning, make_module, make_trainer, teache
 from tests.conftest import TinyMLP
 
 # ----------------------------------------------------------------- the rule (pure)
-RULES = ControlRules()  # max_moves 3, max_factor 8, max_total 512, until 0.25, k_up 1.5, z_min 2, help_z_max -2
+RULES = ControlRules()  # max_moves 3, max_factor 8, max_total 512, until 0.25, k_up 2, z_min 1, help_z_max -2,
+# headroom 0.5 of step_size_high 0.0088
 
 
-def move(k=4.0, z=3.0, help_z=5.0, verdict="in-regime", step=10, total_steps=100, moves=0, total=1.0, rules=RULES):
-    return alpha_move(k, z, help_z, verdict, step, total_steps, moves, total, rules).factor
+def move(k=4.0, z=3.0, help_z=5.0, verdict="in-regime", step=10, total_steps=100, moves=0, total=1.0, peak=None,
+         rules=RULES):
+    return alpha_move(k, z, help_z, verdict, step, total_steps, moves, total, peak, rules).factor
 
 
 def test_up_moves_by_k_star_from_both_sides_of_each_bound():
     assert move() == 4.0
-    assert move(k=1.5) == 1.5 and move(k=1.49) is None  # k_up
-    assert move(z=2.0) == 4.0 and move(z=1.99) is None and move(z=math.inf) == 4.0  # z_min
+    assert move(k=2.0) == 2.0 and move(k=1.99) is None  # k_up
+    assert move(z=1.0) == 4.0 and move(z=0.99) is None and move(z=math.inf) == 4.0  # z_min
     assert move(z=None) is None and move(z=math.nan) is None and move(k=None) is None and move(k=math.nan) is None
     assert move(help_z=-1.99) == 4.0 and move(help_z=-2.0) is None and move(help_z=None) == 4.0  # help_z_max
     assert move(step=25) == 4.0 and move(step=26) is None  # until: 0.25 of 100 steps
     assert move(moves=2) == 4.0 and move(moves=3) is None  # max_moves
     assert move(k=8.0) == 8.0 and move(k=16.0) == 8.0  # max_factor
     assert move(k=8.0, total=128.0) == 4.0 and move(k=8.0, total=64.0) == 8.0  # max_total: 512 / total
-    assert move(k=8.0, total=510.0) is None  # the bound leaves less than 1% to move
+    assert move(k=8.0, total=257.0) is None  # what the total leaves is below k_up
+
+
+def test_up_moves_keep_the_step_size_below_half_the_collapse_level():
+    high = 0.0088
+    assert move(k=8.0, peak=high / 16) == 8.0  # room for 8: the other bounds decide
+    assert move(k=8.0, peak=high / 8) == pytest.approx(4.0)  # room = 0.5 * high / peak
+    assert move(k=8.0, peak=high / 4) == pytest.approx(2.0) and move(k=8.0, peak=high / 3.99) is None  # k_up
+    assert move(k=8.0, peak=0.0) == 8.0 and move(k=8.0, peak=math.nan) == 8.0  # no usable peak: no cap
+    reason = alpha_move(8.0, 3.0, 1.0, "in-regime", 10, 100, 0, 1.0, high / 2).reason
+    assert "leaves room for x 1 only" in reason
 
 
 def test_down_only_with_the_verdicts_collapse_evidence():
@@ -41,13 +53,14 @@ def test_down_only_with_the_verdicts_collapse_evidence():
     assert move(k=0.5, verdict="too-aggressive", total=1 / 511.0) is None  # at the total bound
     assert move(k=0.5, verdict="too-aggressive", total=1 / 256.0) == 0.5
     assert move(k=0.5, verdict="too-aggressive", total=1 / 500.0) == pytest.approx(500 / 512)
-    assert move(k=1.2, verdict="too-aggressive") is None and move(k=0.5, z=1.0, verdict="too-aggressive") is None
+    assert move(k=1.2, verdict="too-aggressive") is None and move(k=0.5, z=0.9, verdict="too-aggressive") is None
 
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(max_moves=0), "max_moves"), (dict(max_moves=True), "max_moves"), (dict(max_factor=1.0), "max_factor"),
     (dict(max_total=math.inf), "max_total"), (dict(until=0.0), "until"), (dict(until=1.5), "until"),
     (dict(k_up=1.0), "k_up"), (dict(z_min=math.nan), "z_min"), (dict(help_z_max="x"), "help_z_max"),
+    (dict(headroom=0.0), "headroom"), (dict(step_size_high=-1.0), "step_size_high"),
 ])
 def test_bad_rules_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -110,7 +123,7 @@ def per_example(module, batch):
 
 
 # the tiny task's per-example units agree with z about 1.4 (tests/callbacks/test_advisor.py): these rules move on it
-TEST_RULES = ControlRules(z_min=0.5, until=1.0)
+TEST_RULES = ControlRules(z_min=0.5, until=1.0, k_up=1.5)
 
 
 class Snapshot(lightning().Callback):
@@ -173,13 +186,13 @@ def test_a_move_puts_the_model_at_w0_plus_k_dw_and_rescales_the_moments():
 
 
 def test_moves_stop_at_max_moves_and_after_until():
-    controller, _, _ = _controlled(12, control=ControlRules(z_min=0.5, until=1.0, max_moves=2))
+    controller, _, _ = _controlled(12, control=ControlRules(z_min=0.5, until=1.0, k_up=1.5, max_moves=2))
     assert [m["step"] for m in controller.moves] == [2, 4]
     assert all(p["control"].startswith("no move") for p in controller.probes[2:])
-    early, _, _ = _controlled(12, control=ControlRules(z_min=0.5, until=0.25))  # steps <= 3 of 12
+    early, _, _ = _controlled(12, control=ControlRules(z_min=0.5, until=0.25, k_up=1.5))  # steps <= 3 of 12
     assert [m["step"] for m in early.moves] == [2]
     assert "past 0.25" in early.probes[1]["control"]
-    capped, _, _ = _controlled(12, control=ControlRules(z_min=0.5, until=1.0, max_factor=2.0, max_total=3.0))
+    capped, _, _ = _controlled(12, control=ControlRules(z_min=0.5, until=1.0, k_up=1.5, max_factor=2.0, max_total=3.0))
     assert [m["factor"] for m in capped.moves] == [2.0, 1.5]  # per move, then what the total leaves
     assert capped.total_factor == pytest.approx(3.0) and capped.alpha == pytest.approx(0.03)
 
@@ -198,7 +211,7 @@ def test_the_loss_does_not_spike_after_a_move():
 
     losses = Losses()
     controller = AlphaController(gap_every=2, window_steps=1, loss_fn=per_example,
-                                 control=ControlRules(z_min=0.5, until=0.2, max_factor=8.0))
+                                 control=ControlRules(z_min=0.5, until=0.2, k_up=1.5, max_factor=8.0))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         make_trainer(max_steps=10, callbacks=[controller, losses]).fit(make_module(alpha=0.01, lr=1e-3))
