@@ -11,7 +11,7 @@ from __future__ import annotations
 import signal
 import sys
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _pending: list[int] = []
 _installed: dict[int, object] = {}
 

@@ -103,11 +103,13 @@ def data_module(task: str, seed: int, folder: Path, quick: bool, finder: bool = 
 
 
 def train_run(task: str, alpha: float, lr: float, seed: int, steps: int, gap_every: int, quick: bool,
-              head_lr: float = HEAD_LR) -> dict:
+              head_lr: float = HEAD_LR, control=None) -> dict:
+    """One run of the grid; ``control`` (a ``ControlRules``): an AlphaController instead of the advisor, its moves
+    and the training loss per step recorded too."""
     import torch
     from lightning.pytorch import Callback, Trainer, seed_everything
 
-    from callbacks import AlphaRegimeAdvisor
+    from callbacks import AlphaController, AlphaRegimeAdvisor
     from lora_alpha.train.data import demo_model_path
     from lora_alpha.train.module import LoRAAlphaModule
 
@@ -119,12 +121,15 @@ def train_run(task: str, alpha: float, lr: float, seed: int, steps: int, gap_eve
         dm.setup("fit")
         module = LoRAAlphaModule(demo_model_path(), targets=list(TARGETS), rank=RANK, alpha=alpha, rule="standard", lr=lr,
                                  head_lr=head_lr, num_labels=dm.num_labels)
-        advisor = AlphaRegimeAdvisor(gap_every=gap_every)
+        advisor = AlphaRegimeAdvisor(gap_every=gap_every) if control is None else \
+            AlphaController(gap_every=gap_every, control=control)
         held_out: dict[int, dict] = {}
+        losses: dict[int, float] = {}
         test_loader = dm.test_dataloader()
 
         class HeldOut(Callback):
             def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                losses[trainer.global_step - 1] = float(outputs["loss"] if isinstance(outputs, dict) else outputs)
                 if trainer.global_step in budgets:
                     was = pl_module.training
                     pl_module.eval()
@@ -137,7 +142,7 @@ def train_run(task: str, alpha: float, lr: float, seed: int, steps: int, gap_eve
                             loss += float(out.loss) * len(b["labels"])
                             n += len(b["labels"])
                     pl_module.train(was)
-                    held_out[trainer.global_step] = {"acc": right / n, "loss": loss / n}
+                    held_out[trainer.global_step] = {"acc": right / n, "loss": loss / n, "n": n}
 
         trainer = Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                           enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
@@ -151,7 +156,9 @@ def train_run(task: str, alpha: float, lr: float, seed: int, steps: int, gap_eve
     keep = ("step", "step_gap", "step_gap_lo", "step_gap_hi", "gap_z", "gap_gain", "drift_ratio", "step_size",
             "step_size_max", "step_size_peak", "k_star", "k_best", "scale_gain_z", "scale_help_z", "scale_losses",
             "scale_zs", "verdict")
-    return {"task": task, "alpha": alpha, "lr": lr, "seed": seed, "steps": steps, "seconds": seconds,
+    extra = {} if control is None else {"moves": advisor.moves, "final_alpha": advisor.alpha, "train_loss": losses,
+                                        "gap_every": gap_every}
+    return {**extra, "task": task, "alpha": alpha, "lr": lr, "seed": seed, "steps": steps, "seconds": seconds,
             "head_lr": head_lr, "ks": list(advisor.ks),
             "majority_acc": max(labels.count(k) for k in set(labels)) / len(labels),
             "held_out": {str(k): v for k, v in held_out.items()},

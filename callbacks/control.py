@@ -163,12 +163,13 @@ class AlphaController(AlphaRegimeAdvisor):
         decision = alpha_move(record.get("k_star"), record.get("scale_gain_z"), record.get("scale_help_z"),
                               record.get("verdict"), record["step"], total_steps, len(self.moves), self.total_factor,
                               max(sizes) if sizes else None, self.control)
-        factor = trainer.strategy.broadcast(decision.factor, src=0)  # every rank moves together
-        record["control"] = decision.reason if factor is not None else f"no move: {decision.reason}"
+        # every rank moves together, as rank zero decided (its z is the one recorded)
+        factor, reason, z = trainer.strategy.broadcast((decision.factor, decision.reason, record.get("scale_gain_z")), src=0)
+        record["control"] = reason if factor is not None else f"no move: {reason}"
         if factor is not None:
-            self._move(trainer, pl_module, float(factor), record)
+            self._move(trainer, pl_module, float(factor), record, z)
 
-    def _move(self, trainer, pl_module, factor: float, record: dict) -> None:
+    def _move(self, trainer, pl_module, factor: float, record: dict, gain_z: float | None) -> None:
         views = self._views(pl_module)
         params = [p for v in views for p in (v.A, v.B)]
         old = self._median_alpha(pl_module)
@@ -179,7 +180,7 @@ class AlphaController(AlphaRegimeAdvisor):
         for view in views:
             stretch_alpha(view, factor)
         move = {"step": record["step"], "old_alpha": old, "new_alpha": self._median_alpha(pl_module),
-                "factor": factor, "k_star": record.get("k_star"), "gain_z": record.get("scale_gain_z"),
+                "factor": factor, "k_star": record.get("k_star"), "gain_z": gain_z,
                 "reason": record["control"]}
         self.moves.append(move)
         self.evidence_from = len(self.probes)  # the verdict counts the probes at the new alpha

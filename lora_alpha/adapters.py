@@ -312,6 +312,9 @@ class _Adapter:
 
 def _read_adapter(directory: Path, model: nn.Module, check_base_model: bool) -> _Adapter:
     """Read: the files exist and parse, the adapter is plain LoRA for this base model."""
+    if directory.is_file():  # YA12 of the fourth review: the weights file itself was given
+        raise AdapterMismatchError(f"{directory} is a file; load_adapter takes the adapter's folder (the one holding "
+                                   f"{CONFIG_NAME} and {WEIGHTS_NAME}), e.g. {directory.parent}")
     for fname in (CONFIG_NAME, WEIGHTS_NAME):
         if not (directory / fname).is_file():
             raise AdapterMismatchError(f"{directory / fname} does not exist; an adapter folder needs {CONFIG_NAME} and {WEIGHTS_NAME}")

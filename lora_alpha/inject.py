@@ -236,6 +236,11 @@ def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
             base_logits = model(**batch).logits
     """
     ours = [m for _, m in lora_modules(model)]
+    merged = [name for name, m in lora_modules(model) if m.merged]
+    if merged:  # YA17 of the fourth review: a merged update is in the base weight; switching the adapter off left it on
+        raise LoRAConfigError(f"adapters_disabled cannot switch off {len(merged)} merged LoRA layer(s) (e.g. "
+                              f"{merged[0]!r}): their update is in the base weights; call "
+                              "lora_alpha.unmerge_adapters(model) first")
     peft = [m for m in model.modules() if is_peft_lora(m)]
     saved_ours = [m.lora_enabled for m in ours]
     saved_peft = [bool(m.disable_adapters) for m in peft]

@@ -102,9 +102,13 @@ class LoRALinear(nn.Module):
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Add the update into the base weight. A second call is a no-op."""
+        """Add the update into the base weight. A second call is a no-op. Refused while the adapter is switched off
+        (inside :func:`lora_alpha.adapters_disabled`): the merged update could not be switched off any more."""
         if self.merged:
             return
+        if not self.lora_enabled:
+            raise LoRAConfigError("cannot merge a LoRALinear whose adapter is switched off (inside adapters_disabled): "
+                                  "the merged update would be on inside the block; merge after it")
         self.base_weight_mn().add_(self.delta_weight().to(self.base_layer.weight.dtype))
         self.merged = True
 

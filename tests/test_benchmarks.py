@@ -160,3 +160,35 @@ def test_verdict_calibration_labels_replay_and_flips():
     assert vc.replay(runs[3], rules) == ["in-regime", "in-regime", "alpha-too-small"] + ["uncertain"] * 7
     assert flips[(100.0, 1e-3)] == 2
     assert flips[(100.0, 1e-4)] == 0 and s["near_best_called_too_aggressive"] == 0
+
+
+def test_alpha_control_quick(tmp_path):
+    data = _run("alpha_control.py", tmp_path)
+    mine = [r for r in data["runs"] if "start" in r]  # trained here (the rest are the grid's stored runs)
+    assert {r["controlled"] for r in mine} == {True, False}
+    assert all(r["final_alpha"] > 0 and isinstance(r["moves"], list) for r in mine if r["controlled"])
+    assert {"chosen", "fit", "scored_on_rotten_tomatoes", "shipped"} <= set(data["replay"])
+
+
+def test_alpha_control_replay_of_the_rule_on_stored_probes():
+    """The controller's rule replayed on a stored run's probes: the first move, and where it lands."""
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+    from alpha_control import first_move, landing
+
+    from signaldrift.control import ControlRules
+
+    def run(size):
+        probes = [{"step": 12, "k_star": 1.0, "scale_gain_z": 0.0, "scale_help_z": 1.0, "step_size_max": size},
+                  {"step": 24, "k_star": 16.0, "scale_gain_z": 1.5, "scale_help_z": 1.0, "step_size_max": size},
+                  {"step": 72, "k_star": 16.0, "scale_gain_z": 3.0, "scale_help_z": 1.0, "step_size_max": size}]
+        return {"alpha": 12.0, "probes": probes}
+
+    rules = ControlRules()  # k_up 2, z_min 1, headroom 0.5 of 0.0088
+    assert first_move(run(1e-4), rules) == {"step": 24, "factor": 8.0, "to": 96.0}
+    assert first_move(run(0.0088 / 6), rules)["factor"] == pytest.approx(3.0)  # the step size's headroom
+    assert first_move(run(0.0088 / 3), rules) is None  # room for 1.5 < k_up; step 72 is past the first quarter
+    labels = {(12.0, 1e-4): {"label": "alpha-too-small"}, (191.0, 1e-4): {"label": "in-regime"},
+              (764.0, 1e-4): {"label": "too-aggressive"}}
+    assert landing(labels, 1e-4, 20.0) == "alpha-too-small" and landing(labels, 1e-4, 500.0) == "too-aggressive"
+    assert landing(labels, 1e-4, 96.0) == landing(labels, 1e-4, 300.0) == "in-regime"  # nearest in log: 191

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -24,6 +25,7 @@ from lora_alpha.train.runs import (
     RECORD_NAME,
     RunDir,
     check_not_running,
+    check_unlinked,
     check_output_dir,
     check_replaceable,
     check_run_name,
@@ -278,6 +280,19 @@ SEED_MAX = 2**32 - 1  # numpy's seeds, which seed_everything sets with torch's a
 ALPHA_RANGE = (1e-300, 1e300)  # the diagnostics compute alpha * 8 and alpha / r: the floats' range, with headroom
 
 
+def _same_bytes(a: Path, b: Path) -> bool:
+    """A copy of the training file (V03 of the fourth review): same size, then the same bytes."""
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(1 << 20), fb.read(1 << 20)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
 def _check_common(args) -> None:
     """The flags `train` and `find-alpha` share, each named as written on the command line."""
     if isinstance(args.seed, bool) or not isinstance(args.seed, int) or not 0 <= args.seed <= SEED_MAX:
@@ -304,9 +319,10 @@ def _check_data_files(args) -> None:
     for name in ("val_data", "test_data"):
         value = getattr(args, name, None)
         if value is not None and train not in (None, "rotten-tomatoes") and Path(value).is_file() \
-                and Path(train).is_file() and Path(value).samefile(train):
+                and Path(train).is_file() and (Path(value).samefile(train) or _same_bytes(Path(value), Path(train))):
             flag = "--" + name.replace("_", "-")
-            raise UsageError(f"{flag} {value!r} is the training file --data {train!r}: its numbers would be "
+            what = "is the training file" if Path(value).samefile(train) else "holds the same bytes as the training file"
+            raise UsageError(f"{flag} {value!r} {what} --data {train!r}: its numbers would be "
                              f"training numbers, not held-out ones; pass a separate file, or omit {flag} (a split "
                              "of --data is held out)")
 
@@ -435,6 +451,11 @@ def _check_finder_output(out: Path, overwrite: bool) -> list[Path]:
     an earlier find-alpha's; returns that run's event file(s), replaced with it. Checked before any trial."""
     there = [out / n for n in FINDER_FILES if (out / n).exists() or (out / n).is_symlink()]
     if not there:
+        events = sorted(out.glob("events.out.tfevents.*")) if out.is_dir() else []
+        if events:  # F01 of the fourth review: an earlier finder's events alone; TensorBoard showed both runs' points
+            raise UsageError(f"--output {str(out)!r} already holds TensorBoard event file(s) ({events[0].name}"
+                             f"{', ...' if len(events) > 1 else ''}) but no {FINDER_FILES[0]}; TensorBoard would show "
+                             "them with the new results: pass another --output, or move them out")
         return []
     if not overwrite:
         raise UsageError(f"--output {str(out)!r} already holds {', '.join(p.name for p in there)}; pass another "
@@ -611,6 +632,7 @@ def _check_recorded(path: Path, action: argparse.Action, value) -> None:
 
 
 def _check_resume_state(run_dir: Path, record: dict) -> Path:
+    check_unlinked(run_dir)  # L01 of the fourth review: an adapter/ linked to the user's folder was overwritten
     status = live_status(record)
     if status == "finished":
         raise UsageError(f"run {run_dir} finished; there is nothing to resume")
@@ -628,9 +650,14 @@ def _check_resume_state(run_dir: Path, record: dict) -> Path:
 
 
 RUN_ID_KEY = "signaldrift_run_id"
+CONFIG_KEY = "signaldrift_config_sha256"  # the configuration the checkpoint was trained with (run.json's "config")
 
 
-def _check_checkpoint(path: Path, module, run_id: str | None = None) -> None:
+def config_digest(config: Any) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _check_checkpoint(path: Path, module, run_id: str | None = None, config: Any = None) -> None:
     """The checkpoint loads, is this run's (``run_id``, where run.json records one) and holds its LoRA layers
     with the same shapes (one line otherwise)."""
     import torch
@@ -662,6 +689,11 @@ def _check_checkpoint(path: Path, module, run_id: str | None = None) -> None:
         whose = f"run {theirs!r}" if isinstance(theirs, str) else "a run that recorded no id"
         raise UsageError(f"checkpoint {path} is not this run's: it was written by {whose}, and {RECORD_NAME} says "
                          f"this run is {run_id!r} (was it copied from another run?); the run stays as it was")
+    if config is not None and CONFIG_KEY in ckpt and ckpt[CONFIG_KEY] != config_digest(config):
+        # H02/H09/H13/H14 of the fourth review: a hand-edited lr, data, seed or size resumed as if nothing changed
+        raise UsageError(f"{path.parent.parent / RECORD_NAME}'s configuration is not the one the checkpoint {path} was "
+                         "trained with (was it edited by hand?); the run stays as it was: restore it, or start the run "
+                         "again with --overwrite")
 
 
 def train(args, given: set[str] = frozenset()) -> int:
@@ -759,7 +791,7 @@ def _build(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
     module = _module(args, model_path, dm, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
                      schedule=args.schedule, loraplus_ratio=args.loraplus_ratio, adapter_dir=run_dir / "adapter")
     if resumed is not None:
-        _check_checkpoint(last_ckpt, module, resumed.get("run_id"))
+        _check_checkpoint(last_ckpt, module, resumed.get("run_id"), resumed.get("config"))
     stop.check()
     classification = args.task == "sequence-classification"
     monitor = SignalDriftMonitor(every_n_steps=args.every_n_steps, full_grad_every=args.full_grad_every,
@@ -851,6 +883,7 @@ def _train(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
         # An overwritten old run is kept (aside) until the new run has a complete checkpoint, or has finished.
         run.checkpoint_io.on_saved = target.commit
         run.checkpoint_io.run_id = record.get("run_id") if isinstance(record.get("run_id"), str) else None
+        run.checkpoint_io.config = record.get("config")
         if trainer.is_global_zero:
             from lora_alpha.train.dashboard import hparam_metrics, run_hparams, write_hparams
 
@@ -994,7 +1027,7 @@ class StopSignals:
     once (KeyboardInterrupt). The previous handlers are restored on exit.
     """
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: the terminal closed (S03 of the fourth review)
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -1007,6 +1040,8 @@ class StopSignals:
         self.signum = _early_signal()  # noted while the command was starting: acted on at the first check
         for sig in self.SIGNALS:
             try:
+                if sig == signal.SIGHUP and signal.getsignal(sig) is signal.SIG_IGN:  # `nohup`: ignored stays ignored
+                    continue
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: leave signals to whoever owns them
                 pass
@@ -1094,10 +1129,13 @@ def _atomic_checkpoint_io():
     class AtomicCheckpointIO(TorchCheckpointIO):
         on_saved = None  # called after each whole checkpoint (the overwrite's old run may go then)
         run_id = None  # run.json's run_id, written into each checkpoint (a resume checks it)
+        config = None  # run.json's configuration; its digest goes into each checkpoint (a resume checks it)
 
         def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
             if self.run_id is not None:
                 checkpoint[RUN_ID_KEY] = self.run_id
+            if self.config is not None:
+                checkpoint[CONFIG_KEY] = config_digest(self.config)
             try:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
                 atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
@@ -1343,7 +1381,8 @@ def _main(argv: list[str] | None) -> int:
                 _early.uninstall()  # a report writes only report.png, atomically: a signal ends it at once
             try:
                 code = report(args)
-                sys.stdout.flush()  # here, where a closed pipe is caught, not in the interpreter's exit
+                if sys.stdout is not None:  # None: started with standard output closed (`>&-`); print wrote nothing
+                    sys.stdout.flush()  # here, where a closed pipe is caught, not in the interpreter's exit
                 return code
             except BrokenPipeError:  # `signaldrift report RUN | head`: the reader left, nothing is wrong
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush fails quietly

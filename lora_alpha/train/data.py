@@ -5,6 +5,7 @@ Text is tokenized once at setup with the model's tokenizer; batches are padded d
 from __future__ import annotations
 
 import csv
+import decimal
 import importlib.util
 import io
 import json
@@ -323,7 +324,8 @@ def read_records(path: str | os.PathLike, columns: Sequence[str]) -> Records:
         raise UsageError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); re-save it as UTF-8") from None
     rows, lines = [], []
     if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        for i, line in enumerate(text.splitlines(), 1):
+        # lines end at "\n" only: JSON strings may hold U+2028 and other characters str.splitlines() breaks at
+        for i, line in enumerate(re.split(r"\r\n|\r|\n", text), 1):
             if not line.strip():
                 continue
             row = _json_line(path, i, line)
@@ -340,6 +342,9 @@ def read_records(path: str | os.PathLike, columns: Sequence[str]) -> Records:
                 raise UsageError(f"{path}: the header names column(s) {twice} more than once; rename them so that "
                                  "each column has its own name")
             for row in reader:
+                if header and [row.get(c) for c in header] == header:  # two files joined: the second's header
+                    raise UsageError(f"{path}:{reader.line_num} repeats the header row {header}; were two files "
+                                     "joined? remove the repeated header")
                 if None in row:  # csv puts fields beyond the header under the key None
                     raise UsageError(f"{path}:{reader.line_num} has more fields than the header's "
                                      f"{len(reader.fieldnames)}; quote fields that contain commas")
@@ -400,6 +405,14 @@ def normalize_label(value: Any) -> str | None:
     if m:  # no int(): Python refuses int() of thousands of digits
         digits = m.group(2).lstrip("0") or "0"
         return ("-" if m.group(1) == "-" and digits != "0" else "") + digits
+    try:  # "1e0", "1.0E+1", "0.50": the number they spell (D09 of the fourth review: 1e0 was a class of its own)
+        number = decimal.Decimal(text) if "_" not in text else None
+    except decimal.InvalidOperation:
+        return text
+    if number is None:
+        return text
+    if number.is_finite() and number.adjusted() < 18:
+        return str(int(number)) if number == number.to_integral_value() else repr(float(number))
     return text
 
 

@@ -302,6 +302,30 @@ def foreign_entries(run_dir: Path) -> list[str]:
     return sorted(out)
 
 
+def linked_entries(run_dir: Path) -> list[str]:
+    """Symbolic links among the run folder's entries and in its ``adapter/``, ``checkpoints/`` and ``find_alpha/``
+    (relative to it): a run writing there would write through them, outside the run folder."""
+    out = []
+    for folder in RUN_LAYOUT:
+        where = run_dir / folder
+        if where.is_symlink():
+            out.append(folder)
+        elif where.is_dir():
+            out += [e.name if folder == "." else f"{folder}/{e.name}" for e in where.iterdir()
+                    if e.is_symlink() and not (folder == "." and e.name in _RUN_FOLDERS)]
+    return sorted(set(out))
+
+
+def check_unlinked(run_dir: Path) -> None:
+    """``--resume`` writes into the run folder: refused when a link there would carry the writes elsewhere."""
+    links = linked_entries(Path(run_dir))
+    if links:
+        shown = ", ".join(f"{x} -> {os.readlink(Path(run_dir) / x)}" for x in links[:3]) + (", ..." if len(links) > 3 else "")
+        raise UsageError(f"--resume: {run_dir} holds symbolic link(s) ({shown}); the resumed run would write through "
+                         "them, outside the run folder, so it was refused (nothing was touched): put the run's own "
+                         "folders and files back in place of the links")
+
+
 def check_replaceable(run_dir: Path, inputs: dict[str, str | None]) -> None:
     """``--overwrite`` replaces a run and nothing else: a folder without ``run.json`` (or a file) is the user's, a
     run folder holding anything a run does not write is refused whole, and a file the new run reads (``inputs``:

@@ -14,9 +14,9 @@ from tests.callbacks.helpers import make_module, make_trainer, scalar_steps
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run(out: Path, world: int) -> None:
+def _run(out: Path, world: int, *extra: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "callbacks" / "ddp_run.py"), str(out), str(world)],
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "callbacks" / "ddp_run.py"), str(out), str(world), *extra],
                           capture_output=True, text=True, timeout=240, env=env, cwd=out)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
@@ -55,6 +55,16 @@ def test_ddp_two_processes_equal_one_process_on_the_global_batch(tmp_path):
     assert steps["Summary/drift_ratio"] == list(range(6))
     assert steps["Summary/step_gap"] == [2, 4]
     assert all(len(v) == len(set(v)) for v in steps.values())
+
+
+@pytest.mark.slow
+def test_alpha_control_moves_every_ddp_rank_together(tmp_path):
+    _run(tmp_path, 2, "control")
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["moves"] and r0["moves"] == r1["moves"]  # rank zero decided; both moved at the same steps by the same factor
+    assert r0["alphas"] == r1["alphas"] and r0["alphas"][0] > 8.0
+    for p, q in zip(r0["params"], r1["params"]):  # the replicas stayed one model
+        assert all(math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-7) for a, b in zip(p, q))
 
 
 class FSDPStrategy:  # stands in for Lightning's class of that name (matched by name: no import of torch.distributed.fsdp)

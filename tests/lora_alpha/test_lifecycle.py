@@ -230,6 +230,13 @@ def test_ctrl_c_then_sigterm_stop_at_a_step_and_the_printed_resume_command_works
     again = json.loads((run / "run.json").read_text())
     assert again["status"] == "interrupted" and again["signal"] == "SIGTERM" and again["resumed"] == 1
     assert again["steps"] > info["steps"] and again["config"]["max_steps"] == 100000
+    # S03 of the fourth review: SIGHUP (the terminal closed) ended the run without a checkpoint or a word
+    proc = _popen(words[1:], workspace)
+    out, err3 = _stop_after_checkpoint(proc, ckpt, signal.SIGHUP, past_step=again["steps"])
+    assert proc.returncode == 129 and "Traceback" not in err3, err3[-3000:]
+    third = json.loads((run / "run.json").read_text())
+    assert (third["status"], third["signal"], third["resumed"]) == ("interrupted", "SIGHUP", 2)
+    assert torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] == third["steps"] > again["steps"]
 
 
 def test_resume_refuses_contradicting_flags_truncated_and_foreign_checkpoints(workspace, tmp_path):
