@@ -7,15 +7,7 @@ import pytest
 from callbacks import control as control_module
 from lora_alpha.train.cli import main
 from signaldrift.control import AlphaMove
-from tests.lora_alpha.app_helpers import save_tiny, write_csv
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("control")
-    save_tiny("bert", root / "bert")
-    write_csv(root / "d.csv", n=40)
-    return root
+from tests.lora_alpha.test_hostile_cli import workspace  # noqa: F401 - the fixture: a tiny BERT and a CSV
 
 
 def _args(root, *extra):
