@@ -15,6 +15,7 @@ it lands against the grid's labels) and scored the same way on Rotten Tomatoes.
 
     python benchmarks/alpha_control.py                 # the grid (CPU-hours on 2 cores; resumable)
     python benchmarks/alpha_control.py --seeds 1       # one seed
+    python benchmarks/alpha_control.py --lrs 1e-4      # one learning rate
     python benchmarks/alpha_control.py --reanalyse     # tables and figure from the stored runs
     python benchmarks/alpha_control.py --quick         # seconds, for the test suite
 """
@@ -219,7 +220,9 @@ def main(argv=None) -> None:
     p.add_argument("--grid", type=Path, default=RESULTS / "verdict_calibration.json")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--reanalyse", action="store_true", help="no training: tables and figure from the stored runs")
+    p.add_argument("--lrs", default=",".join(f"{lr:g}" for lr in LRS), help="the learning rates to run (of 1e-4, 1e-3)")
     args = p.parse_args(argv)
+    lrs = {float(x) for x in args.lrs.split(",")}
     name = "alpha_control" + ("_quick" if args.quick else "")
     out_dir = args.out or RESULTS
     grid = json.loads(args.grid.read_text())["runs"]
@@ -233,7 +236,7 @@ def main(argv=None) -> None:
               "scored_on_rotten_tomatoes": scored, "shipped": shipped,
               "shipped_on_rotten_tomatoes": replay_score(grid, "rotten_tomatoes", DEFAULT_CONTROL),
               "shipped_on_debates": replay_score(grid, "debates", DEFAULT_CONTROL)}
-    best = best_alphas(grid_head)
+    best = {k: v for k, v in best_alphas(grid_head).items() if k[1] in lrs}
     seeds = 1 if args.quick else args.seeds
     todo = plan(best, seeds)
     if args.quick:
@@ -272,6 +275,11 @@ def main(argv=None) -> None:
             "(252 steps) with its accuracy at the budget.\n\n"
             + md_table(["task", "lr", "steps", "start alpha", "acc fixed", "acc controlled", "final alpha",
                         "best fixed alpha: acc", "within 0.02 of best", "not below fixed by > 0.01"], rows) + "\n")
+    auto = RESULTS / "alpha_auto.json"
+    if auto.is_file() and not args.quick:  # `--alpha auto` (the finder) where it was measured: lr 1e-4, 252 steps
+        by_task = {r["task"]: r for r in (dict(zip(["task", "alphas", "acc"], row)) for row in json.loads(auto.read_text())["table"])}
+        text += ("\n`--alpha auto` (alpha_auto.json: lr 1e-4, 252 steps, its seeds; not run at lr 1e-3 or 63 steps): "
+                 + "; ".join(f"{t}: alpha {r['alphas']}, held-out {r['acc']:.4f}" for t, r in by_task.items()) + "\n")
     write_results(name, {"config": {"budgets": BUDGETS, "below": BELOW, "law_alpha": LAW_ALPHA, "seeds": seeds},
                          "replay": replay, "runs": runs, "cells": cells}, text, args.out, reanalysis=args.reanalyse)
     figure(runs, out_dir / f"{name}.png")

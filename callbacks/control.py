@@ -11,6 +11,7 @@ from torch import Tensor
 
 from callbacks._lightning import check_hook_call, tensorboard_writers
 from callbacks.advisor import AlphaRegimeAdvisor
+from callbacks.engine import NoLoRALayersError
 from callbacks.measurements import PREFIX
 from signaldrift.control import DEFAULT_CONTROL, ControlRules, alpha_move
 
@@ -127,6 +128,9 @@ class AlphaController(AlphaRegimeAdvisor):
         if not isinstance(total, int) and not (isinstance(total, float) and math.isfinite(total)):
             raise ValueError("AlphaController needs to know the run's length (max_steps, or a loader with a length) "
                              "to stop moving after `until` of it")
+        if not self._views(pl_module):  # Y12 of the fifth review: every layer merged gave a StatisticsError
+            raise NoLoRALayersError("AlphaController found no LoRA layer it can move: every one is merged into its base "
+                                    "weight (or a variant such as DoRA); call lora_alpha.unmerge_adapters first")
         if self._restored and self.moves:
             self._reapply(pl_module)
         self._restored = False

@@ -152,10 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--alpha-control", action="store_true",
                    help="let the run correct its alpha: at probes (--gap-every) in the first quarter of the run, a "
                         "significant k* moves alpha to k* x alpha (at most 8x a move, 3 moves, 512x in all; "
-                        "docs/metrics.md §8)")
+                        "docs/metrics.md, alpha control)")
     t.add_argument("--output", default="runs", help="runs are written to OUTPUT/NAME/")
     t.add_argument("--name", default=None,
-                   help="run name: letters, digits, '-', '_', '.' (default: run-<date>-<time>-<random>)")
+                   help="run name: ASCII letters, digits, '-', '_', '.' (default: run-<date>-<time>-<random>)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run directory of that name")
     t.add_argument("--checkpoint-every", type=int, default=50,
                    help="save OUTPUT/NAME/checkpoints/last.ckpt every this many steps (0: never)")
@@ -293,6 +293,30 @@ def _same_bytes(a: Path, b: Path) -> bool:
                 return True
 
 
+def emit(text: str) -> None:
+    """Print to standard output. A reader that left (a closed pipe) or an unwritable one (a full disk) does not
+    undo the work whose files are written: one line on stderr at most (T01-T03 of the fifth review: tracebacks
+    after a finished run)."""
+    if sys.stdout is None:  # started with standard output closed
+        return
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        _stdout_to_devnull()
+    except OSError as err:
+        _stdout_to_devnull()
+        print(f"signaldrift: warning: cannot write to standard output ({err.strerror or err}); the results are in "
+              "the files written", file=sys.stderr)
+
+
+def _stdout_to_devnull() -> None:
+    """Later writes (and the interpreter's flush at exit) go nowhere instead of failing again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def _check_common(args) -> None:
     """The flags `train` and `find-alpha` share, each named as written on the command line."""
     if isinstance(args.seed, bool) or not isinstance(args.seed, int) or not 0 <= args.seed <= SEED_MAX:
@@ -360,7 +384,8 @@ def _check_alpha_control(args) -> None:
 
     last = math.floor(DEFAULT_CONTROL.until * args.max_steps)
     if args.max_steps > 0 and args.gap_every > last:
-        fix = f"pass --gap-every {last} or less" if last >= 1 else f"train at least {math.ceil(1 / DEFAULT_CONTROL.until)} steps"
+        fix = (f"pass --gap-every {last} or less" if last >= 1 else
+               f"train at least {math.ceil(1 / DEFAULT_CONTROL.until)} steps, with --gap-every at most a quarter of them")
         raise UsageError(f"--alpha-control moves alpha only at probes in the first {DEFAULT_CONTROL.until:.0%} of the run "
                          f"(steps 1 to {last} of --max-steps {args.max_steps}); --gap-every {args.gap_every} puts no probe "
                          f"there: {fix}")
@@ -506,7 +531,7 @@ def _finder_outputs(args, res, out: Path, stop: StopSignals, old_events: list[Pa
                  + (", replacing the earlier find-alpha's results" if replacing else "")
                  + f" (tensorboard --logdir {out.parent})")
     with stop.held():  # the files are in place: a signal now is noted, and the table is printed whole
-        print("\n".join(lines))
+        emit("\n".join(lines))
     signum = stop.signum
     return 128 + int(signum or signal.SIGINT) if res.interrupted or signum else 0
 
@@ -640,6 +665,9 @@ def _check_resume_state(run_dir: Path, record: dict) -> Path:
         raise UsageError(f"run {run_dir} is still running (pid {record.get('pid')} on {record.get('host')}); "
                          "stop it first")
     last = run_dir / "checkpoints" / "last.ckpt"
+    if (run_dir / "checkpoints").exists() and not (run_dir / "checkpoints").is_dir():  # R08 of the fifth review
+        raise UsageError(f"--resume: {run_dir / 'checkpoints'} is a file where the run keeps its checkpoints folder; "
+                         "the run stays as it was: put the folder back")
     if last.exists() and not last.is_file():
         raise UsageError(f"--resume: {last} is not a file (a folder or a device where the checkpoint belongs); "
                          "the run stays as it was: put the checkpoint back, or start it again with --overwrite")
@@ -798,7 +826,8 @@ def _build(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
                                  dashboard=validation_charts(classification) if args.val_every else {})
     advisor = (AlphaController if args.alpha_control else AlphaRegimeAdvisor)(gap_every=args.gap_every)
     logger = TensorBoardLogger(save_dir=str(output), name=name, version="", default_hp_metric=False)
-    guard = _lifecycle_callback(stop, last_ckpt)
+    checkpoint_io = _atomic_checkpoint_io()
+    guard = _lifecycle_callback(stop, last_ckpt, checkpoint_io)
     callbacks = [monitor, advisor, guard, validation_summary_callback()]
     if not args.no_progress:
         callbacks.append(step_progress_bar())
@@ -807,7 +836,6 @@ def _build(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
 
         callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                                          every_n_train_steps=args.checkpoint_every))
-    checkpoint_io = _atomic_checkpoint_io()
     try:
         trainer = Trainer(callbacks=callbacks, logger=logger, plugins=[checkpoint_io], **_trainer_kwargs(args))
     except Exception as err:  # noqa: BLE001 - construction has no side effects; any rejection is the user's input
@@ -845,8 +873,8 @@ def _auto_alpha(args, module, dm, stop):
     args.alpha = float(res.suggestion)
     module.set_alpha(args.alpha)
     edge = " (at the edge of the finder's grid)" if res.at_edge else ""
-    print(f"--alpha auto: the alpha finder suggests {res.suggestion:.4g}{edge} for a {args.max_steps}-step run "
-          f"at lr {args.lr:g}; training with it", flush=True)
+    emit(f"--alpha auto: the alpha finder suggests {res.suggestion:.4g}{edge} for a {args.max_steps}-step run "
+          f"at lr {args.lr:g}; training with it")
     return res
 
 
@@ -936,7 +964,7 @@ def _train(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
                   "first checkpoint", file=sys.stderr)
         return code
     if trainer.is_global_zero:
-        print(_summary(record, monitor, advisor, run_dir, dm))
+        emit(_summary(record, monitor, advisor, run_dir, dm))
     return 0
 
 
@@ -1084,8 +1112,10 @@ class StopSignals:
             raise StopRequested(self.signum)
 
 
-def _lifecycle_callback(stop: StopSignals, last_ckpt: Path):
-    """Stops at a step's end on a signal (checkpoint first), saves the adapter on any interrupt."""
+def _lifecycle_callback(stop: StopSignals, last_ckpt: Path, checkpoint_io=None):
+    """Stops at a step's end on a signal (checkpoint first), saves the adapter on any interrupt. The stop's own
+    checkpoint does not commit an --overwrite (S01 of the fifth review: the old run went with it): an overwrite
+    stopped before its first periodic checkpoint gives the old run back."""
     from lightning.pytorch import Callback
 
     class RunLifecycle(Callback):
@@ -1105,6 +1135,8 @@ def _lifecycle_callback(stop: StopSignals, last_ckpt: Path):
 
         def _save(self, trainer) -> None:
             last_ckpt.parent.mkdir(parents=True, exist_ok=True)
+            if checkpoint_io is not None:
+                checkpoint_io.stopping = True
             trainer.save_checkpoint(last_ckpt)
             self.saved = True
 
@@ -1128,6 +1160,7 @@ def _atomic_checkpoint_io():
 
     class AtomicCheckpointIO(TorchCheckpointIO):
         on_saved = None  # called after each whole checkpoint (the overwrite's old run may go then)
+        stopping = False  # the stop's own checkpoint: it does not call on_saved
         run_id = None  # run.json's run_id, written into each checkpoint (a resume checks it)
         config = None  # run.json's configuration; its digest goes into each checkpoint (a resume checks it)
 
@@ -1141,7 +1174,7 @@ def _atomic_checkpoint_io():
                 atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
             except Exception as err:  # noqa: BLE001 - torch reports a full disk as a RuntimeError
                 raise RunWriteError(f"cannot write checkpoint {path}: {_why(err, Path(path).parent)}") from err
-            if self.on_saved is not None:
+            if self.on_saved is not None and not self.stopping:
                 self.on_saved()
 
     return AtomicCheckpointIO()
@@ -1243,7 +1276,9 @@ def report(args) -> int:
     runs = sorted(p.parent.name for p in run_dir.glob(f"*/{RECORD_NAME}"))
     if info is None and runs:
         shown = ", ".join(str(run_dir / r) for r in runs[:3]) + (", ..." if len(runs) > 3 else "")
-        raise UsageError(f"{run_dir} holds {len(runs)} runs, not one; pass a run folder, e.g. {shown}")
+        held = "1 run in a folder of its own" if len(runs) == 1 else f"{len(runs)} runs"
+        raise UsageError(f"{run_dir} is not a run folder (no {RECORD_NAME}); it holds {held}: pass a run folder, "
+                         f"e.g. {shown}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

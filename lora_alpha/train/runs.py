@@ -36,7 +36,7 @@ def check_run_name(name: str) -> str:
     ``_`` (a leading ``.`` hides the folder and looks like this tool's own ``.NAME.old-*`` backups; a leading ``-``
     reads as a flag in every command that names the folder)."""
     if (not isinstance(name, str) or not _NAME.fullmatch(name) or name[0] in ".-" or len(name) > 200):
-        raise UsageError(f"--name {name!r} is not a run name: use letters, digits, '-', '_' and '.', starting with "
+        raise UsageError(f"--name {name!r} is not a run name: use ASCII letters, digits, '-', '_' and '.', starting with "
                          "a letter, a digit or '_' (one folder name, at most 200 characters)")
     return name
 

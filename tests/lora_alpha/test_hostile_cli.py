@@ -167,7 +167,7 @@ def test_overwrite_replaces_only_a_run_and_never_an_input_inside_it(workspace, t
     (out / "notes").mkdir(parents=True)
     (out / "notes" / "thesis.txt").write_text("four years of work")
     _old_run(out / "old")
-    (out / "old" / "mine.csv").write_bytes((workspace / "d.csv").read_bytes())
+    (out / "old" / "mine.csv").write_bytes((workspace / "d.csv").read_bytes() + b"\"one more row\",pos\n")  # not a copy
     (out / "afile").write_text("not a folder")
     before = tree_state(out)
     data_inside = _args(workspace, "--overwrite", output=out, name="old")

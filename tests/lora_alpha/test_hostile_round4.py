@@ -116,3 +116,49 @@ def test_api_misuse_gets_one_clear_error(tmp_path):
     lora_alpha.save_adapter(model, tmp_path / "ad")
     with pytest.raises(lora_alpha.AdapterMismatchError, match="is a file; load_adapter takes the adapter's folder"):
         lora_alpha.load_adapter(TinyMLP(), tmp_path / "ad" / "adapter_model.safetensors")
+
+
+# ----------------------------------------------------------------- the fifth review (85 cases on b89ed90)
+def test_an_overwrite_stopped_before_its_first_checkpoint_gives_the_old_run_back(workspace, tmp_path, monkeypatch,
+                                                                                 capsys):
+    """S01: SIGTERM at step 1 of an --overwrite with --checkpoint-every 0: the stop's own checkpoint committed the
+    overwrite and the finished old run was deleted."""
+    from lora_alpha.train.cli import main
+    from tests.lora_alpha.test_hostile_cli import _old_run
+    from tests.lora_alpha.test_lifecycle import _Recorder
+
+    out = tmp_path / "runs"
+    before = _old_run(out / "old")
+    _Recorder(stop_at=1).install(monkeypatch)
+    args = _args(workspace, "--overwrite", "--checkpoint-every", "0", output=out, name="old")
+    args[args.index("--max-steps") + 1] = "20"
+    assert main(args) == 143
+    err = capsys.readouterr().err
+    assert "SIGTERM at step 1, before the new run's first checkpoint; the new run was discarded" in err, err[-2000:]
+    assert tree_state(out / "old") == before and sorted(p.name for p in out.iterdir()) == ["old"]
+
+
+def test_standard_output_that_cannot_be_written_is_not_a_traceback(workspace, tmp_path):
+    """T01, T03: `train > /dev/full` and `train | head -c 0` ended a finished run in a traceback; T02: the same for
+    find-alpha; Y12: AlphaController on a model whose LoRA layers are all merged raised a StatisticsError."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore", PYTHONPATH=str(ROOT))
+    run = f"{sys.executable} -c 'import sys; from lora_alpha.train.cli import main; sys.exit(main())'"
+    train = " ".join(_args(workspace, output=tmp_path / "runs", name="{n}"))
+    finder = (f"find-alpha --model {workspace / 'bert'} --data {workspace / 'd.csv'} --targets query --rank 2 --steps 2 "
+              f"--batch-size 8 --alphas 1,2,4 --no-progress --output {tmp_path / 'fa'}")
+    for cmd, code, warned in ((f"{run} {train.format(n='full')} > /dev/full", 0, True),
+                              (f"{run} {train.format(n='pipe')} | head -c 0", 0, False),
+                              (f"{run} {finder} > /dev/full", 0, True)):
+        proc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], env=env, capture_output=True, text=True, timeout=240)
+        assert proc.returncode == code and "Traceback" not in proc.stderr, (cmd, proc.stderr[-2000:])
+        assert ("cannot write to standard output (No space left on device)" in proc.stderr) == warned, proc.stderr[-500:]
+    assert json.loads((tmp_path / "runs" / "full" / "run.json").read_text())["status"] == "finished"
+    assert (tmp_path / "fa" / "find_alpha.json").is_file()
+
+    from callbacks import AlphaController, NoLoRALayersError
+    from tests.callbacks.helpers import make_module, make_trainer
+
+    module = make_module()
+    lora_alpha.merge_adapters(module.model)
+    with pytest.raises(NoLoRALayersError, match="AlphaController found no LoRA layer it can move: every one is merged"):
+        make_trainer(max_steps=2, callbacks=[AlphaController(gap_every=1)]).fit(module)

@@ -273,8 +273,8 @@ class _Recorder:
         real = _REAL_LIFECYCLE
         rec = self
 
-        def factory(stop, last_ckpt):
-            cb = real(stop, last_ckpt)
+        def factory(stop, last_ckpt, checkpoint_io=None):
+            cb = real(stop, last_ckpt, checkpoint_io)
             inner = cb.on_train_batch_end
 
             def on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx):
@@ -441,19 +441,21 @@ def test_an_overwritten_run_folder_is_readable_and_resume_works_from_another_fol
     write_csv(tmp_path / "d.csv", n=40)
     monkeypatch.chdir(tmp_path)
     rel = ["train", "--model", "bert", "--data", "d.csv", "--targets", "query,value", "--rank", "2",
-           "--batch-size", "8", "--max-steps", "3", "--checkpoint-every", "1", "--output", "runs", "--no-progress"]
+           "--batch-size", "8", "--max-steps", "5", "--checkpoint-every", "1", "--output", "runs", "--no-progress"]
     assert main(rel + ["--name", "r"]) == 0
     old_umask = os.umask(0o022)
+    from lora_alpha.train import cli
+
+    _Recorder(stop_at=3).install(monkeypatch)  # the overwrite stops after step 3, past its first checkpoint
     try:
-        assert main(rel + ["--name", "r", "--overwrite"]) == 0
+        assert main(rel + ["--name", "r", "--overwrite"]) == 143
     finally:
         os.umask(old_umask)
+        monkeypatch.setattr(cli, "_lifecycle_callback", _REAL_LIFECYCLE)
     assert (tmp_path / "runs" / "r").stat().st_mode & 0o777 == 0o755  # not mkdtemp's 0700
     record = json.loads((tmp_path / "runs" / "r" / "run.json").read_text())
     assert record["config"]["model"] == str(tmp_path / "bert") and record["config"]["data"] == str(tmp_path / "d.csv")
-    record["status"] = "interrupted"
-    record["config"]["max_steps"] = 5
-    (tmp_path / "runs" / "r" / "run.json").write_text(json.dumps(record))
+    assert (record["status"], record["steps"]) == ("interrupted", 3)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -469,7 +471,7 @@ def test_report_on_a_folder_of_runs_asks_for_one_run(tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "run.json").write_text(json.dumps({"status": "finished", "name": name}))
     (code, err), = run_cli_many([["report", str(tmp_path)]], cwd=tmp_path)
-    assert code == 2 and f"{tmp_path} holds 2 runs, not one; pass a run folder, e.g. {tmp_path / 'a'}" in err
+    assert code == 2 and f"{tmp_path} is not a run folder (no run.json); it holds 2 runs: pass a run folder, e.g. {tmp_path / 'a'}" in err
     assert not (tmp_path / "report.png").exists()
 
 
