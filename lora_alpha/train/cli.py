@@ -386,8 +386,9 @@ def _check_alpha_control(args) -> None:
     if args.max_steps > 0 and args.gap_every > last:
         fix = (f"pass --gap-every {last} or less" if last >= 1 else
                f"train at least {math.ceil(1 / DEFAULT_CONTROL.until)} steps, with --gap-every at most a quarter of them")
+        where = f"steps 1 to {last}" if last >= 1 else "no whole step"
         raise UsageError(f"--alpha-control moves alpha only at probes in the first {DEFAULT_CONTROL.until:.0%} of the run "
-                         f"(steps 1 to {last} of --max-steps {args.max_steps}); --gap-every {args.gap_every} puts no probe "
+                         f"({where} of --max-steps {args.max_steps}); --gap-every {args.gap_every} puts no probe "
                          f"there: {fix}")
     if isinstance(args.alpha, float) and args.alpha * DEFAULT_CONTROL.max_total > ALPHA_RANGE[1]:
         raise UsageError(f"--alpha-control may raise alpha {DEFAULT_CONTROL.max_total:g}-fold; --alpha {args.alpha:g} "
@@ -502,8 +503,16 @@ def _check_finder_output(out: Path, overwrite: bool) -> list[Path]:
 
 
 def _finder_outputs(args, res, out: Path, stop: StopSignals, old_events: list[Path] = ()) -> int:
-    """find-alpha's JSON, PNG, TensorBoard events and printed table (what finished, when it was stopped)."""
+    """find-alpha's JSON, PNG, TensorBoard events and printed table (what finished, when it was stopped). An
+    interrupted --overwrite replaces nothing: the earlier complete results stay (Q60 of the sixth review)."""
     replacing = (out / "find_alpha.json").is_file()  # --overwrite of an earlier find-alpha's results (checked)
+    if replacing and res.interrupted:
+        what = signal.Signals(stop.signum or signal.SIGINT).name
+        with stop.held():
+            emit("\n".join(_finder_lines(args, res) + [
+                f"interrupted ({what}): the earlier find-alpha's results in {out} were kept (an interrupted "
+                "--overwrite replaces nothing); the trials that finished are above"]))
+        return 128 + int(stop.signum or signal.SIGINT)
     try:
         _write_finder_files(args, res, out, old_events, stop)
     except KeyboardInterrupt:
@@ -513,17 +522,7 @@ def _finder_outputs(args, res, out: Path, stop: StopSignals, old_events: list[Pa
               f"in {out} was written or replaced", file=sys.stderr)
         return 128 + int(signum or signal.SIGINT)
     signum = stop.signum
-    lines = [f"alpha finder: {res.steps} steps per trial at lr {res.lr:g} ({res.rule} rule, rank {args.rank})",
-             f"{'alpha':>10}  {'held-out loss':>13}  {'drift ratio':>11}"]
-    for a, l, d in zip(res.alphas, res.losses, res.drift_ratio):
-        lines.append(f"{a:>10g}  {l:>13.4f}  {'n/a' if d is None else f'{d:.4f}':>11}")
-    if res.suggestion is None:
-        lines.append("suggested alpha: none (every finished trial diverged; lower --lr)")
-    else:
-        if res.target_steps != res.steps:
-            lines.append(f"best alpha for {res.steps}-step trials: {res.trial_best:.4g}; scaled to a "
-                         f"{res.target_steps}-step run by {res.steps}/{res.target_steps}")
-        lines.append(f"suggested alpha: {res.suggestion:.4g}" + ("  (at the edge of the grid: widen --alphas)" if res.at_edge else ""))
+    lines = _finder_lines(args, res)
     if res.interrupted:
         what = signal.Signals(signum or signal.SIGINT).name
         lines.append(f"interrupted ({what}): the suggestion uses the trials that finished")
@@ -534,6 +533,23 @@ def _finder_outputs(args, res, out: Path, stop: StopSignals, old_events: list[Pa
         emit("\n".join(lines))
     signum = stop.signum
     return 128 + int(signum or signal.SIGINT) if res.interrupted or signum else 0
+
+
+def _finder_lines(args, res) -> list[str]:
+    """The trials' table and the suggestion."""
+    lines = [f"alpha finder: {res.steps} steps per trial at lr {res.lr:g} ({res.rule} rule, rank {args.rank})",
+             f"{'alpha':>10}  {'held-out loss':>13}  {'drift ratio':>11}"]
+    for a, l, d in zip(res.alphas, res.losses, res.drift_ratio):
+        lines.append(f"{a:>10g}  {l:>13.4f}  {'n/a' if d is None else f'{d:.4f}':>11}")
+    if res.suggestion is None:
+        lines.append("suggested alpha: none (every finished trial diverged; lower --lr)")
+    else:
+        if res.target_steps != res.steps:
+            lines.append(f"best alpha for {res.steps}-step trials: {res.trial_best:.4g}; scaled to a "
+                         f"{res.target_steps}-step run by {res.steps}/{res.target_steps}")
+        edge = res.at_edge and not res.interrupted  # an edge of the finished trials is not the grid's
+        lines.append(f"suggested alpha: {res.suggestion:.4g}" + ("  (at the edge of the grid: widen --alphas)" if edge else ""))
+    return lines
 
 
 def _write_finder_files(args, res, out: Path, old_events: list[Path], stop: StopSignals) -> None:

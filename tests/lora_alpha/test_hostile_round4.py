@@ -162,3 +162,31 @@ def test_standard_output_that_cannot_be_written_is_not_a_traceback(workspace, tm
     lora_alpha.merge_adapters(module.model)
     with pytest.raises(NoLoRALayersError, match="AlphaController found no LoRA layer it can move: every one is merged"):
         make_trainer(max_steps=2, callbacks=[AlphaController(gap_every=1)]).fit(module)
+
+
+def test_an_interrupted_find_alpha_overwrite_keeps_the_earlier_results(workspace, tmp_path, monkeypatch, capsys):
+    """Q60 of the sixth review: find-alpha --overwrite stopped after one trial replaced a complete earlier result by
+    a one-trial one (and called its suggestion 'at the edge of the grid')."""
+    import dataclasses
+
+    from lora_alpha.train import finder
+    from lora_alpha.train.cli import main
+    from tests.lora_alpha.test_hostile_round3 import _finder
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "fa"
+    assert main(_finder(workspace, out)) == 0
+    before = tree_state(out)
+    real = finder.find_alpha
+
+    def stopped_after_one(*a, **k):  # what a Ctrl-C after the first trial gives: the rest never ran
+        res = real(*a, **k)
+        nan = float("nan")
+        return dataclasses.replace(res, interrupted=True, losses=[res.losses[0], nan, nan])
+
+    monkeypatch.setattr(finder, "find_alpha", stopped_after_one)
+    capsys.readouterr()
+    assert main(_finder(workspace, out, "--overwrite")) == 130
+    printed = capsys.readouterr().out
+    assert "the earlier find-alpha's results in" in printed and "were kept" in printed
+    assert tree_state(out) == before
