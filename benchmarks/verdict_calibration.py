@@ -156,8 +156,8 @@ def train_run(task: str, alpha: float, lr: float, seed: int, steps: int, gap_eve
     keep = ("step", "step_gap", "step_gap_lo", "step_gap_hi", "gap_z", "gap_gain", "drift_ratio", "step_size",
             "step_size_max", "step_size_peak", "k_star", "k_best", "scale_gain_z", "scale_help_z", "scale_losses",
             "scale_zs", "verdict")
-    extra = {} if control is None else {"moves": advisor.moves, "final_alpha": advisor.alpha, "train_loss": losses,
-                                        "gap_every": gap_every}
+    extra = {"train_loss": losses} if control is None else {"moves": advisor.moves, "final_alpha": advisor.alpha,
+                                                           "train_loss": losses, "gap_every": gap_every}
     return {**extra, "task": task, "alpha": alpha, "lr": lr, "seed": seed, "steps": steps, "seconds": seconds,
             "head_lr": head_lr, "ks": list(advisor.ks),
             "majority_acc": max(labels.count(k) for k in set(labels)) / len(labels),
