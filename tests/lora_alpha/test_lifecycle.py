@@ -178,10 +178,15 @@ def test_model_folder_without_tokenizer_or_with_truncated_weights_gets_one_line(
 def _popen(args, cwd):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore",
                PYTHONPATH=str(ROOT))
-    # A suite started in the background inherits SIGINT as ignored; give the child the default, as in a terminal.
+    # A suite started in the background inherits SIGINT as ignored, and under nohup SIGHUP; give the child the
+    # defaults, as in a terminal.
+    def as_in_a_terminal():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
     return subprocess.Popen([sys.executable, "-c", "import sys; from lora_alpha.train.cli import main; sys.exit(main())",
                              *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=as_in_a_terminal)
 
 
 def _stop_after_checkpoint(proc, ckpt, sig, past_step=0):
