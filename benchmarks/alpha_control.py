@@ -240,7 +240,7 @@ def main(argv=None) -> None:
     seeds = 1 if args.quick else args.seeds
     todo = plan(best, seeds)
     if args.quick:
-        todo = [t for t in todo if t[0] == "rotten_tomatoes" and t[1] == 1e-4 and t[3] == "64x below"]
+        todo = [t for t in todo if t[0] == "rotten_tomatoes" and t[1] == 1e-4 and t[3] == "64x below" and t[5]][-1:]
     extra = [dict(g, controlled=False) for g in grid_head if g["seed"] < seeds]
     runs, done = stored_runs(out_dir, name, key_of, fresh=args.quick, extra=extra)
     # the figure's uncontrolled twin needs its training loss: the 64x-below start is trained here even when the

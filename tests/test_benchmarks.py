@@ -165,8 +165,8 @@ def test_verdict_calibration_labels_replay_and_flips():
 def test_alpha_control_quick(tmp_path):
     data = _run("alpha_control.py", tmp_path)
     mine = [r for r in data["runs"] if "start" in r]  # trained here (the rest are the grid's stored runs)
-    assert {r["controlled"] for r in mine} == {True, False}
-    assert all(r["final_alpha"] > 0 and isinstance(r["moves"], list) for r in mine if r["controlled"])
+    assert [r["controlled"] for r in mine] == [True]  # one controlled run: the suite's time
+    assert mine[0]["final_alpha"] > 0 and isinstance(mine[0]["moves"], list) and mine[0]["train_loss"]
     assert {"chosen", "fit", "scored_on_rotten_tomatoes", "shipped"} <= set(data["replay"])
 
 

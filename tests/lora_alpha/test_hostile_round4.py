@@ -45,18 +45,6 @@ def test_resume_refuses_links_and_a_hand_edited_configuration(workspace, tmp_pat
     assert {n: tree_state(out / n) for n in ("linked", *edits)} | {"user": tree_state(user)} == before
 
 
-def test_report_with_standard_output_closed(workspace, tmp_path):
-    """P20: `signaldrift report RUN >&-` ended in a traceback (AttributeError on sys.stdout.flush)."""
-    out = tmp_path / "runs"
-    code, err = run_cli_many([_args(workspace, output=out, name="r")], cwd=tmp_path)[0]
-    assert code == 0, err[-2000:]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore", PYTHONPATH=str(ROOT))
-    cmd = f"{sys.executable} -c 'import sys; from lora_alpha.train.cli import main; sys.exit(main())' report {out / 'r'} >&-"
-    proc = subprocess.run(["bash", "-c", cmd], env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert (out / "r" / "report.png").stat().st_size > 10_000
-
-
 def test_data_read_wrong_without_a_word(workspace, tmp_path):
     """D09: labels 1 and 1e0 made two classes; D06: a header repeated mid-file (two files joined) trained as a row;
     V03: a byte-identical copy of the training file was accepted as --val-data; D02: a JSON string holding U+2028
@@ -140,19 +128,22 @@ def test_an_overwrite_stopped_before_its_first_checkpoint_gives_the_old_run_back
 
 def test_standard_output_that_cannot_be_written_is_not_a_traceback(workspace, tmp_path):
     """T01, T03: `train > /dev/full` and `train | head -c 0` ended a finished run in a traceback; T02: the same for
-    find-alpha; Y12: AlphaController on a model whose LoRA layers are all merged raised a StatisticsError."""
+    find-alpha; P20 (fourth review): `report RUN >&-` ended in an AttributeError; Y12: AlphaController on a model
+    whose LoRA layers are all merged raised a StatisticsError."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore", PYTHONPATH=str(ROOT))
     run = f"{sys.executable} -c 'import sys; from lora_alpha.train.cli import main; sys.exit(main())'"
     train = " ".join(_args(workspace, output=tmp_path / "runs", name="{n}"))
     finder = (f"find-alpha --model {workspace / 'bert'} --data {workspace / 'd.csv'} --targets query --rank 2 --steps 2 "
               f"--batch-size 8 --alphas 1,2,4 --no-progress --output {tmp_path / 'fa'}")
+    report = f"{run} report {tmp_path / 'runs' / 'pipe'} >&-"  # P20 of the fourth review: stdout closed
     for cmd, code, warned in ((f"{run} {train.format(n='full')} > /dev/full", 0, True),
                               (f"{run} {train.format(n='pipe')} | head -c 0", 0, False),
-                              (f"{run} {finder} > /dev/full", 0, True)):
+                              (report, 0, False), (f"{run} {finder} > /dev/full", 0, True)):
         proc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], env=env, capture_output=True, text=True, timeout=240)
         assert proc.returncode == code and "Traceback" not in proc.stderr, (cmd, proc.stderr[-2000:])
         assert ("cannot write to standard output (No space left on device)" in proc.stderr) == warned, proc.stderr[-500:]
     assert json.loads((tmp_path / "runs" / "full" / "run.json").read_text())["status"] == "finished"
+    assert (tmp_path / "runs" / "pipe" / "report.png").stat().st_size > 10_000
     assert (tmp_path / "fa" / "find_alpha.json").is_file()
 
     from callbacks import AlphaController, NoLoRALayersError
