@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import math
-import statistics
 from typing import Any
 
 import torch
@@ -11,7 +10,7 @@ from torch import Tensor
 
 from callbacks._lightning import check_hook_call, tensorboard_writers
 from callbacks.advisor import AlphaRegimeAdvisor
-from callbacks.engine import NoLoRALayersError
+from callbacks.engine import NoLoRALayersError, medians_of_views
 from callbacks.measurements import PREFIX
 from signaldrift.control import DEFAULT_CONTROL, ControlRules, alpha_move
 
@@ -142,7 +141,7 @@ class AlphaController(AlphaRegimeAdvisor):
                              "is W0 + k*dW only then); this model's LoRA B factors are not zero at the start")
 
     def _median_alpha(self, pl_module) -> float:
-        return statistics.median(v.alpha for v in self._views(pl_module))
+        return medians_of_views(self._views(pl_module))[0]
 
     def _reapply(self, pl_module) -> None:
         """A resumed run: the layers were built at the starting alpha; the moves are put back."""
@@ -177,9 +176,7 @@ class AlphaController(AlphaRegimeAdvisor):
         views = self._views(pl_module)
         params = [p for v in views for p in (v.A, v.B)]
         old = self._median_alpha(pl_module)
-        for optimizer in trainer.optimizers:  # refuses before anything changes
-            check_optimizer(optimizer)
-        for optimizer in trainer.optimizers:
+        for optimizer in trainer.optimizers:  # checked at the fit's start; each refuses before it changes anything
             rescale_moments(optimizer, params, factor)
         for view in views:
             stretch_alpha(view, factor)
