@@ -1436,10 +1436,10 @@ def _main(argv: list[str] | None) -> int:
                     sys.stdout.flush()  # here, where a closed pipe is caught, not in the interpreter's exit
                 return code
             except BrokenPipeError:  # `signaldrift report RUN | head`: the reader left, nothing is wrong
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush fails quietly
+                _stdout_to_devnull()  # the exit's flush fails quietly
                 return 0
             except OSError as err:  # stdout is a full disk (`> /dev/full`) or a broken device
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                _stdout_to_devnull()
                 print(f"signaldrift: error: cannot write the report to standard output: {err.strerror or err}",
                       file=sys.stderr)
                 return 1
