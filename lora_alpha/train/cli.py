@@ -850,8 +850,9 @@ def _build(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
     if args.checkpoint_every:
         from lightning.pytorch.callbacks import ModelCheckpoint
 
+        # no version counter: a moved or copied run resumed here keeps writing last.ckpt (Q35-Q39), not last-v1.ckpt
         callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
-                                         every_n_train_steps=args.checkpoint_every))
+                                         every_n_train_steps=args.checkpoint_every, enable_version_counter=False))
     try:
         trainer = Trainer(callbacks=callbacks, logger=logger, plugins=[checkpoint_io], **_trainer_kwargs(args))
     except Exception as err:  # noqa: BLE001 - construction has no side effects; any rejection is the user's input
@@ -903,7 +904,8 @@ def _train(args, name: str, output: Path, run_dir: Path, last_ckpt: Path, resume
         times = resumed.get("resumed", 0)
         times = times if isinstance(times, int) and not isinstance(times, bool) and times >= 0 else 0
         record = dict(resumed, status="running", resumed=times + 1, name=name, **process_info())  # a moved folder: its name now
-        record.pop("signal", None)
+        for stale in ("signal", "last_checkpoint"):  # the interruption's; a moved folder's path would point elsewhere
+            record.pop(stale, None)
         target = RunDir(run_dir)
     else:
         _check_inside(run_dir, output, name)
@@ -1421,6 +1423,8 @@ def _main(argv: list[str] | None) -> int:
     # Our data modules resume mid-epoch from the checkpoint's data position (LoRAAlphaModule), which
     # Lightning cannot see: its warning that the dataloader is not resumable would be wrong here.
     warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
+    # A moved run's checkpoint names its old folder; the run keeps no best-k files, so nothing is lost by it.
+    warnings.filterwarnings("ignore", message=".*The dirpath has changed from.*")
     signum = _early_signal()
     if signum is not None:  # while the command was starting (imports): nothing has been done
         print(f"signaldrift: {signal.Signals(signum).name} before `{args.command}` started; nothing was written "

@@ -557,9 +557,24 @@ class TextClassificationDataModule(_ClassificationDataModule):
         if "val" not in raw:
             raw["train"], raw["val"] = split_off_validation(raw["train"], self.seed)
         raw.setdefault("test", raw["val"])
+        raw = {split: _cap(rows, self.train_size if split == "train" else self.eval_size) for split, rows in raw.items()}
+        self._check_train_classes(raw["train"])
         for split, rows in raw.items():
-            rows = _cap(rows, self.train_size if split == "train" else self.eval_size)
             self.splits[split] = self._encode([t for t, _ in rows], [index[y] for _, y in rows])
+
+    def _check_train_classes(self, rows: list[tuple[str, str]]) -> None:
+        """The file has two labels, but what is left to train on may not (Q27: 2 rows, one held out)."""
+        left = sorted({y for _, y in rows}, key=_label_key)
+        if len(left) >= 2:
+            return
+        why = [f"{len(rows)} training row(s)"]
+        if self.files["val"] is None:
+            why.append("after 10% of the file was held out for validation (no --val-data)")
+        if self.train_size:
+            why.append(f"within the first {self.train_size} (--train-size)")
+        raise UsageError(f"the training split has a single label {left} ({', '.join(why)}); a classifier needs at "
+                         f"least 2 of the labels {_few(self.labels)} to train on: give more rows, a --val-data file, "
+                         "or a larger --train-size")
 
 
 class CausalLMDataModule(_TokenizedDataModule):

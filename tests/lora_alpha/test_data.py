@@ -207,3 +207,24 @@ def test_causal_lm_refuses_blank_text_with_the_line(tmp_path, rows, match):
         CausalLMDataModule(tokenizer_path(), write_jsonl(tmp_path / "c.jsonl", rows))
     ok = [{"text": "some text"}, {"prompt": "", "completion": " an answer"}, {"prompt": "q?", "completion": ""}]
     CausalLMDataModule(tokenizer_path(), write_jsonl(tmp_path / "ok.jsonl", ok))  # a blank part of a pair is allowed
+
+
+def test_a_training_split_left_with_one_label_is_refused(tmp_path):
+    """Q27 of the sixth review: 2 rows, one per class; the 10% held out leaves one class to train on."""
+    two = tmp_path / "two.csv"
+    two.write_text("text,label\ngood,pos\nbad,neg\n")
+    dm = TextClassificationDataModule(tokenizer_path(), two)
+    with pytest.raises(UsageError, match=r"training split has a single label \['(neg|pos)'\] \(1 training row\(s\), "
+                                         r"after 10% of the file was held out.*labels \['neg', 'pos'\]"):
+        dm.setup()
+    sorted_rows = tmp_path / "sorted.csv"
+    sorted_rows.write_text("text,label\n" + "".join(f"t{i},{'a' if i < 10 else 'b'}\n" for i in range(20)))
+    val = tmp_path / "v.csv"
+    val.write_text("text,label\nx,a\ny,b\n")
+    dm = TextClassificationDataModule(tokenizer_path(), sorted_rows, val_file=val, train_size=4)
+    with pytest.raises(UsageError, match=r"single label \['a'\] \(4 training row\(s\), within the first 4 "
+                                         r"\(--train-size\)\)"):
+        dm.setup()
+    dm = TextClassificationDataModule(tokenizer_path(), sorted_rows, val_file=val, train_size=11)  # both: trains
+    dm.setup()
+    assert len(dm.splits["train"]) == 11

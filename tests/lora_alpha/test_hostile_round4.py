@@ -181,3 +181,30 @@ def test_an_interrupted_find_alpha_overwrite_keeps_the_earlier_results(workspace
     printed = capsys.readouterr().out
     assert "the earlier find-alpha's results in" in printed and "were kept" in printed
     assert tree_state(out) == before
+
+
+# ----------------------------------------------------------------- the sixth review (70 cases on 4805f04)
+def test_a_moved_run_resumes_into_its_own_last_checkpoint(workspace, tmp_path, monkeypatch, capsys):
+    """Q35-Q39: a renamed or copied interrupted run, resumed, wrote checkpoints/last-v1.ckpt beside a stale last.ckpt
+    (which a later --overwrite then called a foreign file), and run.json kept the old folder's checkpoint path."""
+    from lora_alpha.train.cli import main
+    from tests.lora_alpha.test_lifecycle import _Recorder
+
+    out = tmp_path / "runs"
+    _Recorder(stop_at=2).install(monkeypatch)
+    args = _args(workspace, "--checkpoint-every", "1", output=out, name="int")
+    args[args.index("--max-steps") + 1] = "4"
+    assert main(args) == 143
+    assert json.loads((out / "int" / "run.json").read_text())["last_checkpoint"] == str(out / "int" / "checkpoints"
+                                                                                        / "last.ckpt")
+    (out / "int").rename(out / "moved")
+    monkeypatch.undo()
+    assert main(["train", "--output", str(out), "--name", "moved", "--resume", "--no-progress"]) == 0
+    record = json.loads((out / "moved" / "run.json").read_text())
+    assert record["status"] == "finished" and record["steps"] == 4 and "last_checkpoint" not in record
+    assert sorted(p.name for p in (out / "moved" / "checkpoints").iterdir()) == ["last.ckpt"]
+    import torch as _torch
+
+    assert _torch.load(out / "moved" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+    capsys.readouterr()
+    assert main(_args(workspace, "--overwrite", output=out, name="moved")) == 0, capsys.readouterr().err[-2000:]
