@@ -58,9 +58,9 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     name = "alpha_auto" + ("_quick" if args.quick else "")
     out_dir = args.out or RESULTS
-    # the grid's runs are 252 steps long: the quick mode's 8 steps have nothing to compare with
+    # the grid's runs are 252 steps long: the quick mode's 4 steps have nothing to compare with
     grid = json.loads(args.grid.read_text())["runs"] if args.grid.is_file() and not args.quick else []
-    steps = 8 if args.quick else 252
+    steps = 4 if args.quick else 252
     runs, done = stored_runs(out_dir, name, lambda r: (r["task"], r["seed"]), fresh=args.quick)
     for seed in range(1 if args.quick else args.seeds):
         for task in TASKS:

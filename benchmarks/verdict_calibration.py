@@ -532,7 +532,7 @@ def main(argv=None) -> None:
     done = {(r["recipe"], r["task"], r["alpha"], r["lr"], r["seed"]) for r in runs}
     recipes = [HEAD_LR if x == "head" else None for x in ("head" if args.quick else args.recipes).split(",") if x]
     alphas, lrs = (ALPHAS, LRS) if not args.quick else ((48.0, 3056.0), (1e-3,))
-    steps, every = (BUDGETS[-1], GAP_EVERY) if not args.quick else (8, 2)
+    steps, every = (BUDGETS[-1], GAP_EVERY) if not args.quick else (4, 2)
     config = {"alphas": alphas, "lrs": lrs, "seeds": args.seeds, "steps": steps, "budgets": [steps // 4, steps],
               "gap_every": every, "rank": RANK, "targets": list(TARGETS), "batch_size": BATCH, "max_length": MAX_LENGTH,
               "head_lr": HEAD_LR, "rule": "standard", "margin": args.margin}
