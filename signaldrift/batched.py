@@ -47,7 +47,7 @@ from signaldrift.errors import NonFiniteError, check_base_norm, check_factors, c
 from signaldrift.grad_split import GradSplit, grad_split
 from signaldrift.lowrank import LowRankSVD
 from signaldrift.spectrum import UpdateSpectrum, update_spectrum
-from signaldrift.step_split import StepSplit
+from signaldrift.step_split import StepSplit, step_split
 
 #: A layer whose ``B^T B`` or ``A A^T`` has ``lambda_min < GRAM_CONDITION_LIMIT * lambda_max`` (factor
 #: condition number above 1e3) takes the exact per-layer route: through Gram matrices its smallest
@@ -58,6 +58,9 @@ GRAM_CONDITION_LIMIT = 1e-6
 OUT_OF_SPAN_LIMIT = 1e-4
 #: The same two limits for Gram products in float32 (``gram_dtype=torch.float32``: about 1e-6 relative).
 FLOAT32_LIMITS = (1e-3, 1e-2)
+#: The relative error allowed in a §2 norm from sums of Gram entries, per Gram dtype; a layer whose step
+#: cancels beyond it takes the exact per-layer :func:`step_split`.
+STEP_SPLIT_TOL = {torch.float64: 1e-9, torch.float32: 1e-5}
 
 
 @dataclass(frozen=True)
@@ -315,7 +318,9 @@ def _measure_group(layers: list[LayerState], index: list[int], with_grad: bool, 
     zero = S[:, 0] <= 16 * r * eps * size
     well = (lamB[:, 0] >= cond_limit * lamB[:, -1]) & (lamA[:, 0] >= cond_limit * lamA[:, -1])
     S = torch.where(zero[:, None], torch.zeros_like(S), S)
-    nrank = (S > max(m, n) * eps * S[:, :1]).sum(-1)
+    # the rank threshold is that of the float64 SVD (LowRankSVD.numerical_rank): the route keeps only factors
+    # conditioned to cond_limit, so the core's smallest directions are real, not the Grams' round-off
+    nrank = (S > max(m, n) * torch.finfo(d).eps * S[:, :1]).sum(-1)
     kk = torch.minimum(nrank, torch.full_like(nrank, min(top_k, r) if top_k is not None else r))
     stats = [S.norm(dim=-1), S[:, 0], kk]
     if with_grad:
@@ -433,16 +438,27 @@ def _step_group(g: _Group, after: list[tuple[Tensor, Tensor]], out: list) -> Non
     AnAn = g.Haa + AdA + AdA.mT + dAdA
     AndA = AdA + dAdA
     GU = torch.cat([torch.cat([AnAn, AndA], -1), torch.cat([AndA.mT, dAdA], -1)], -2)
-    signal = (GL * GS).sum((-2, -1)).clamp(min=0).sqrt()
-    drift = (GL[:, :r, :r] * GS[:, r:, r:]).sum((-2, -1)).clamp(min=0).sqrt()
-    update = (GL * GU).sum((-2, -1)).clamp(min=0).sqrt()
-    host = torch.stack([signal, drift, update, finite.to(d), moved.to(d)], 1).tolist()
+    signal = (GL * GS).sum((-2, -1)).clamp(min=0)
+    drift = (GL[:, :r, :r] * GS[:, r:, r:]).sum((-2, -1)).clamp(min=0)
+    update = (GL * GU).sum((-2, -1)).clamp(min=0)
+    # A sum of Gram entries errs by about eps * (sum_i ||L_i|| ||R_i||)^2 (column norms of the two factors);
+    # where that is not small against the squared norm (a step whose parts cancel), the layer's split is the
+    # exact per-layer one instead.
+    cL, cS, cU = (M.diagonal(dim1=1, dim2=2).clamp(min=0) for M in (GL, GS, GU))
+    loose = torch.finfo(g.dtype).eps / (2 * STEP_SPLIT_TOL[g.dtype])
+    cancels = ((signal < loose * (cL * cS).sqrt().sum(-1) ** 2) | (update < loose * (cL * cU).sqrt().sum(-1) ** 2)
+               | (drift < loose * (cL[:, :r] * cS[:, r:]).sqrt().sum(-1) ** 2))
+    host = torch.stack([signal.sqrt(), drift.sqrt(), update.sqrt(), finite.to(d), moved.to(d), cancels.to(d)],
+                       1).tolist()
     for j, i in enumerate(g.index):
-        sig, dr, up, ok, mv = host[j]
+        sig, dr, up, ok, mv, exact = host[j]
         if not ok:
             out[i] = StepResult(None, updated=True, nonfinite=True)
         elif not mv:
             out[i] = StepResult(None, updated=False, nonfinite=False)
+        elif exact:
+            out[i] = StepResult(step_split(g.A[j], g.B[j], *after[j], float(g.scales[j]), g.base_norms[j]),
+                                updated=True, nonfinite=False)
         else:
             base = g.base_norms[j]
             out[i] = StepResult(StepSplit(signal_norm=sig, drift_norm=dr, drift_ratio=dr / sig if sig > 0 else None,

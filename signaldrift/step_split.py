@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from signaldrift.errors import check_base_norm, check_factors, check_finite, check_same_shape, check_scale, compute_dtype
+from signaldrift.errors import check_base_norm, check_factors, check_finite, check_same_shape, check_scale
 
 import torch
 
@@ -49,23 +49,22 @@ def step_split(
     check_same_shape("A_next", A_next, "A_prev", A_prev)
     check_same_shape("B_next", B_next, "B_prev", B_prev)
     check_finite(A_prev=A_prev, B_prev=B_prev, A_next=A_next, B_next=B_next)
-    dt = compute_dtype(A_prev, B_prev, A_next, B_next)
-    A, B = A_prev.detach().to(dt), B_prev.detach().to(dt)
-    An, Bn = A_next.detach().to(dt), B_next.detach().to(dt)
+    d = torch.float64
+    A, B = A_prev.detach().to(d), B_prev.detach().to(d)
+    An, Bn = A_next.detach().to(d), B_next.detach().to(d)
     dA, dB = An - A, Bn - B  # (r, n), (m, r)
     r = A.shape[0]
-    # S = [s dB, s B] [A; dA] and S + D = s (dB A' + B dA) = [s dB, s B] [A'; dA] share their left
-    # factor, and D = s dB dA is its first block times the right factor's second block, so three
-    # small float64 Gram matrices give all three norms (no cancellation between large terms).
-    L = torch.cat([dB, B], dim=1).to(torch.float64) * s  # (m, 2r)
-    R_signal = torch.cat([A, dA], dim=0).to(torch.float64)  # (2r, n)
-    R_update = torch.cat([An, dA], dim=0).to(torch.float64)  # (2r, n)
-    G_L = L.T @ L  # (2r, 2r)
-    G_S = R_signal @ R_signal.T
-    G_U = R_update @ R_update.T
-    signal = max(float((G_L * G_S).sum()), 0.0) ** 0.5
-    drift = max(float((G_L[:r, :r] * G_S[r:, r:]).sum()), 0.0) ** 0.5
-    update = max(float((G_L * G_U).sum()), 0.0) ** 0.5
+    # S = [s dB, s B] [A; dA], S + D = [s dB, s B] [A'; dA] and D = (s dB) dA are products L R of tall
+    # factors; ||L R||_F = ||R_L R_R^T||_F with the triangular factors of L = Q_L R_L and R^T = Q_R R_R.
+    # Householder QR is backward stable, so each norm is exact to about eps * ||L|| ||R|| (the product's
+    # own round-off), never eps * (||L|| ||R||)^2 / ||L R|| as sums of Gram entries are at a cancelling step.
+    L = torch.linalg.qr(torch.cat([dB, B], dim=1) * s, mode="r").R  # (2r, 2r)
+    RS = torch.linalg.qr(torch.cat([dA, A], dim=0).T, mode="r").R  # columns (dA, A)
+    RU = torch.linalg.qr(torch.cat([dA, An], dim=0).T, mode="r").R  # columns (dA, A')
+    swap = [*range(r, 2 * r), *range(r)]  # L's columns (dB, B) meet the right factor's rows (A, dA)
+    signal = float(torch.linalg.matrix_norm(L @ RS[:, swap].T))
+    drift = float(torch.linalg.matrix_norm(L[:r, :r] @ RS[:r, :r].T))
+    update = float(torch.linalg.matrix_norm(L @ RU[:, swap].T))
     base_norm = check_base_norm(base_norm)
     return StepSplit(
         signal_norm=signal,
